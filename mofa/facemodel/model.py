@@ -1,0 +1,239 @@
+"""The `FaceModel` pytree shared by every face-model source, and its pure functions.
+
+Conventions (every loader converts to these):
+  * units are millimetres; model space is right-handed with x to the subject's
+    left (the viewer's right in a frontal view), y up and z out of the face
+    towards the viewer;
+  * codes are *standardized*: a coefficient of 1 is one prior standard
+    deviation, so every code has the prior N(0, I). The geometry is
+    `mean + sum_k (code_k * std_k) * basis_k`;
+  * albedo is linear RGB in [0, 1];
+  * landmarks are 68 vertex indices in the Multi-PIE / iBUG order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_LANDMARKS = 68
+
+# Arrays stored in a converted `.npz` file, in the order of the dataclass.
+_ARRAY_FIELDS = (
+    "mean_shape",
+    "identity_basis",
+    "identity_std",
+    "expression_basis",
+    "expression_std",
+    "albedo_mean",
+    "albedo_basis",
+    "albedo_std",
+    "triangles",
+    "landmark_indices",
+    "face_mask",
+    "uv_coords",
+    "uv_triangles",
+)
+_STATIC_FIELDS = ("name", "license", "units", "expression_names")
+
+
+@flax.struct.dataclass
+class FaceModel:
+    """A linear 3D morphable face model (shape, expression and albedo spaces)."""
+
+    mean_shape: jax.Array  # (V, 3) float32, mm
+    identity_basis: jax.Array  # (Ki, V, 3) unit-norm directions
+    identity_std: jax.Array  # (Ki,) decreasing, mm
+    expression_basis: jax.Array  # (Ke, V, 3)
+    expression_std: jax.Array  # (Ke,)
+    albedo_mean: jax.Array  # (V, 3) linear RGB in [0, 1]
+    albedo_basis: jax.Array  # (Ka, V, 3)
+    albedo_std: jax.Array  # (Ka,)
+    triangles: jax.Array  # (T, 3) int32, counter-clockwise seen from outside
+    landmark_indices: jax.Array  # (68,) int32 vertex indices, Multi-PIE order
+    face_mask: jax.Array  # (V,) float32 in [0, 1]: 1 on skin of the face region
+    uv_coords: Optional[jax.Array] = None  # (U, 2) in [0, 1], v up
+    uv_triangles: Optional[jax.Array] = None  # (T, 3) int32 indices into uv_coords
+    name: str = flax.struct.field(pytree_node=False, default="unnamed")
+    license: str = flax.struct.field(pytree_node=False, default="unknown")
+    units: str = flax.struct.field(pytree_node=False, default="mm")
+    expression_names: tuple = flax.struct.field(pytree_node=False, default=())
+
+    @property
+    def num_vertices(self) -> int:
+        return self.mean_shape.shape[0]
+
+    @property
+    def num_triangles(self) -> int:
+        return self.triangles.shape[0]
+
+    @property
+    def num_identity(self) -> int:
+        return self.identity_std.shape[0]
+
+    @property
+    def num_expression(self) -> int:
+        return self.expression_std.shape[0]
+
+    @property
+    def num_albedo(self) -> int:
+        return self.albedo_std.shape[0]
+
+    def validate(self, source: str = "") -> "FaceModel":
+        """Checks shapes and index ranges; raises ValueError naming the field."""
+        where = f" in {source}" if source else ""
+        v = self.mean_shape.shape[0]
+
+        def expect(field, shape):
+            actual = tuple(getattr(self, field).shape)
+            ok = len(actual) == len(shape) and all(
+                e is None or e == a for e, a in zip(shape, actual))
+            if not ok:
+                shown = tuple("*" if e is None else e for e in shape)
+                raise ValueError(
+                    f"FaceModel field '{field}'{where} has shape {actual}, expected {shown}")
+
+        expect("mean_shape", (None, 3))
+        expect("identity_basis", (self.identity_std.shape[0], v, 3))
+        expect("identity_std", (None,))
+        expect("expression_basis", (self.expression_std.shape[0], v, 3))
+        expect("expression_std", (None,))
+        expect("albedo_mean", (v, 3))
+        expect("albedo_basis", (self.albedo_std.shape[0], v, 3))
+        expect("albedo_std", (None,))
+        expect("triangles", (None, 3))
+        expect("landmark_indices", (NUM_LANDMARKS,))
+        expect("face_mask", (v,))
+        tri = np.asarray(self.triangles)
+        if tri.size and (tri.min() < 0 or tri.max() >= v):
+            raise ValueError(f"FaceModel field 'triangles'{where} indexes outside [0, {v})")
+        lmk = np.asarray(self.landmark_indices)
+        if lmk.min() < 0 or lmk.max() >= v:
+            raise ValueError(f"FaceModel field 'landmark_indices'{where} indexes outside [0, {v})")
+        if (self.uv_coords is None) != (self.uv_triangles is None):
+            raise ValueError(f"FaceModel{where}: uv_coords and uv_triangles must be given together")
+        if self.uv_coords is not None:
+            expect("uv_coords", (None, 2))
+            expect("uv_triangles", (self.triangles.shape[0], 3))
+        if self.expression_names and len(self.expression_names) != self.num_expression:
+            raise ValueError(
+                f"FaceModel{where}: {len(self.expression_names)} expression_names for "
+                f"{self.num_expression} expression components")
+        return self
+
+
+def _check_code(name: str, code: jax.Array, size: int) -> None:
+    if code.ndim < 1 or code.shape[-1] != size:
+        raise ValueError(f"{name} code has shape {tuple(code.shape)}, expected (..., {size})")
+
+
+def shape(model: FaceModel, identity: jax.Array, expression: jax.Array) -> jax.Array:
+    """Vertex positions (..., V, 3) in mm from standardized identity/expression codes."""
+    _check_code("identity", identity, model.num_identity)
+    _check_code("expression", expression, model.num_expression)
+    offsets = jnp.einsum("...k,kvc->...vc", identity * model.identity_std, model.identity_basis)
+    offsets = offsets + jnp.einsum(
+        "...k,kvc->...vc", expression * model.expression_std, model.expression_basis)
+    return model.mean_shape + offsets
+
+
+def albedo(model: FaceModel, reflectance: jax.Array) -> jax.Array:
+    """Per-vertex linear RGB albedo (..., V, 3) from a standardized reflectance code."""
+    _check_code("reflectance", reflectance, model.num_albedo)
+    return model.albedo_mean + jnp.einsum(
+        "...k,kvc->...vc", reflectance * model.albedo_std, model.albedo_basis)
+
+
+def safe_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """x / |x| with finite values and gradients at x = 0 (rsqrt, not norm)."""
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def vertex_normals(vertices: jax.Array, triangles: jax.Array) -> jax.Array:
+    """Area-weighted unit vertex normals (..., V, 3) of a counter-clockwise mesh."""
+    if vertices.shape[-1] != 3:
+        raise ValueError(f"vertices have shape {tuple(vertices.shape)}, expected (..., V, 3)")
+    corners = vertices[..., triangles, :]  # (..., T, 3, 3)
+    face_normals = jnp.cross(corners[..., 1, :] - corners[..., 0, :],
+                             corners[..., 2, :] - corners[..., 0, :])
+    summed = jnp.zeros_like(vertices)
+    for corner in range(3):
+        summed = summed.at[..., triangles[:, corner], :].add(face_normals)
+    return safe_normalize(summed)
+
+
+def sample_codes(model: FaceModel, key: jax.Array, batch_shape=(), scale: float = 1.0):
+    """Draws (identity, expression, reflectance) codes from the N(0, I) prior."""
+    k_id, k_ex, k_al = jax.random.split(key, 3)
+    batch_shape = tuple(batch_shape)
+    return (
+        scale * jax.random.normal(k_id, batch_shape + (model.num_identity,)),
+        scale * jax.random.normal(k_ex, batch_shape + (model.num_expression,)),
+        scale * jax.random.normal(k_al, batch_shape + (model.num_albedo,)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Converted-file cache: every loader writes one `.npz` so a second load is fast.
+
+
+def save_npz(model: FaceModel, path: str) -> None:
+    """Writes the model to a single compressed-free `.npz` (atomically)."""
+    arrays = {}
+    for field in _ARRAY_FIELDS:
+        value = getattr(model, field)
+        if value is not None:
+            arrays[field] = np.asarray(value)
+    meta = {f: getattr(model, f) for f in _STATIC_FIELDS}
+    meta["expression_names"] = list(meta["expression_names"])
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_npz(path: str) -> FaceModel:
+    """Reads a file written by `save_npz`."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            kwargs = {}
+            for field in _ARRAY_FIELDS:
+                if field in data:
+                    arr = data[field]
+                    if arr.dtype.kind == "f":
+                        arr = arr.astype(np.float32)
+                    elif arr.dtype.kind in "iu":
+                        arr = arr.astype(np.int32)
+                    kwargs[field] = jnp.asarray(arr)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} is not a mofa face-model .npz file: {err}") from err
+    meta["expression_names"] = tuple(meta.get("expression_names", ()))
+    return FaceModel(**kwargs, **meta).validate(path)
+
+
+def from_numpy(**fields) -> FaceModel:
+    """Builds a validated FaceModel from numpy arrays (float32/int32 on device)."""
+    kwargs = {}
+    for name, value in fields.items():
+        if name in _ARRAY_FIELDS and value is not None:
+            arr = np.asarray(value)
+            arr = arr.astype(np.int32) if arr.dtype.kind in "iu" else arr.astype(np.float32)
+            kwargs[name] = jnp.asarray(arr)
+        else:
+            kwargs[name] = value
+    if "expression_names" in kwargs:
+        kwargs["expression_names"] = tuple(kwargs["expression_names"])
+    return FaceModel(**kwargs).validate(kwargs.get("name", ""))
+
+
+def replace(model: FaceModel, **changes) -> FaceModel:
+    return dataclasses.replace(model, **changes)
