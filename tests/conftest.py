@@ -26,10 +26,11 @@ def ict_dir(tmp_path_factory):
     """The ICT-FaceKit folder unpacked from ../shared/data (skips where absent)."""
     archive = SHARED_DATA / "ict-facekit.tar.xz"
     if not archive.exists():
-    pytest.skip(f"ICT-FaceKit archive not found at {archive} (only present beside the CI checkout)")
+        pytest.skip(f"ICT-FaceKit archive not found at {archive} "
+                    "(it sits in ../shared/data beside the CI checkout)")
     target = tmp_path_factory.mktemp("ict")
     with tarfile.open(archive) as tar:
-    tar.extractall(target, filter="data")
+        tar.extractall(target, filter="data")
     return target / "ict-facekit"
 
 
