@@ -1,0 +1,99 @@
+"""The semantic code: what the encoder emits and the decoder renders."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mofa.facemodel import FaceModel
+from mofa.render import sh
+
+# A face about 1 m from a camera with a ~12.6 degree field of view fills a
+# 224 px crop the way face-reconstruction crops do (Deep3DFaceRecon, MoFA).
+DEFAULT_DISTANCE_MM = 1000.0
+DEFAULT_FOV_DEGREES = 12.6
+
+
+@flax.struct.dataclass
+class FaceCode:
+    """Pose, shape, expression, reflectance and illumination of a batch of faces.
+
+    rotation: (..., 3) Euler angles in radians (pitch, yaw, roll), see
+      `render.camera.euler_to_matrix`; translation: (..., 3) mm, camera space.
+    identity / expression / reflectance: standardized model coefficients.
+    illumination: (..., 9, 3) SH coefficients of incident radiance (camera space).
+    """
+
+    rotation: jax.Array
+    translation: jax.Array
+    identity: jax.Array
+    expression: jax.Array
+    reflectance: jax.Array
+    illumination: jax.Array
+
+    @property
+    def batch_shape(self) -> tuple:
+        return tuple(self.rotation.shape[:-1])
+
+    def validate(self, model: FaceModel) -> "FaceCode":
+        """Raises ValueError naming the field whose shape does not fit `model`."""
+        batch = self.batch_shape
+        expected = {
+            "rotation": batch + (3,),
+            "translation": batch + (3,),
+            "identity": batch + (model.num_identity,),
+            "expression": batch + (model.num_expression,),
+            "reflectance": batch + (model.num_albedo,),
+            "illumination": batch + (sh.NUM_SH, 3),
+        }
+        for field, shape in expected.items():
+            actual = tuple(getattr(self, field).shape)
+            if actual != shape:
+                raise ValueError(f"FaceCode.{field} has shape {actual}, expected {shape} "
+                                 f"for face model '{model.name}'")
+        return self
+
+    @classmethod
+    def neutral(cls, model: FaceModel, batch_shape=(), distance_mm: float = DEFAULT_DISTANCE_MM
+                ) -> "FaceCode":
+        """Mean face, frontal, at `distance_mm`, under uniform unit light."""
+        batch_shape = tuple(batch_shape)
+        zeros = lambda n: jnp.zeros(batch_shape + (n,), jnp.float32)  # noqa: E731
+        translation = zeros(3).at[..., 2].set(-distance_mm)
+        return cls(rotation=zeros(3), translation=translation, identity=zeros(model.num_identity),
+                   expression=zeros(model.num_expression), reflectance=zeros(model.num_albedo),
+                   illumination=sh.ambient_light(1.0, batch_shape))
+
+
+def random_code(model: FaceModel, key: jax.Array, batch_shape=(), *,
+                shape_scale: float = 1.0, expression_scale: float = 0.7,
+                max_yaw_degrees: float = 35.0, max_pitch_degrees: float = 15.0,
+                max_roll_degrees: float = 10.0, distance_mm: float = DEFAULT_DISTANCE_MM,
+                shift_mm: float = 15.0, light_strength: float = 0.8) -> FaceCode:
+    """Random faces from the prior under random pose and random, mostly frontal light."""
+    batch_shape = tuple(batch_shape)
+    keys = jax.random.split(key, 7)
+    normal = lambda k, n, s=1.0: s * jax.random.normal(k, batch_shape + (n,))  # noqa: E731
+    limits = jnp.radians(jnp.array([max_pitch_degrees, max_yaw_degrees, max_roll_degrees]))
+    rotation = jax.random.uniform(keys[0], batch_shape + (3,), minval=-1.0, maxval=1.0) * limits
+    translation = normal(keys[1], 3, shift_mm).at[..., 2].add(-distance_mm)
+    # Light: ambient level, a clamped-cosine lobe from the front hemisphere, mild colour.
+    direction = normal(keys[2], 3) * jnp.array([0.8, 0.6, 0.3]) + jnp.array([0.0, 0.3, 1.0])
+    direction = direction * jax.lax.rsqrt(jnp.sum(direction**2, -1, keepdims=True))
+    lobe = sh.sh_basis(direction) * sh.BAND_FACTORS  # (..., 9)
+    ambient = jax.random.uniform(keys[3], batch_shape + (1,), minval=0.4, maxval=0.8)
+    strength = jax.random.uniform(keys[4], batch_shape + (1,), minval=0.3, maxval=1.0)
+    tint = 1.0 + 0.08 * jax.random.normal(keys[5], batch_shape + (1, 3))
+    illumination = (ambient[..., None] / sh.Y00 * (jnp.arange(sh.NUM_SH) == 0)[:, None]
+                    + light_strength * strength[..., None] * lobe[..., None]) * tint
+    ids = jax.random.split(keys[6], 3)
+    return FaceCode(
+        rotation=rotation,
+        translation=translation,
+        identity=normal(ids[0], model.num_identity, shape_scale),
+        expression=normal(ids[1], model.num_expression, expression_scale),
+        reflectance=normal(ids[2], model.num_albedo, shape_scale),
+        illumination=illumination,
+    )
+

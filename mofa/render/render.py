@@ -1,0 +1,107 @@
+"""The renderer: project -> rasterize -> interpolate -> shade, nothing else."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mofa import facemodel
+from mofa.facemodel import FaceModel
+from mofa.render import camera as camera_lib
+from mofa.render import rasterizer as raster
+from mofa.render import sh
+
+
+@flax.struct.dataclass
+class RenderOutput:
+    image: jax.Array  # (B, H, W, 3) linear RGB, background composited
+    mask: jax.Array  # (B, H, W) 1.0 where the mesh covers the pixel centre
+    depth: jax.Array  # (B, H, W) camera distance along the view axis, mm; 0 on background
+    normals: jax.Array  # (B, H, W, 3) unit camera-space normals; 0 on background
+    screen_vertices: jax.Array  # (B, V, 3) (x_pixel, y_pixel, depth)
+    vertex_visibility: jax.Array  # (B, V) bool: in the image, front-facing, passes the z-test
+    landmarks: Optional[jax.Array]  # (B, L, 2) pixel positions of the landmark vertices
+    triangle_id: jax.Array  # (B, H, W) int32, -1 on background
+    overflow: jax.Array  # (B,) rasterizer pool overflow, 0 when exact
+
+
+def vertex_visibility(screen_vertices, normals_camera, vertices_camera, depth_map, mask,
+                      rel_tolerance: float = 0.005) -> jax.Array:
+    """Visible vertices: inside the image, facing the camera, not behind the depth map."""
+    _, height, width = depth_map.shape
+    px = jnp.floor(screen_vertices[..., 0]).astype(jnp.int32)
+    py = jnp.floor(screen_vertices[..., 1]).astype(jnp.int32)
+    in_image = (px >= 0) & (px < width) & (py >= 0) & (py < height)
+    px, py = jnp.clip(px, 0, width - 1), jnp.clip(py, 0, height - 1)
+    at = jax.vmap(lambda img, y, x: img[y, x])
+    surface_depth, covered = at(depth_map, py, px), at(mask, py, px) > 0
+    depth = screen_vertices[..., 2]
+    facing = jnp.sum(normals_camera * vertices_camera, axis=-1) < 0.0
+    return in_image & covered & facing & (depth <= surface_depth * (1.0 + rel_tolerance))
+
+
+def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Array,
+                camera: camera_lib.Camera, illumination: jax.Array,
+                background: Optional[jax.Array] = None,
+                landmark_indices: Optional[jax.Array] = None,
+                slots_per_pixel: float = 3.0) -> RenderOutput:
+    """Renders a batch of camera-space meshes (B, V, 3) with per-vertex albedo (B, V, 3).
+
+    illumination: (B, 9, 3) SH radiance; background: (B, H, W, 3), (3,) or None (black).
+    """
+    if vertices_camera.ndim != 3 or vertices_camera.shape[-1] != 3:
+        raise ValueError(f"vertices have shape {tuple(vertices_camera.shape)}, expected (B, V, 3)")
+    if albedo.shape != vertices_camera.shape:
+        raise ValueError(f"albedo has shape {tuple(albedo.shape)}, expected "
+                         f"{tuple(vertices_camera.shape)} like the vertices")
+    batch = vertices_camera.shape[0]
+    if illumination.shape != (batch, sh.NUM_SH, 3):
+        raise ValueError(f"illumination has shape {tuple(illumination.shape)}, "
+                         f"expected ({batch}, 9, 3)")
+    height, width = camera.height, camera.width
+    normals = facemodel.vertex_normals(vertices_camera, triangles)
+    screen = camera_lib.project(vertices_camera, camera)
+    fragments = raster.rasterize(screen, triangles, height=height, width=width,
+                                 slots_per_pixel=slots_per_pixel)
+    tri_id = fragments.triangle_id
+    bary = raster.barycentrics(screen, triangles, tri_id)
+    attributes = jnp.concatenate([albedo, normals, screen[..., 2:]], axis=-1)
+    pixels = raster.interpolate(attributes, triangles, tri_id, bary)
+    mask = (tri_id >= 0).astype(vertices_camera.dtype)
+    pixel_normals = facemodel.safe_normalize(pixels[..., 3:6]) * mask[..., None]
+    shaded = sh.shade_lambertian(pixels[..., :3], pixel_normals, illumination[:, None, None])
+    if background is None:
+        background = jnp.zeros((3,), shaded.dtype)
+    image = jnp.where(mask[..., None] > 0, shaded, background)
+    depth = pixels[..., 6] * mask
+    landmarks = None if landmark_indices is None else screen[:, landmark_indices, :2]
+    visibility = vertex_visibility(jax.lax.stop_gradient(screen), jax.lax.stop_gradient(normals),
+                                   jax.lax.stop_gradient(vertices_camera),
+                                   jax.lax.stop_gradient(depth), mask)
+    return RenderOutput(image=image, mask=mask, depth=depth, normals=pixel_normals,
+                        screen_vertices=screen, vertex_visibility=visibility,
+                        landmarks=landmarks, triangle_id=tri_id, overflow=fragments.overflow)
+
+
+def face_geometry(model: FaceModel, code) -> tuple[jax.Array, jax.Array]:
+    """Camera-space vertices and per-vertex albedo (B, V, 3) of a FaceCode."""
+    vertices = facemodel.shape(model, code.identity, code.expression)
+    rotation = camera_lib.euler_to_matrix(code.rotation)
+    vertices_camera = camera_lib.rigid_transform(vertices, rotation, code.translation)
+    return vertices_camera, facemodel.albedo(model, code.reflectance)
+
+
+def render_face(model: FaceModel, code, camera: camera_lib.Camera,
+                background: Optional[jax.Array] = None, slots_per_pixel: float = 3.0
+                ) -> RenderOutput:
+    """Renders a batch of FaceCodes (leading dim B) of `model` through `camera`."""
+    if len(code.batch_shape) != 1:
+        raise ValueError(f"FaceCode has batch shape {code.batch_shape}, expected (B,)")
+    code.validate(model)
+    vertices_camera, albedo = face_geometry(model, code)
+    return render_mesh(vertices_camera, albedo, model.triangles, camera, code.illumination,
+                       background=background, landmark_indices=model.landmark_indices,
+                       slots_per_pixel=slots_per_pixel)
