@@ -4,7 +4,7 @@
    z-test, -1 on the background. Integer output, computed outside autodiff.
    Exact, with cost linear in covered pixels: every triangle's pixel bounding
    box is laid out in one fixed pool of candidate slots (prefix sum of box
-   areas); each slot finds its triangle by binary search, tests its pixel
+   areas); each slot finds its triangle by a running max, tests its pixel
    against the triangle's edges and scatter-mins its depth into a z-buffer;
    the winning triangle id is scattered among the slots that tie the minimum.
    Scatters map to CPU and GPU well; on TPU they work but are slower.
@@ -69,10 +69,15 @@ def _rasterize_one(screen_vertices, triangles, height, width, num_slots, cull_ba
     ends = jnp.cumsum(counts)
     total = ends[-1]
 
+    starts = ends - counts
+    # Each slot's triangle: mark every non-empty box's first slot with its index,
+    # then a running max fills the box (cheaper than a binary search per slot).
     slot = jnp.arange(num_slots, dtype=jnp.int32)
-    tri = jnp.searchsorted(ends, slot, side="right").astype(jnp.int32)
-    tri = jnp.minimum(tri, triangles.shape[0] - 1)
-    local = slot - (ends[tri] - counts[tri])
+    first = jnp.where(counts > 0, starts, num_slots)
+    tri = jnp.zeros((num_slots,), jnp.int32).at[first].max(
+        jnp.arange(triangles.shape[0], dtype=jnp.int32), mode="drop")
+    tri = jax.lax.cummax(tri)
+    local = slot - starts[tri]
     w = jnp.maximum(box_w[tri], 1)
     px = x_lo[tri] + local % w
     py = y_lo[tri] + local // w
@@ -102,7 +107,7 @@ def _rasterize_one(screen_vertices, triangles, height, width, num_slots, cull_ba
 @functools.partial(jax.jit, static_argnames=("height", "width", "slots_per_pixel",
                                              "cull_backfaces"))
 def rasterize(screen_vertices: jax.Array, triangles: jax.Array, *, height: int, width: int,
-              slots_per_pixel: float = 3.0, cull_backfaces: bool = True,
+              slots_per_pixel: float = 2.0, cull_backfaces: bool = True,
               min_depth: float = 1e-3) -> Fragments:
     """Visibility pass: per-pixel triangle id (B, H, W) after a z-test.
 

@@ -47,7 +47,7 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
                 camera: camera_lib.Camera, illumination: jax.Array,
                 background: Optional[jax.Array] = None,
                 landmark_indices: Optional[jax.Array] = None,
-                slots_per_pixel: float = 3.0) -> RenderOutput:
+                slots_per_pixel: float = 2.0) -> RenderOutput:
     """Renders a batch of camera-space meshes (B, V, 3) with per-vertex albedo (B, V, 3).
 
     illumination: (B, 9, 3) SH radiance; background: (B, H, W, 3), (3,) or None (black).
@@ -95,7 +95,7 @@ def face_geometry(model: FaceModel, code) -> tuple[jax.Array, jax.Array]:
 
 
 def render_face(model: FaceModel, code, camera: camera_lib.Camera,
-                background: Optional[jax.Array] = None, slots_per_pixel: float = 3.0
+                background: Optional[jax.Array] = None, slots_per_pixel: float = 2.0
                 ) -> RenderOutput:
     """Renders a batch of FaceCodes (leading dim B) of `model` through `camera`."""
     if len(code.batch_shape) != 1:

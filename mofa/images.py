@@ -1,0 +1,47 @@
+"""Image helpers: colour transfer functions, grids and PNG output."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 transfer function, input clipped to [0, 1]."""
+    x = np.clip(np.asarray(linear, np.float32), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+
+
+def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
+    x = np.clip(np.asarray(srgb, np.float32), 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, np.power((x + 0.055) / 1.055, 2.4))
+
+
+def to_uint8(srgb: np.ndarray) -> np.ndarray:
+    return (np.clip(srgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def grid(images: np.ndarray, columns: int | None = None, pad: int = 2,
+         pad_value: float = 1.0) -> np.ndarray:
+    """(N, H, W, C) -> one (rows*H, columns*W, C) image with `pad` pixels between tiles."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images have shape {images.shape}, expected (N, H, W, C)")
+    n, h, w, c = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), pad_value, images.dtype)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        out[y:y + h, x:x + w] = images[i]
+    return out
+
+
+def save_png(path: str, srgb: np.ndarray) -> None:
+    """Writes an sRGB float image in [0, 1] as 8-bit PNG (creating the folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(to_uint8(srgb)).save(path)
