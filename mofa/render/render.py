@@ -22,6 +22,7 @@ class RenderOutput:
     depth: jax.Array  # (B, H, W) camera distance along the view axis, mm; 0 on background
     normals: jax.Array  # (B, H, W, 3) unit camera-space normals; 0 on background
     screen_vertices: jax.Array  # (B, V, 3) (x_pixel, y_pixel, depth)
+    vertex_colors: jax.Array  # (B, V, 3) per-vertex shaded colour (for vertex-sampled losses)
     vertex_visibility: jax.Array  # (B, V) bool: in the image, front-facing, passes the z-test
     landmarks: Optional[jax.Array]  # (B, L, 2) pixel positions of the landmark vertices
     triangle_id: jax.Array  # (B, H, W) int32, -1 on background
@@ -78,11 +79,13 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
     image = jnp.where(mask[..., None] > 0, shaded, background)
     depth = pixels[..., 6] * mask
     landmarks = None if landmark_indices is None else screen[:, landmark_indices, :2]
+    vertex_colors = sh.shade_lambertian(albedo, normals, illumination[:, None])
     visibility = vertex_visibility(jax.lax.stop_gradient(screen), jax.lax.stop_gradient(normals),
                                    jax.lax.stop_gradient(vertices_camera),
                                    jax.lax.stop_gradient(depth), mask)
     return RenderOutput(image=image, mask=mask, depth=depth, normals=pixel_normals,
-                        screen_vertices=screen, vertex_visibility=visibility,
+                        screen_vertices=screen, vertex_colors=vertex_colors,
+                        vertex_visibility=visibility,
                         landmarks=landmarks, triangle_id=tri_id, overflow=fragments.overflow)
 
 

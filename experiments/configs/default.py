@@ -1,0 +1,50 @@
+"""Defaults every experiment config starts from (MoFA's image formation and losses)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.face_model = "builtin"  # builtin | ict:PATH | bfm2009:PATH | bfm2017:PATH | flame:PATH
+    config.image_size = 128
+    config.fov_degrees = 12.6
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "synthetic"  # synthetic | synthetic_tfds | folder | tfds
+    config.data.path = ""  # folder of photos (source=folder)
+    config.data.name = ""  # tfds dataset name (source=tfds), e.g. "celeb_a"
+    config.data.data_dir = ""  # tfds data_dir ("" = tfds default)
+    config.data.num_train = 10_000  # synthetic_tfds split sizes
+    config.data.num_test = 512
+
+    config.encoder = ml_collections.ConfigDict()
+    config.encoder.backbone = "alexnet"  # alexnet | resnet18 | resnet50
+    config.encoder.width = 64
+    config.encoder.dtype = "float32"
+
+    # MoFA's loss: dense photometric + landmarks + statistical prior.
+    config.loss = ml_collections.ConfigDict()
+    config.loss.photometric = 1.92
+    config.loss.vertex_photometric = 0.0
+    config.loss.landmark = 1.0
+    config.loss.prior_identity = 2.9e-5
+    config.loss.prior_expression = 2.9e-5
+    config.loss.prior_reflectance = 2.9e-5
+    config.loss.model_space = 0.0
+    config.loss.parameter = 0.0
+
+    config.batch_size = 32
+    config.num_steps = 100_000
+    config.learning_rate = 1e-4
+    config.warmup_steps = 1_000
+    config.grad_clip = 1.0
+
+    config.log_every = 50
+    config.image_every = 1_000
+    config.checkpoint_every = 1_000
+    config.checkpoint_keep = 3
+    config.eval_batches = 8
+    config.eval_batch_size = 32
+    config.progress = True
+    return config

@@ -1,0 +1,29 @@
+"""Trains a model-based face autoencoder: python -m experiments.main --config=... --workdir=..."""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mofa import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "experiments/configs/quickstart.py",
+                                "Experiment configuration (a get_config() file).", lock_config=True)
+flags.DEFINE_string("workdir", "workdir/quickstart", "Checkpoints, metrics and images go here.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-host GPU/TPU).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.multihost:
+        jax.distributed.initialize()
+    logging.info("JAX process %d/%d, %d local devices, %d total", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    logging.info("evaluation: %s", results)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,86 @@
+"""Step-indexed data sources for training: `source.batch(step, batch_size)`.
+
+A batch is a pure function of (seed, split, step), so a resumed run sees
+exactly the batches the interrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Callable, Iterator
+
+import jax
+
+from mofa.facemodel import FaceModel
+
+SOURCES = ("synthetic", "synthetic_tfds", "folder", "tfds")
+
+
+class SyntheticSource:
+    """Faces rendered on the fly from the model prior (batch i uses fold_in(key, i))."""
+
+    def __init__(self, model: FaceModel, image_size: int, seed: int, split: str):
+        from mofa.data.synthetic import SyntheticRenderer
+
+        self._make = lambda batch_size: SyntheticRenderer(model, image_size, batch_size)
+        self._renderers: dict = {}
+        # Splits draw from disjoint key streams.
+        self._key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(split.encode()))
+
+    def batch(self, step: int, batch_size: int) -> dict:
+        if batch_size not in self._renderers:
+            self._renderers[batch_size] = self._make(batch_size)
+        return self._renderers[batch_size](jax.random.fold_in(self._key, step))
+
+
+class IteratorSource:
+    """Wraps a deterministic batch iterator factory; seeks by replaying from the start."""
+
+    def __init__(self, make_iterator: Callable[[int], Iterator[dict]]):
+        self._make_iterator = make_iterator
+        self._iterator: Iterator[dict] | None = None
+        self._next_step = 0
+        self._batch_size = None
+
+    def batch(self, step: int, batch_size: int) -> dict:
+        if self._iterator is None or step != self._next_step or batch_size != self._batch_size:
+            self._iterator, self._next_step = self._make_iterator(batch_size), 0
+            self._batch_size = batch_size
+        while self._next_step < step:  # resume: skip what the interrupted run consumed
+            next(self._iterator)
+            self._next_step += 1
+        self._next_step += 1
+        return next(self._iterator)
+
+
+def make_source(config, model: FaceModel, split: str = "train"):
+    """The data source named by `config.data.source` for `split`."""
+    kind = config.data.source
+    shuffle = split == "train"
+    if kind == "synthetic":
+        return SyntheticSource(model, config.image_size, config.seed, split)
+    if kind == "synthetic_tfds":
+        from mofa.data import synthetic
+
+        builder = synthetic.prepare(
+            face_model=config.face_model, image_size=config.image_size,
+            num_train=config.data.num_train, num_validation=config.data.num_test,
+            num_test=config.data.num_test, data_dir=config.data.data_dir or None)
+        return IteratorSource(lambda bs: synthetic.dataset_batches(
+            builder, split, bs, shuffle=shuffle, seed=config.seed))
+    if kind == "folder":
+        if not config.data.path:
+            raise ValueError("config.data.path must name a folder of photos for source=folder")
+        from mofa.data.folder import FolderDataset
+
+        dataset = FolderDataset(config.data.path, config.image_size)
+        return IteratorSource(lambda bs: dataset.batches(bs, shuffle=shuffle, seed=config.seed,
+                                                         repeat=True))
+    if kind == "tfds":
+        from mofa.data.tfds_images import tfds_image_batches
+
+        tfds_split = {"test": "test", "validation": "validation"}.get(split, "train")
+        return IteratorSource(lambda bs: tfds_image_batches(
+            config.data.name, tfds_split, config.image_size, bs, shuffle=shuffle,
+            seed=config.seed, data_dir=config.data.data_dir or None))
+    raise ValueError(f"config.data.source={kind!r}: expected one of {SOURCES}")

@@ -1,0 +1,167 @@
+"""Flax (Linen) encoders and the head that maps image features to a `FaceCode`.
+
+Linen is used throughout (train state, checkpoints, batch statistics). Under
+`jax.jit` with a data-parallel `NamedSharding` the batch axis is global, so
+BatchNorm's batch statistics are computed over the whole global batch across
+devices, which is what synchronized BatchNorm gives under pmap.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mofa.code import DEFAULT_DISTANCE_MM, FaceCode
+from mofa.facemodel import FaceModel
+from mofa.render import sh
+
+ModuleDef = Any
+
+
+class AlexNetEncoder(nn.Module):
+    """The AlexNet-style encoder of MoFA (five conv layers, two fully connected)."""
+
+    width: int = 64
+    hidden: int = 1024
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 dtype=self.dtype)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        w = self.width
+        x = nn.relu(norm()(conv(w, (11, 11), strides=4, padding=5)(x)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        x = nn.relu(norm()(conv(3 * w, (5, 5), padding=2)(x)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        x = nn.relu(norm()(conv(6 * w, (3, 3), padding=1)(x)))
+        x = nn.relu(norm()(conv(4 * w, (3, 3), padding=1)(x)))
+        x = nn.relu(norm()(conv(4 * w, (3, 3), padding=1)(x)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+        return nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+
+
+class ResNetBlock(nn.Module):
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    strides: tuple = (1, 1)
+
+    @nn.compact
+    def __call__(self, x):
+        residual = x
+        y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides)(x)))
+        y = self.norm(scale_init=nn.initializers.zeros_init())(self.conv(self.filters, (3, 3))(y))
+        if residual.shape != y.shape:
+            residual = self.norm()(self.conv(self.filters, (1, 1), self.strides)(residual))
+        return nn.relu(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    strides: tuple = (1, 1)
+
+    @nn.compact
+    def __call__(self, x):
+        residual = x
+        y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+        y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides)(y)))
+        y = self.norm(scale_init=nn.initializers.zeros_init())(self.conv(4 * self.filters, (1, 1))(y))
+        if residual.shape != y.shape:
+            residual = self.norm()(self.conv(4 * self.filters, (1, 1), self.strides)(residual))
+        return nn.relu(residual + y)
+
+
+class ResNetEncoder(nn.Module):
+    stage_sizes: Sequence[int]
+    block: ModuleDef
+    width: int = 64
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype)
+        x = nn.relu(norm()(conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)])(x)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        for i, size in enumerate(self.stage_sizes):
+            for j in range(size):
+                strides = (2, 2) if i > 0 and j == 0 else (1, 1)
+                x = self.block(self.width * 2**i, conv=conv, norm=norm, strides=strides)(x)
+        return jnp.mean(x, axis=(1, 2))
+
+
+ENCODERS = {
+    "alexnet": lambda dtype, width: AlexNetEncoder(width=width, dtype=dtype),
+    "resnet18": lambda dtype, width: ResNetEncoder((2, 2, 2, 2), ResNetBlock, width, dtype),
+    "resnet50": lambda dtype, width: ResNetEncoder((3, 4, 6, 3), BottleneckBlock, width, dtype),
+}
+
+
+# Output scaling: one unit of the raw head output moves each field by this much.
+ROTATION_SCALE = 0.5  # radians
+TRANSLATION_SCALE = (100.0, 100.0, 300.0)  # mm
+CODE_SCALE = 1.0  # standardized identity / expression / reflectance
+LIGHT_SCALE = 1.0  # SH radiance coefficients
+
+
+def code_size(model: FaceModel) -> int:
+    return 6 + model.num_identity + model.num_expression + model.num_albedo + sh.NUM_SH * 3
+
+
+def decode_head(raw: jax.Array, model: FaceModel,
+                distance_mm: float = DEFAULT_DISTANCE_MM) -> FaceCode:
+    """Raw head outputs (B, code_size) -> FaceCode; zeros give the neutral code."""
+    if raw.shape[-1] != code_size(model):
+        raise ValueError(f"head output has {raw.shape[-1]} values, expected {code_size(model)}")
+    sizes = [3, 3, model.num_identity, model.num_expression, model.num_albedo, sh.NUM_SH * 3]
+    parts = jnp.split(raw, np.cumsum(sizes)[:-1].tolist(), axis=-1)
+    neutral = FaceCode.neutral(model, raw.shape[:-1], distance_mm)
+    return FaceCode(
+        rotation=ROTATION_SCALE * parts[0],
+        translation=neutral.translation + jnp.asarray(TRANSLATION_SCALE) * parts[1],
+        identity=CODE_SCALE * parts[2],
+        expression=CODE_SCALE * parts[3],
+        reflectance=CODE_SCALE * parts[4],
+        illumination=neutral.illumination
+        + LIGHT_SCALE * parts[5].reshape(raw.shape[:-1] + (sh.NUM_SH, 3)),
+    )
+
+
+class FaceEncoder(nn.Module):
+    """Backbone + linear head emitting raw code values (decode with `decode_head`).
+
+    The head starts near zero so the first reconstructions are the mean face,
+    frontal, at the default distance, under ambient light (not exactly zero, so
+    the backbone receives gradients from the first step).
+    """
+
+    backbone: str = "alexnet"
+    output_size: int = 0
+    width: int = 64
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = True):
+        if self.backbone not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.backbone!r}: expected one of {sorted(ENCODERS)}")
+        # Per-image standardization keeps the encoder indifferent to exposure.
+        x = images.astype(self.dtype)
+        x = (x - jnp.mean(x, axis=(1, 2, 3), keepdims=True)) * jax.lax.rsqrt(
+            jnp.var(x, axis=(1, 2, 3), keepdims=True) + 1e-4)
+        features = ENCODERS[self.backbone](self.dtype, self.width)(x, train=train)
+        small = nn.initializers.variance_scaling(1e-4, "fan_in", "truncated_normal")
+        raw = nn.Dense(self.output_size, kernel_init=small, dtype=jnp.float32,
+                       name="head")(features)
+        return raw.astype(jnp.float32)

@@ -1,0 +1,297 @@
+"""Training of the model-based face autoencoder (MoFA), data parallel over a device mesh.
+
+`train_and_evaluate(config, workdir)` is the one stateful entry point; the
+jitted `train_step(state, batch, key, decoder, weights)` is pure. Data
+parallelism is SPMD: the batch is sharded over a 1-D `jax.make_mesh` mesh
+with `NamedSharding`, parameters are replicated, and XLA inserts the gradient
+all-reduce (the modern form of pmap training). The config never enters jitted
+code: it is turned into a static `LossWeights` and array pytrees first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mofa import facemodel, images, losses, metrics, networks, render
+from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
+from mofa.data import sources
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None
+
+
+@flax.struct.dataclass
+class Decoder:
+    """The analytic decoder's arrays: face model and camera (replicated pytree)."""
+
+    face_model: facemodel.FaceModel
+    camera: render.Camera
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Static loss weights (hashable, closed over by the jitted step)."""
+
+    photometric: float = 1.92
+    vertex_photometric: float = 0.0
+    landmark: float = 1.0
+    prior_identity: float = 2.9e-5
+    prior_expression: float = 2.9e-5
+    prior_reflectance: float = 2.9e-5
+    model_space: float = 0.0
+    parameter: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "LossWeights":
+        unknown = set(config.keys()) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"config.loss has unknown weights {sorted(unknown)}")
+        return cls(**{k: float(v) for k, v in config.items()})
+
+
+def _augment(images_: jax.Array, key: jax.Array) -> jax.Array:
+    """Per-image brightness/contrast/colour jitter of the encoder input only."""
+    b = images_.shape[0]
+    k1, k2, k3 = jax.random.split(key, 3)
+    gain = jax.random.uniform(k1, (b, 1, 1, 1), minval=0.8, maxval=1.2)
+    colour = 1.0 + 0.05 * jax.random.normal(k2, (b, 1, 1, 3))
+    offset = 0.03 * jax.random.normal(k3, (b, 1, 1, 1))
+    return jnp.clip(images_ * gain * colour + offset, 0.0, 1.0)
+
+
+def batch_code(batch: dict) -> FaceCode:
+    """The ground-truth FaceCode of a synthetic batch ("code/..." keys)."""
+    return FaceCode(**{f.name: batch[f"code/{f.name}"] for f in dataclasses.fields(FaceCode)})
+
+
+def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weights: LossWeights,
+                   inputs=None, train: bool = True):
+    """Encodes, renders and scores a batch; returns (total, (terms, new_batch_stats, aux))."""
+    model = decoder.face_model
+    variables = {"params": params, "batch_stats": batch_stats}
+    inputs = batch["image"] if inputs is None else inputs
+    if train:
+        raw, updates = apply_fn(variables, inputs, train=True, mutable=["batch_stats"])
+        new_batch_stats = updates["batch_stats"]
+    else:
+        raw = apply_fn(variables, inputs, train=False)
+        new_batch_stats = batch_stats
+    code = networks.decode_head(raw, model)
+    out = render.render_face(model, code, decoder.camera, background=batch["image"])
+    size = float(decoder.camera.width)
+    terms = {
+        "photometric": losses.photometric_dense(out.image, batch["image"], out.mask),
+        "vertex_photometric": losses.photometric_vertex(
+            batch["image"], out.screen_vertices, out.vertex_colors, out.vertex_visibility,
+            model.face_mask[None]),
+        "landmark": losses.landmark_alignment(out.landmarks, batch["landmarks"],
+                                              batch["landmark_weight"], size),
+        **losses.statistical_prior(code),
+    }
+    if weights.model_space or weights.parameter:
+        target = batch_code(batch)
+        terms["model_space"] = losses.model_space(model, code, target)["total"]
+        terms["parameter"] = losses.parameter_space(code, target)
+    total = sum(getattr(weights, name) * value for name, value in terms.items())
+    landmark_px = jnp.sum(jnp.linalg.norm(out.landmarks - batch["landmarks"], axis=-1)
+                          * batch["landmark_weight"]) / jnp.maximum(
+                              jnp.sum(batch["landmark_weight"]), 1.0)
+    aux = {"code": code, "render": out, "landmark_error_px": landmark_px}
+    return total, (terms, new_batch_stats, aux)
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, decoder: Decoder,
+               weights: LossWeights):
+    """One optimizer step; pure. Returns the new state and scalar metrics."""
+    inputs = _augment(batch["image"], key)
+
+    def loss_fn(params):
+        return compute_losses(params, state.batch_stats, state.apply_fn, batch, decoder, weights,
+                              inputs=inputs, train=True)
+
+    (total, (terms, batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics_ = {"loss": total, "grad_norm": optax.global_norm(grads),
+                "landmark_error_px": aux["landmark_error_px"],
+                **{f"loss/{k}": v for k, v in terms.items()}}
+    return new_state, metrics_
+
+
+def eval_step(state: TrainState, batch: dict, decoder: Decoder, weights: LossWeights):
+    """Reconstruction of a batch without updates: metrics, code and renders."""
+    total, (terms, _, aux) = compute_losses(state.params, state.batch_stats, state.apply_fn,
+                                            batch, decoder, weights, train=False)
+    return {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
+            "landmark_error_px": aux["landmark_error_px"]}, aux["code"], aux["render"]
+
+
+# ---------------------------------------------------------------------------
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate,
+        warmup_steps=min(config.warmup_steps, max(config.num_steps - 1, 1)),
+        decay_steps=max(config.num_steps, 2), end_value=config.learning_rate * 0.05)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                       optax.adam(schedule))
+
+
+def create_state(config: ml_collections.ConfigDict, model: facemodel.FaceModel,
+                 key: jax.Array) -> TrainState:
+    encoder = networks.FaceEncoder(backbone=config.encoder.backbone,
+                                   output_size=networks.code_size(model),
+                                   width=config.encoder.width,
+                                   dtype=jnp.dtype(config.encoder.get("dtype", "float32")))
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = jax.jit(functools.partial(encoder.init, train=False))(key, dummy)
+    return TrainState.create(apply_fn=encoder.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}),
+                             tx=make_optimizer(config))
+
+
+def make_decoder(config: ml_collections.ConfigDict) -> Decoder:
+    model = facemodel.load(config.face_model)
+    camera = render.Camera.from_fov(config.get("fov_degrees", DEFAULT_FOV_DEGREES),
+                                    config.image_size, config.image_size)
+    return Decoder(face_model=model, camera=camera)
+
+
+def contact_sheet(batch: dict, out: render.RenderOutput, max_rows: int = 8) -> np.ndarray:
+    """Rows of input | reconstruction | shaded-geometry overlay | landmarks (sRGB)."""
+    from PIL import Image, ImageDraw
+
+    n = min(max_rows, batch["image"].shape[0])
+    inputs = np.asarray(batch["image"][:n])
+    recon = np.asarray(out.image[:n])
+    mask = np.asarray(out.mask[:n])[..., None]
+    normals = np.asarray(out.normals[:n])
+    shading = np.clip(normals @ np.array([0.3, 0.4, 0.85]), 0.0, 1.0)[..., None] * 0.8 + 0.1
+    overlay = mask * (0.6 * shading + 0.4 * inputs) + (1 - mask) * inputs
+    tiles = []
+    for i in range(n):
+        size = inputs.shape[1]
+        canvas = Image.fromarray(images.to_uint8(images.linear_to_srgb(inputs[i])))
+        draw = ImageDraw.Draw(canvas)
+        r = max(1, size // 96)
+        for (x, y), w in zip(np.asarray(batch["landmarks"][i]), np.asarray(batch["landmark_weight"][i])):
+            if w > 0:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=(40, 220, 40))
+        for x, y in np.asarray(out.landmarks[i]):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(230, 40, 40))
+        landmark_tile = np.asarray(canvas, np.float32) / 255.0
+        row = [images.linear_to_srgb(t) for t in (inputs[i], recon[i], overlay[i])] + [landmark_tile]
+        tiles.extend(row)
+    return images.grid(np.stack(tiles), columns=4)
+
+
+def _check_finite(step: int, values: dict) -> None:
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            f"non-finite training loss at step {step}: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains per `config`, checkpointing to `workdir`; resumes from its last checkpoint.
+
+    Returns the final evaluation metrics (also written to `workdir/eval.json`).
+    """
+    from tqdm import tqdm
+
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_lead = jax.process_index() == 0
+    writer = metrics.MetricWriter(workdir, enabled=is_lead)
+    weights = LossWeights.from_config(config.loss)
+    decoder = make_decoder(config)
+
+    num_devices = jax.device_count()
+    if config.batch_size % num_devices:
+        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
+                         f"{num_devices} devices")
+    mesh = jax.make_mesh((num_devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = NamedSharding(mesh, P())
+    data_sharding = NamedSharding(mesh, P("data"))
+
+    root_key = jax.random.key(config.seed)
+    init_key, train_key = jax.random.split(root_key)
+    state = create_state(config, decoder.face_model, init_key)
+    state = jax.device_put(state, replicated)
+    decoder = jax.device_put(decoder, replicated)
+
+    checkpoints = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint_keep,
+                                             save_interval_steps=config.checkpoint_every,
+                                             enable_async_checkpointing=True, create=True))
+    start_step = 0
+    if checkpoints.latest_step() is not None:
+        start_step = checkpoints.latest_step()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = checkpoints.restore(start_step, args=ocp.args.StandardRestore(abstract))
+        logging.info("resumed from step %d in %s", start_step, workdir)
+
+    source = sources.make_source(config, decoder.face_model, split="train")
+    step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
+                      out_shardings=(replicated, replicated))
+
+    def shard(batch):
+        local = jax.tree.map(lambda x: x[jax.process_index()::jax.process_count()], batch)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(data_sharding, x),
+                            local)
+
+    history = []
+    progress = tqdm(range(start_step, config.num_steps), initial=start_step,
+                    total=config.num_steps, disable=not is_lead or not config.get("progress", True),
+                    desc="train", unit="step")
+    tick, seen = time.perf_counter(), 0
+    for step in progress:
+        batch = shard(source.batch(step, config.batch_size))
+        state, step_metrics = step_fn(state, batch, jax.random.fold_in(train_key, step), decoder)
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        _check_finite(step, values)
+        seen += config.batch_size
+        history.append(values["loss"])
+        if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
+            rate = seen / max(time.perf_counter() - tick, 1e-9)
+            writer.write_scalars(step + 1, {**values, "images_per_second": rate})
+            progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
+            tick, seen = time.perf_counter(), 0
+        if (step + 1) % config.image_every == 0 or step + 1 == config.num_steps:
+            _, _, out = jax.jit(functools.partial(eval_step, weights=weights))(state, batch, decoder)
+            sheet = contact_sheet(jax.device_get(batch), jax.device_get(out))
+            if is_lead:
+                images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
+                writer.write_images(step + 1, {"reconstructions": sheet})
+        checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
+    if checkpoints.latest_step() != config.num_steps:
+        checkpoints.save(config.num_steps, args=ocp.args.StandardSave(state), force=True)
+    checkpoints.wait_until_finished()
+    checkpoints.close()
+
+    from mofa import evaluation
+    results = evaluation.evaluate_state(config, state, decoder, weights)
+    if is_lead:
+        writer.write_scalars(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
+        evaluation.write_json(os.path.join(workdir, "eval.json"), results)
+    writer.close()
+    return results
