@@ -142,9 +142,9 @@ def decode_head(raw: jax.Array, model: FaceModel,
 class FaceEncoder(nn.Module):
     """Backbone + linear head emitting raw code values (decode with `decode_head`).
 
-    The head starts near zero so the first reconstructions are the mean face,
-    frontal, at the default distance, under ambient light (not exactly zero, so
-    the backbone receives gradients from the first step).
+    The head starts at zero so the first reconstructions are exactly the mean
+    face, frontal, at the default distance, under ambient light; the backbone
+    receives gradients from the second step on, once the head has moved.
     """
 
     backbone: str = "alexnet"
@@ -161,7 +161,6 @@ class FaceEncoder(nn.Module):
         x = (x - jnp.mean(x, axis=(1, 2, 3), keepdims=True)) * jax.lax.rsqrt(
             jnp.var(x, axis=(1, 2, 3), keepdims=True) + 1e-4)
         features = ENCODERS[self.backbone](self.dtype, self.width)(x, train=train)
-        small = nn.initializers.variance_scaling(1e-4, "fan_in", "truncated_normal")
-        raw = nn.Dense(self.output_size, kernel_init=small, dtype=jnp.float32,
-                       name="head")(features)
+        raw = nn.Dense(self.output_size, kernel_init=nn.initializers.zeros_init(),
+                       dtype=jnp.float32, name="head")(features)
         return raw.astype(jnp.float32)

@@ -1,0 +1,224 @@
+"""Training: losses on analytic cases, data-parallel equivalence, kill-and-resume, configs."""
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mofa import losses, metrics, networks, train
+from mofa.code import FaceCode
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from experiments.configs import quickstart  # noqa: E402
+
+
+def tiny_config(**overrides):
+    config = quickstart.get_config()
+    config.image_size = 32
+    config.encoder.width = 8
+    config.batch_size = 8
+    config.num_steps = 4
+    config.log_every = 1
+    config.image_every = 1000
+    config.checkpoint_every = 2
+    config.eval_batches = 1
+    config.eval_batch_size = 8
+    config.progress = False
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
+
+
+# --- losses -------------------------------------------------------------------
+
+
+def test_photometric_dense_is_the_mean_pixel_distance_in_the_mask():
+    rendered = jnp.zeros((2, 4, 4, 3))
+    target = rendered.at[:, :2].set(jnp.array([3.0, 4.0, 0.0]))  # distance 5 in the top half
+    mask = jnp.ones((2, 4, 4))
+    assert float(losses.photometric_dense(rendered, target, mask)) == pytest.approx(2.5, rel=1e-4)
+    top_only = mask.at[:, 2:].set(0.0)
+    assert float(losses.photometric_dense(rendered, target, top_only)) == pytest.approx(5.0, rel=1e-4)
+    assert float(losses.photometric_dense(rendered, target, mask, skin_mask=1.0 - top_only)) \
+        == pytest.approx(0.0, abs=1e-3)
+    grad = jax.grad(lambda r: losses.photometric_dense(r, r, mask))(rendered)
+    assert np.all(np.isfinite(grad))  # robust norm is differentiable at zero residual
+
+
+def test_bilinear_sampling_and_vertex_photometric():
+    ramp = jnp.broadcast_to(jnp.arange(8.0)[None, None, :, None], (1, 8, 8, 3))  # value = column
+    points = jnp.array([[[2.5, 3.5], [4.0, 1.5], [6.25, 6.5]]])  # pixel centre at +0.5
+    np.testing.assert_allclose(losses.bilinear_sample(ramp, points)[0, :, 0], [2.0, 3.5, 5.75],
+                               atol=1e-6)
+    colours = losses.bilinear_sample(ramp, points)
+    visible = jnp.array([[True, True, False]])
+    screen = jnp.concatenate([points, jnp.ones((1, 3, 1))], -1)
+    assert float(losses.photometric_vertex(ramp, screen, colours, visible)) == pytest.approx(
+        0.0, abs=1e-3)
+    shifted = colours + jnp.array([0.0, 0.0, 2.0])
+    assert float(losses.photometric_vertex(ramp, screen, shifted, visible)) == pytest.approx(
+        2.0, rel=1e-3)
+    # Gradient w.r.t. position follows the image gradient (1 per pixel along x).
+    grad = jax.grad(lambda s: jnp.sum(losses.bilinear_sample(ramp, s)[..., 0]))(points)
+    np.testing.assert_allclose(grad[0, :, 0], 1.0, atol=1e-5)
+
+
+def test_landmark_and_prior_terms(builtin_model):
+    predicted = jnp.zeros((2, 68, 2))
+    target = predicted.at[..., 0].set(6.4)
+    weight = jnp.ones((2, 68)).at[:, 34:].set(0.0)
+    assert float(losses.landmark_alignment(predicted, target, weight, 64.0)) == pytest.approx(0.01)
+    code = FaceCode.neutral(builtin_model, (2,))
+    code = code.replace(identity=code.identity.at[:, 0].set(2.0))
+    prior = losses.statistical_prior(code)
+    assert float(prior["prior_identity"]) == pytest.approx(4.0)
+    assert float(prior["prior_expression"]) == 0.0
+
+
+def test_model_space_loss_measures_decoded_geometry(builtin_model):
+    model = builtin_model
+    base = FaceCode.neutral(model, (1,))
+    moved = base.replace(translation=base.translation + jnp.array([3.0, 4.0, 0.0]))
+    terms = losses.model_space(model, moved, base)
+    assert float(terms["geometry"]) == pytest.approx(25.0 / 100.0, rel=1e-4)  # 5 mm -> cm^2
+    assert float(terms["albedo"]) == 0.0
+    # One std of the first identity component costs its std^2 / V in mm^2 (unit-norm basis).
+    shaped = base.replace(identity=base.identity.at[:, 0].set(1.0))
+    expected = float(model.identity_std[0]) ** 2 / model.num_vertices / 100.0
+    assert float(losses.model_space(model, shaped, base)["geometry"]) == pytest.approx(
+        expected, rel=1e-3)
+    assert float(losses.parameter_space(shaped, base)) == pytest.approx(1.0)
+
+
+def test_encoder_head_starts_at_the_neutral_code(builtin_model):
+    model = builtin_model
+    encoder = networks.FaceEncoder(backbone="resnet18", output_size=networks.code_size(model),
+                                   width=8)
+    images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+    variables = encoder.init(jax.random.key(1), images, train=False)
+    code = networks.decode_head(encoder.apply(variables, images, train=False), model)
+    neutral = FaceCode.neutral(model, (2,))
+    for a, b in zip(jax.tree.leaves(code), jax.tree.leaves(neutral)):
+        np.testing.assert_allclose(a, b, atol=0.05)
+    with pytest.raises(ValueError, match="head output"):
+        networks.decode_head(jnp.zeros((2, 5)), model)
+
+
+# --- data parallel ------------------------------------------------------------
+
+
+def test_data_parallel_step_equals_single_device():
+    assert jax.device_count() == 8
+    config = tiny_config()
+    decoder = train.make_decoder(config)
+    weights = train.LossWeights.from_config(config.loss)
+    from mofa.data import sources
+
+    batch = sources.make_source(config, decoder.face_model).batch(0, 8)
+    key = jax.random.key(5)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                             devices=devices)
+        replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        state = jax.device_put(train.create_state(config, decoder.face_model, jax.random.key(0)),
+                               replicated)
+        step = jax.jit(functools.partial(train.train_step, weights=weights),
+                       out_shardings=(replicated, replicated))
+        new_state, values = step(state, jax.device_put(batch, sharded), key,
+                                 jax.device_put(decoder, replicated))
+        results.append((jax.device_get(new_state.params), jax.device_get(new_state.batch_stats),
+                        jax.device_get(values)))
+    (p1, s1, m1), (p8, s8, m8) = results
+    assert m1["loss"] == pytest.approx(float(m8["loss"]), rel=1e-4)
+    for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p8, s8))):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)
+
+
+# --- end to end ---------------------------------------------------------------
+
+
+def test_quickstart_trains_end_to_end_and_writes_outputs(tmp_path):
+    config = tiny_config(num_steps=3, image_every=3)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(results["vertex_error_mm_mean"]) and results["landmark_nme"] > 0
+    log = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    assert os.path.exists(tmp_path / "images" / "step_0000003.png")
+    assert os.path.exists(tmp_path / "eval.json")
+    assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "3"
+
+
+def test_non_finite_loss_stops_with_step_and_terms(tmp_path):
+    config = tiny_config(num_steps=2)
+    config.loss.photometric = float("nan")
+    with pytest.raises(FloatingPointError, match=r"step 0: .*loss"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_synthetic_supervised_config_takes_a_step(tmp_path):
+    from experiments.configs import synthetic_supervised
+
+    config = synthetic_supervised.get_config()
+    config.data.source = "synthetic"  # the tfds variant is covered by the data tests
+    for key, value in tiny_config().items():
+        if key not in ("loss", "data"):
+            config[key] = value
+    config.num_steps = 1
+    results = train.train_and_evaluate(config, str(tmp_path))
+    log = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert log[0]["loss/model_space"] > 0 and np.isfinite(results["pose_error_deg"])
+
+
+def _run_training(workdir, num_steps, env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.main", "--config=experiments/configs/quickstart.py",
+         f"--workdir={workdir}", f"--config.num_steps={num_steps}", "--config.image_size=32",
+         "--config.encoder.width=8", "--config.batch_size=8", "--config.log_every=1",
+         "--config.checkpoint_every=3", "--config.image_every=1000", "--config.eval_batches=1",
+         "--config.eval_batch_size=8", "--config.progress=False"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_and_continues_the_same_loss_curve(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    steps = 12
+    reference = _run_training(tmp_path / "reference", steps, env)
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-3000:]
+
+    interrupted = _run_training(tmp_path / "run", steps, env)
+    checkpoint = tmp_path / "run" / "checkpoints" / "3"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and interrupted.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert checkpoint.exists(), "the run never wrote its first checkpoint"
+    log = metrics.read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+    assert max(r["step"] for r in log) < steps, "the run finished before it was killed"
+
+    resumed = _run_training(tmp_path / "run", steps, env)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    expected = {r["step"]: r["loss"] for r in metrics.read_jsonl(
+        str(tmp_path / "reference" / "metrics.jsonl")) if "loss" in r}
+    got = [(r["step"], r["loss"]) for r in metrics.read_jsonl(
+        str(tmp_path / "run" / "metrics.jsonl")) if "loss" in r]
+    assert {s for s, _ in got} == set(expected)
+    for step, loss in got:
+        assert loss == pytest.approx(expected[step], rel=1e-5), step
