@@ -36,6 +36,7 @@ class MetricWriter:
             return
         values = {k: float(v) for k, v in scalars.items()}
         self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._jsonl.flush()  # a killed run keeps every line it logged
         if self._tb is not None:
             for key, value in values.items():
                 self._tb.add_scalar(key, value, int(step))
