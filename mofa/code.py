@@ -70,7 +70,7 @@ def random_code(model: FaceModel, key: jax.Array, batch_shape=(), *,
                 shape_scale: float = 1.0, expression_scale: float = 0.7,
                 max_yaw_degrees: float = 35.0, max_pitch_degrees: float = 15.0,
                 max_roll_degrees: float = 10.0, distance_mm: float = DEFAULT_DISTANCE_MM,
-                shift_mm: float = 15.0, light_strength: float = 0.8) -> FaceCode:
+                shift_mm: float = 8.0, light_strength: float = 0.8) -> FaceCode:
     """Random faces from the prior under random pose and random, mostly frontal light."""
     batch_shape = tuple(batch_shape)
     keys = jax.random.split(key, 7)
@@ -84,7 +84,7 @@ def random_code(model: FaceModel, key: jax.Array, batch_shape=(), *,
     lobe = sh.sh_basis(direction) * sh.BAND_FACTORS  # (..., 9)
     ambient = jax.random.uniform(keys[3], batch_shape + (1,), minval=0.4, maxval=0.8)
     strength = jax.random.uniform(keys[4], batch_shape + (1,), minval=0.3, maxval=1.0)
-    tint = 1.0 + 0.08 * jax.random.normal(keys[5], batch_shape + (1, 3))
+    tint = 1.0 + 0.04 * jax.random.normal(keys[5], batch_shape + (1, 3))
     illumination = (ambient[..., None] / sh.Y00 * (jnp.arange(sh.NUM_SH) == 0)[:, None]
                     + light_strength * strength[..., None] * lobe[..., None]) * tint
     ids = jax.random.split(keys[6], 3)

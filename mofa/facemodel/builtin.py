@@ -23,7 +23,7 @@ from scipy.linalg import eigh
 
 from mofa.facemodel.model import FaceModel, from_numpy, load_npz, save_npz
 
-VERSION = "1"
+VERSION = "2"
 
 _NU, _NV = 121, 101  # grid columns (azimuth) x rows (height): 12,221 vertices
 _THETA_MAX = np.deg2rad(105.0)  # past the jaw angle towards the ears
@@ -537,8 +537,8 @@ def _albedo_space(face, reg, mean):
         # Melanin: relative darkening, strongest in blue, so +-2 std spans very light to
         # very dark skin while staying in [0, 1].
         -w * mean * np.array([0.33, 0.37, 0.41]),
-        w * np.array([0.045, -0.012, -0.006]),  # hemoglobin / redness
-        w * np.array([0.010, 0.015, -0.014]),  # yellow / olive
+        w * np.array([0.030, -0.008, -0.004]),  # hemoglobin / redness
+        w * np.array([0.006, 0.010, -0.012]),  # yellow / olive
         reg.lips[:, None] * np.array([0.06, -0.03, -0.02]),
         reg.brow[:, None] * np.array([-0.10, -0.07, -0.05]),
         reg.eye_region[:, None] * np.array([-0.045, -0.04, -0.03]),
