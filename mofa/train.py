@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mofa import facemodel, images, losses, metrics, networks, render
+from mofa import evaluation, facemodel, images, losses, metrics, networks, render
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.data import sources
 
@@ -202,6 +202,24 @@ def contact_sheet(batch: dict, out: render.RenderOutput, max_rows: int = 8) -> n
     return images.grid(np.stack(tiles), columns=4)
 
 
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint_keep,
+                                             save_interval_steps=config.checkpoint_every,
+                                             enable_async_checkpointing=True, create=True))
+
+
+def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState) -> tuple:
+    """The latest checkpointed state (shaped and sharded like `state`) and its step."""
+    step = checkpoints.latest_step()
+    if step is None:
+        return state, 0
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    logging.info("restoring step %d from %s", step, checkpoints.directory)
+    return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract)), step
+
+
 def _check_finite(step: int, values: dict) -> None:
     bad = {k: v for k, v in values.items() if not np.isfinite(v)}
     if bad:
@@ -213,7 +231,8 @@ def _check_finite(step: int, values: dict) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains per `config`, checkpointing to `workdir`; resumes from its last checkpoint.
 
-    Returns the final evaluation metrics (also written to `workdir/eval.json`).
+    Returns the final evaluation metrics (also written to `workdir/eval.json`; those of
+    the untrained encoder go to `workdir/eval_initial.json`).
     """
     from tqdm import tqdm
 
@@ -238,17 +257,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = jax.device_put(state, replicated)
     decoder = jax.device_put(decoder, replicated)
 
-    checkpoints = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint_keep,
-                                             save_interval_steps=config.checkpoint_every,
-                                             enable_async_checkpointing=True, create=True))
-    start_step = 0
-    if checkpoints.latest_step() is not None:
-        start_step = checkpoints.latest_step()
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = checkpoints.restore(start_step, args=ocp.args.StandardRestore(abstract))
-        logging.info("resumed from step %d in %s", start_step, workdir)
+    checkpoints = checkpoint_manager(workdir, config)
+    state, start_step = restore_latest(checkpoints, state)
+
+    if start_step == 0 and config.get("eval_before_training", True):
+        # The untrained encoder (mean face, frontal) is the baseline for "it learns".
+        initial = evaluation.evaluate_state(config, state, decoder, weights)
+        if is_lead:
+            evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
 
     source = sources.make_source(config, decoder.face_model, split="train")
     step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
@@ -288,7 +304,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints.wait_until_finished()
     checkpoints.close()
 
-    from mofa import evaluation
     results = evaluation.evaluate_state(config, state, decoder, weights)
     if is_lead:
         writer.write_scalars(config.num_steps, {f"eval/{k}": v for k, v in results.items()})

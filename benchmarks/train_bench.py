@@ -1,0 +1,111 @@
+"""Training and inference throughput of the face autoencoder (run by hand, not in CI).
+
+python benchmarks/train_bench.py [--backbones alexnet,resnet18] [--image-size 128]
+
+Prints, per encoder: train-step images/s at batch 32, inference (encoder +
+decoder render) Hz at batch 1 and 64, encoder-only Hz at batch 64, compile
+times and the process's peak resident memory. The multi-level face model paper
+(Tewari et al. 2018) reports > 250 Hz on a GPU; the script prints the ratio of
+our inference rate to that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.configs import default  # noqa: E402
+from mofa import networks, render, train  # noqa: E402
+from mofa.data import sources  # noqa: E402
+
+PAPER_HZ = 250.0
+
+
+def _time(fn, *args, repeats=5):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return compile_s, times[len(times) // 2]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench(backbone: str, image_size: int, train_batch: int, repeats: int) -> dict:
+    config = default.get_config()
+    config.image_size = image_size
+    config.encoder.backbone = backbone
+    config.batch_size = train_batch
+    decoder = train.make_decoder(config)
+    weights = train.LossWeights.from_config(config.loss)
+    state = train.create_state(config, decoder.face_model, jax.random.key(0))
+    source = sources.make_source(config, decoder.face_model)
+    batch = jax.tree.map(jnp.asarray, source.batch(0, train_batch))
+    step = jax.jit(functools.partial(train.train_step, weights=weights))
+    train_compile, train_s = _time(step, state, batch, jax.random.key(1), decoder,
+                                   repeats=repeats)
+
+    def infer(state, images):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        code = networks.decode_head(state.apply_fn(variables, images, train=False),
+                                    decoder.face_model)
+        return render.render_face(decoder.face_model, code, decoder.camera).image
+
+    def encode(state, images):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return state.apply_fn(variables, images, train=False)
+
+    row = {"backbone": backbone, "train_img_s": train_batch / train_s,
+           "train_compile_s": train_compile}
+    for b in (1, 64):
+        images = jnp.tile(batch["image"][:1], (b, 1, 1, 1))
+        compile_s, seconds = _time(jax.jit(infer), state, images, repeats=repeats)
+        row[f"infer_hz_b{b}"] = b / seconds
+        row[f"infer_compile_s_b{b}"] = compile_s
+    _, seconds = _time(jax.jit(encode), state, jnp.tile(batch["image"][:1], (64, 1, 1, 1)),
+                       repeats=repeats)
+    row["encoder_hz_b64"] = 64 / seconds
+    row["peak_rss_mb"] = _peak_rss_mb()
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backbones", default="alexnet,resnet18")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+          f"{os.cpu_count()} cores, {args.image_size}px, builtin face model")
+    rows = [bench(b, args.image_size, args.train_batch, args.repeats)
+            for b in args.backbones.split(",")]
+    print(f"\n| encoder | train img/s (b{args.train_batch}) | infer Hz b1 | infer Hz b64 "
+          "| encoder-only Hz b64 | vs 250 Hz (b64) | compile train / infer b64 (s) "
+          "| peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backbone']} | {r['train_img_s']:.1f} | {r['infer_hz_b1']:.1f} "
+              f"| {r['infer_hz_b64']:.1f} | {r['encoder_hz_b64']:.1f} "
+              f"| {r['infer_hz_b64'] / PAPER_HZ:.2f}x | {r['train_compile_s']:.1f} / "
+              f"{r['infer_compile_s_b64']:.1f} | {r['peak_rss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

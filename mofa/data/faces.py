@@ -1,0 +1,293 @@
+"""Photo decoding, face landmark detection and face crops shared by the photo pipelines.
+
+Landmarks come from MediaPipe's offline face mesh (478 points, models inside the
+`mediapipe==0.10.14` wheel), reduced to the 68 Multi-PIE points by `MESH_TO_68`.
+The detector is pluggable: any callable `image_uint8 (H, W, 3) -> list of (68, 2)`
+pixel arrays works (tests inject fakes).
+
+Pixel convention everywhere: x right, y down, pixel (row i, col j) covers
+[j, j+1) x [i, i+1), so its centre is at (j + 0.5, i + 0.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+# Multi-PIE 68 points as MediaPipe face-mesh vertex indices; a pair is averaged.
+# Our own table, picked on the canonical mesh and checked by drawing it on photos.
+# "Right"/"left" are the subject's: the subject's right is the image's left.
+MESH_TO_68: tuple = (
+    # 0-16 jaw contour, image-left (at the ear) along the chin to image-right.
+    127, 234, 93, 132, 58, 136, 150, 176, 152, 400, 379, 365, 288, 361, 323, 454, 356,
+    # 17-21 right brow outer -> inner; 22-26 left brow inner -> outer (upper contour).
+    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
+    # 27-30 nose bridge, nasion -> tip; 31-35 nostril base, image-left -> right.
+    168, 197, 5, 1, 98, 97, 2, 326, 327,
+    # 36-41 right eye: outer corner, upper lid x2, inner corner, lower lid x2.
+    33, 160, 158, 133, 153, 144,
+    # 42-47 left eye: inner corner, upper lid x2, outer corner, lower lid x2.
+    362, 385, 387, 263, 373, 380,
+    # 48-59 outer lips: corner, upper lip to the other corner, lower lip back.
+    61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,
+    # 60-67 inner lips: corner, upper, corner, lower.
+    78, 81, 13, 311, 308, 402, 14, 178,
+)
+
+
+def mesh_to_68(mesh: np.ndarray) -> np.ndarray:
+    """(..., 468 or 478, 2+) mesh points -> (..., 68, 2) Multi-PIE landmarks."""
+    points = []
+    for entry in MESH_TO_68:
+        if isinstance(entry, tuple):
+            points.append(np.mean([mesh[..., i, :2] for i in entry], axis=0))
+        else:
+            points.append(mesh[..., entry, :2])
+    return np.stack(points, axis=-2).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Decoding.
+
+
+class ImageError(Exception):
+    """An image that cannot be used; the message is the reason shown to the user."""
+
+
+MIN_IMAGE_SIZE = 32
+
+
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any PIL image -> (H, W, 3) uint8 sRGB, EXIF orientation applied.
+
+    Grey and palette images become RGB, alpha is composited on mid grey, 16-bit
+    and float data are scaled to 8 bits, CMYK/YCbCr/LAB are converted.
+    """
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit greyscale (PIL gives 16-bit RGB PNGs to us already as 8-bit RGB).
+        data = np.asarray(image).astype(np.float64)
+        top = 65535.0 if (mode != "I" or data.max() > 255) else 255.0
+        grey = np.clip(np.round(data * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode == "F":
+        data = np.asarray(image, np.float64)
+        top = 1.0 if data.max() <= 1.0 else 255.0
+        grey = np.clip(np.round(data * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        grey = Image.new("RGBA", image.size, (128, 128, 128, 255))
+        image = Image.alpha_composite(grey, image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, np.uint8)
+
+
+def open_rgb8(path: str, scale: float = 1.0, max_short_side: Optional[int] = None
+              ) -> tuple[np.ndarray, float]:
+    """Decodes a photo file to (H, W, 3) uint8, raising ImageError with a reason.
+
+    scale < 1 (or a short side above max_short_side) lets JPEGs decode at a
+    reduced size (libjpeg's DCT scaling: 2-8x faster for big photos) no smaller
+    than `scale` x the full size. Returns the image and its actual scale: a
+    full-size pixel position p is at p * scale in it.
+    """
+    try:
+        with Image.open(path) as image:
+            full_width, full_height = image.size
+            if min(full_width, full_height) < MIN_IMAGE_SIZE:
+                raise ImageError(f"image too small ({full_width}x{full_height} px, "
+                                 f"need {MIN_IMAGE_SIZE})")
+            if max_short_side:
+                scale = min(scale, max_short_side / min(full_width, full_height))
+            if scale < 0.5 and image.format == "JPEG":
+                image.draft("RGB", (max(1, int(np.ceil(full_width * scale))),
+                                    max(1, int(np.ceil(full_height * scale)))))
+            image.load()  # decodes now: truncated files fail here, not later
+            actual = image.size[0] / full_width
+            rgb = to_rgb8(image)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image file (unrecognized format)") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"image too large to decode safely: {err}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        # PIL reports truncated/corrupt data as OSError or SyntaxError.
+        raise ImageError(f"unreadable or corrupt image: {err}") from None
+    return rgb, actual
+
+
+def load_rgb8(path: str) -> np.ndarray:
+    """Decodes a photo file at full size (see `open_rgb8`)."""
+    return open_rgb8(path)[0]
+
+
+# ---------------------------------------------------------------------------
+# Detection.
+
+
+Detector = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+
+class MediaPipeDetector:
+    """MediaPipe face mesh -> 68 landmarks per face, largest faces first.
+
+    The face mesh's own detector only finds faces that fill a good part of the
+    image; when it finds none, the full-range face detector (faces up to ~5 m)
+    proposes boxes and the mesh runs again on each enlarged crop.
+    """
+
+    @staticmethod
+    def tag(max_faces: int = 4, min_confidence: float = 0.5) -> str:
+        """Identifies the detector's results in caches (bump on mapping changes)."""
+        return f"mediapipe-mesh68-v1-{max_faces}-{min_confidence}"
+
+    def __init__(self, max_faces: int = 4, min_confidence: float = 0.5):
+        try:
+            import mediapipe as mp
+        except ImportError as err:  # pragma: no cover - depends on the install
+            raise ImportError(
+                "face detection needs mediapipe (pip install 'mediapipe==0.10.14'), or pass "
+                "detector=callable(image_uint8) -> list of (68, 2) arrays") from err
+        self._mp = mp
+        self.max_faces = max_faces
+        self.min_confidence = min_confidence
+        self._local = threading.local()  # mediapipe graphs are not thread-safe
+        self.cache_tag = self.tag(max_faces, min_confidence)
+
+    def _graphs(self):
+        if not hasattr(self._local, "mesh"):
+            solutions = self._mp.solutions
+            self._local.mesh = solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=self.max_faces, refine_landmarks=False,
+                min_detection_confidence=self.min_confidence)
+            self._local.finder = solutions.face_detection.FaceDetection(
+                model_selection=1, min_detection_confidence=self.min_confidence)
+        return self._local.mesh, self._local.finder
+
+    def _mesh(self, mesh, image: np.ndarray) -> list:
+        result = mesh.process(np.ascontiguousarray(image))
+        faces = []
+        height, width = image.shape[:2]
+        for face in result.multi_face_landmarks or ():
+            points = np.array([(p.x * width, p.y * height) for p in face.landmark], np.float64)
+            faces.append(mesh_to_68(points))
+        return faces
+
+    def __call__(self, image: np.ndarray) -> list:
+        mesh, finder = self._graphs()
+        faces = self._mesh(mesh, image)
+        if not faces:
+            faces = self._via_boxes(mesh, finder, image)
+        return sorted(faces, key=lambda f: -landmark_extent(f))
+
+    def _via_boxes(self, mesh, finder, image: np.ndarray) -> list:
+        height, width = image.shape[:2]
+        result = finder.process(np.ascontiguousarray(image))
+        faces = []
+        for detection in (result.detections or ())[: self.max_faces]:
+            box = detection.location_data.relative_bounding_box
+            cx = (box.xmin + box.width / 2) * width
+            cy = (box.ymin + box.height / 2) * height
+            side = 2.5 * max(box.width * width, box.height * height)
+            crop, scale, (x0, y0) = crop_square(image, cx, cy, side, 384)
+            for face in self._mesh(mesh, crop)[:1]:
+                faces.append((face / scale + np.array([x0, y0])).astype(np.float32))
+        return faces
+
+
+# ---------------------------------------------------------------------------
+# Crops.
+
+
+def landmark_extent(landmarks: np.ndarray) -> float:
+    """The larger side of the landmarks' bounding box, pixels."""
+    span = landmarks.max(axis=0) - landmarks.min(axis=0)
+    return float(max(span[0], span[1]))
+
+
+# Framing of photo crops, matched to the synthetic data (mofa.data.synthetic):
+# the crop side is CROP_SCALE x the landmarks' larger extent, its centre
+# CROP_SHIFT_Y x side above the landmark box centre (the landmarks start at
+# the brows, so their box centre sits below the face's centre).
+CROP_SCALE = 1.7
+CROP_SHIFT_Y = 0.06
+
+
+def face_box(landmarks: np.ndarray, scale: float = CROP_SCALE,
+             shift_y: float = CROP_SHIFT_Y) -> tuple:
+    """(centre x, centre y, side) of the square crop around one face's landmarks."""
+    low, high = landmarks.min(axis=0), landmarks.max(axis=0)
+    side = scale * float(max(high[0] - low[0], high[1] - low[1]))
+    cx, cy = (low + high) / 2.0
+    return float(cx), float(cy - shift_y * side), side
+
+
+def _mirror(index: np.ndarray, n: int) -> np.ndarray:
+    """Indices reflected into [0, n) (... 1 0 | 0 1 ... n-1 | n-1 n-2 ...), any distance."""
+    index = np.mod(index, 2 * n)
+    return np.where(index >= n, 2 * n - 1 - index, index)
+
+
+def crop_square(image: np.ndarray, cx: float, cy: float, side: float, size: int):
+    """Square crop of `side` px centred at (cx, cy), resized to size x size.
+
+    Parts outside the image are mirrored in (no black frames or streaks, which
+    the synthetic data never shows). Returns (crop uint8, scale,
+    (x0, y0)): crop pixel = (image pixel - (x0, y0)) * scale.
+    """
+    side_i = max(1, int(round(side)))
+    x0 = int(round(cx - side_i / 2.0))
+    y0 = int(round(cy - side_i / 2.0))
+    height, width = image.shape[:2]
+    patch = image[_mirror(np.arange(y0, y0 + side_i), height)[:, None],
+                  _mirror(np.arange(x0, x0 + side_i), width)[None, :]]
+    resized = np.asarray(Image.fromarray(patch).resize((size, size), Image.BICUBIC,
+                                                          reducing_gap=3.0))
+    return resized, size / side_i, (x0, y0)
+
+
+def face_crop(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
+    """One batch-contract example: the face crop, its landmarks and their weights."""
+    from mofa.data.synthetic import decode_srgb8
+    cx, cy, side = face_box(landmarks)
+    crop, scale, origin = crop_square(image, cx, cy, side, size)
+    local = ((landmarks - np.asarray(origin, np.float32)) * scale).astype(np.float32)
+    inside = np.all((local >= 0.0) & (local < size), axis=-1)
+    return {
+        "image": decode_srgb8(crop),
+        "landmarks": local,
+        "landmark_weight": inside.astype(np.float32),
+    }
+
+
+MIN_FACE_SIZE = 32
+
+
+def usable_faces(faces: Sequence[np.ndarray], max_faces: int = 1) -> tuple[list, Optional[str]]:
+    """Largest-first faces of at least MIN_FACE_SIZE px, or ([], reason)."""
+    faces = sorted((np.asarray(f, np.float32) for f in faces), key=lambda f: -landmark_extent(f))
+    for face in faces:
+        if face.shape != (68, 2) or not np.all(np.isfinite(face)):
+            return [], f"detector returned landmarks of shape {face.shape}, expected (68, 2)"
+    if not faces:
+        return [], "no face found"
+    big = [f for f in faces if landmark_extent(f) >= MIN_FACE_SIZE]
+    if not big:
+        return [], (f"face too small ({landmark_extent(faces[0]):.0f} px, need "
+                    f"{MIN_FACE_SIZE})")
+    return big[:max_faces], None

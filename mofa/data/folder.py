@@ -1,0 +1,248 @@
+"""A user's folder of photos as face crops with 68 landmarks (the batch contract).
+
+The first pass over a folder decodes every image and detects faces (MediaPipe
+face mesh, ~5 ms an image plus decoding) with a progress bar; results are
+cached per image in a small JSON file keyed by path, mtime and size, so later
+runs only re-detect new or changed files. Images that cannot be used
+(unreadable, truncated, not an image, too small, no face) are skipped: each is
+logged once with its reason and listed in `dataset.skipped`, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+
+from mofa.data import common
+from mofa.data import faces as faces_lib
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+    ".pgm", ".pnm", ".jfif",
+})
+CACHE_FOLDER = ".mofa_cache"
+
+
+def find_images(root: str) -> list[str]:
+    """Image files under root (recursive, sorted; hidden folders such as caches skipped)."""
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(files):
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                found.append(os.path.join(folder, name))
+    return found
+
+
+class LandmarkCache:
+    """One small JSON file per key in a folder; unreadable entries count as missing."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.folder, hashlib.sha1(key.encode()).hexdigest() + ".json")
+
+    def get(self, key: str) -> Optional[dict]:
+        try:
+            with open(self._path(key)) as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return entry if entry.get("key") == key else None
+
+    def put(self, key: str, entry: dict) -> None:
+        path = self._path(key)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(dict(entry, key=key), f)
+            os.replace(tmp, path)
+        except OSError as err:  # a read-only cache must not stop the run
+            log.warning("cannot write landmark cache %s: %s", path, err)
+
+
+def default_cache_dir(root: str) -> str:
+    """<root>/.mofa_cache if writable, else a folder under $MOFA_CACHE_DIR / ~/.cache/mofa."""
+    local = os.path.join(root, CACHE_FOLDER)
+    try:
+        os.makedirs(local, exist_ok=True)
+        if os.access(local, os.W_OK):
+            return local
+    except OSError:
+        pass
+    from mofa.facemodel import cache_dir
+    digest = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir(), "folders", digest)
+
+
+def detector_tag(detector) -> str:
+    """What a cached detection depends on besides the file."""
+    tag = getattr(detector, "cache_tag", None)
+    if tag:
+        return str(tag)
+    name = getattr(detector, "__qualname__", type(detector).__qualname__)
+    return f"{getattr(detector, '__module__', None) or type(detector).__module__}.{name}"
+
+
+class DetectedFaces:
+    """Face items (source, 68 landmarks in source pixels) plus the skipped sources.
+
+    Subclasses provide `_load(source) -> uint8 image`; `example(i)` crops item i.
+    """
+
+    def __init__(self, image_size: int, max_faces_per_image: int = 1):
+        if image_size < 16:
+            raise ValueError(f"image_size must be at least 16, got {image_size}")
+        self.image_size = image_size
+        self.max_faces_per_image = max_faces_per_image
+        self.items: list[tuple] = []  # (source, (68, 2) float32 landmarks)
+        self.skipped: list[tuple] = []  # (source name, reason)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _skip(self, source, reason: str) -> None:
+        self.skipped.append((source, reason))
+        log.warning("skipping %s: %s", source, reason)
+
+    def _load(self, source) -> np.ndarray:
+        raise NotImplementedError
+
+    def example(self, index: int) -> dict:
+        """Item `index` as a batch-contract example (image, landmarks, landmark_weight)."""
+        source, landmarks = self.items[index]
+        return faces_lib.face_crop(self._load(source), landmarks, self.image_size)
+
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0,
+                repeat: bool = True, drop_remainder: bool = True,
+                num_workers: int = 4) -> Iterator[dict]:
+        """Batches of the batch contract; an item that fails to load now is skipped.
+
+        num_workers threads decode and crop ahead (PIL decodes without the GIL).
+        """
+        if not self.items:
+            raise ValueError(f"no usable face images ({len(self.skipped)} skipped)")
+        failed = set()
+
+        def load(i):
+            try:
+                return i, self.example(i)
+            except faces_lib.ImageError as err:
+                return i, err
+
+        def examples():
+            order = (i for i in common.index_order(len(self.items), shuffle, seed, repeat)
+                     if i not in failed)
+            for i, result in common.ordered_map(load, order, num_workers):
+                if isinstance(result, faces_lib.ImageError):
+                    # Changed or removed since the scan: skip it from now on.
+                    if i not in failed:
+                        failed.add(i)
+                        self._skip(self.items[i][0], str(result))
+                    if len(failed) == len(self.items):
+                        return
+                    continue
+                yield result
+
+        return common.batch_examples(examples(), batch_size, drop_remainder)
+
+
+class FolderDataset(DetectedFaces):
+    """Face crops from every image under `root` (recursive).
+
+    detector: callable(image uint8 (H, W, 3)) -> list of (68, 2) pixel landmark
+      arrays; default MediaPipe's face mesh (`faces.MediaPipeDetector`).
+    max_faces_per_image: the largest faces of each image that become items.
+    """
+
+    def __init__(self, root: str, image_size: int, cache_dir: Optional[str] = None,
+                 detector=None, max_faces_per_image: int = 1, progress: bool = True):
+        super().__init__(image_size, max_faces_per_image)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"photo folder not found: {root}")
+        self.root = root
+        self.cache = LandmarkCache(cache_dir or default_cache_dir(root))
+        self._detector = detector
+        self.files = find_images(root)
+        self._scan(progress)
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            self._detector = faces_lib.MediaPipeDetector(max_faces=max(4, self.max_faces_per_image))
+        return self._detector
+
+    def _load(self, path: str) -> np.ndarray:
+        return faces_lib.load_rgb8(path)
+
+    def example(self, index: int) -> dict:
+        path, landmarks = self.items[index]
+        # Big JPEGs decode at a reduced size that still leaves the crop >= 1.5x image_size.
+        _, _, side = faces_lib.face_box(landmarks)
+        image, scale = faces_lib.open_rgb8(path, min(1.0, 1.5 * self.image_size / side))
+        return faces_lib.face_crop(image, landmarks * np.float32(scale), self.image_size)
+
+    def _key(self, path: str) -> str:
+        stat = os.stat(path)
+        return "|".join([os.path.abspath(path), str(stat.st_mtime_ns), str(stat.st_size),
+                         self._tag, str(self.max_faces_per_image)])
+
+    @property
+    def _tag(self) -> str:
+        # The default detector's tag is known without loading mediapipe.
+        if self._detector is None:
+            return faces_lib.MediaPipeDetector.tag(max(4, self.max_faces_per_image))
+        return detector_tag(self._detector)
+
+    def _detect(self, path: str) -> dict:
+        """{"faces": [...]} or {"error": reason}; "retry" marks errors not to cache."""
+        try:
+            # Detection needs no more than ~1024 px on the short side.
+            image, scale = faces_lib.open_rgb8(path, max_short_side=1024)
+        except faces_lib.ImageError as err:
+            return {"error": str(err)}
+        try:
+            found = [np.asarray(f, np.float32) / np.float32(scale) for f in self.detector(image)]
+        except ImportError:
+            raise
+        except Exception as err:  # a detector crash on one image must not stop the scan
+            return {"error": f"face detection failed: {type(err).__name__}: {err}",
+                    "retry": True}
+        faces, reason = faces_lib.usable_faces(found, self.max_faces_per_image)
+        if reason:
+            return {"error": reason}
+        return {"faces": [f.tolist() for f in faces]}
+
+    def _scan(self, progress: bool) -> None:
+        from tqdm.auto import tqdm
+        bar = tqdm(self.files, desc=f"finding faces in {self.root}", unit="image",
+                   disable=not progress or not self.files)
+        for path in bar:
+            try:
+                key = self._key(path)
+            except OSError as err:
+                self._skip(path, f"cannot read file: {err}")
+                continue
+            entry = self.cache.get(key)
+            if entry is None:
+                entry = self._detect(path)
+                if not entry.get("retry"):
+                    self.cache.put(key, entry)
+            if "error" in entry:
+                self._skip(path, entry["error"])
+                continue
+            for face in entry["faces"][: self.max_faces_per_image]:
+                self.items.append((path, np.asarray(face, np.float32)))
+        bar.close()
+        if not self.items:
+            log.warning("no usable face images under %s (%d files, %d skipped)",
+                        self.root, len(self.files), len(self.skipped))

@@ -1,0 +1,355 @@
+"""Data pipelines: synthetic stream and TFDS builder, photo folders, TFDS image datasets."""
+
+import io
+import logging
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from mofa import images
+from mofa.data import faces as faces_lib
+from mofa.data import synthetic
+from mofa.data.folder import FolderDataset, find_images
+
+from conftest import SHARED_DATA
+
+CODE_SIZES = lambda m: {  # noqa: E731
+    "code/rotation": (3,), "code/translation": (3,), "code/identity": (m.num_identity,),
+    "code/expression": (m.num_expression,), "code/reflectance": (m.num_albedo,),
+    "code/illumination": (9, 3)}
+
+
+def check_contract(batch, batch_size, size, synthetic_model=None):
+    assert batch["image"].shape == (batch_size, size, size, 3)
+    assert batch["landmarks"].shape == (batch_size, 68, 2)
+    assert batch["landmark_weight"].shape == (batch_size, 68)
+    for key, value in batch.items():
+        assert value.dtype == np.float32, key
+        assert np.all(np.isfinite(value)), key
+    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    assert set(np.unique(batch["landmark_weight"])) <= {0.0, 1.0}
+    if synthetic_model is not None:
+        assert batch["mask"].shape == batch["depth"].shape == (batch_size, size, size)
+        assert set(np.unique(batch["mask"])) <= {0.0, 1.0}
+        assert np.all(batch["depth"][batch["mask"] == 0] == 0)
+        assert np.all(batch["depth"][batch["mask"] == 1] > 500)  # mm: faces ~1 m away
+        for key, shape in CODE_SIZES(synthetic_model).items():
+            assert batch[key].shape == (batch_size,) + shape, key
+
+
+# ---------------------------------------------------------------------------
+# Synthetic data.
+
+
+# One size and batch everywhere below: the builder renders batches of 64, and
+# sharing its shapes shares one compilation of the renderer.
+SIZE, BATCH = 32, synthetic._RENDER_BATCH
+
+
+def rerender(model, batch):
+    """Renders a batch's stored codes again (padded to BATCH, background black)."""
+    n = len(batch["landmarks"])
+    padded = {k: np.concatenate([v] * (-(-BATCH // n)))[:BATCH] for k, v in batch.items()}
+    code = synthetic.code_from_batch(padded)
+    out, _ = synthetic.render_codes(model, code, np.zeros((BATCH, SIZE, SIZE, 3), np.float32),
+                                    SIZE)
+    return {k: np.asarray(v)[:n] for k, v in out.items()}
+
+
+def check_ground_truth(model, batch):
+    """The stored code re-renders to the stored landmarks, mask and (on the face) image."""
+    out = rerender(model, batch)
+    np.testing.assert_allclose(out["landmarks"], batch["landmarks"], atol=1e-3)
+    inside = out["mask"] > 0
+    np.testing.assert_array_equal(inside, batch["mask"] > 0)
+    np.testing.assert_allclose(out["depth"], batch["depth"], atol=0.05)  # stored in 1/16 mm
+    again = synthetic.decode_srgb8(synthetic.encode_srgb8(out["image"]))
+    assert np.abs(again - batch["image"])[inside].max() < 1e-5
+
+
+def test_synthetic_stream_contract_and_ground_truth(builtin_model):
+    stream = synthetic.synthetic_batches(builtin_model, SIZE, BATCH, jax.random.key(0))
+    first, second = next(stream), next(stream)
+    check_contract(first, BATCH, SIZE, builtin_model)
+    assert not np.allclose(first["image"], second["image"])  # batches differ
+    # Framed like face crops: the face covers a good part of the width.
+    width = first["mask"].any(axis=1).sum(-1) / SIZE
+    assert np.all((width > 0.4) & (width < 0.9)), width
+    assert first["landmark_weight"].mean() > 0.95
+    check_ground_truth(builtin_model, {k: v[:8] for k, v in first.items()})
+    # Same key -> same batch.
+    again = next(synthetic.synthetic_batches(builtin_model, SIZE, BATCH, jax.random.key(0)))
+    np.testing.assert_array_equal(again["image"], first["image"])
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(builtin_model, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return synthetic.prepare("builtin", image_size=SIZE, num_train=8, num_validation=4,
+                             num_test=4, data_dir=str(data_dir))
+
+
+def _all_examples(source):
+    return [synthetic.decode_example(source[i]) for i in range(len(source))]
+
+
+def test_synthetic_builder_splits(tiny_synthetic, builtin_model, tmp_path):
+    builder = tiny_synthetic
+    assert builder.builder_config.name == "builtin-32px-8-4-4"
+    sources = builder.as_data_source()
+    assert {k: len(v) for k, v in sources.items()} == {"train": 8, "validation": 4, "test": 4}
+    raw = sources["train"][0]
+    assert raw["image"].dtype == np.uint8 and raw["image"].shape == (SIZE, SIZE, 3)
+    train, test = _all_examples(sources["train"]), _all_examples(sources["test"])
+    batch = next(synthetic.dataset_batches(builder, "train", 4, shuffle=True, seed=1))
+    check_contract(batch, 4, SIZE, builtin_model)
+    # Splits have their own seeds: no test example equals a train example.
+    for t in test:
+        assert all(not np.array_equal(t["code/identity"], e["code/identity"]) for e in train)
+    # Reproducible: a second build elsewhere stores the same examples.
+    again = synthetic.prepare("builtin", image_size=SIZE, num_train=8, num_validation=4,
+                              num_test=4, data_dir=str(tmp_path))
+    for a, b in zip(train, _all_examples(again.as_data_source(split="train"))):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_synthetic_builder_ground_truth_rerenders(tiny_synthetic, builtin_model):
+    examples = _all_examples(tiny_synthetic.as_data_source(split="validation"))
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    check_ground_truth(builtin_model, batch)
+
+
+def test_config_names():
+    assert synthetic.config_name("builtin", 64, 10, 2, 3) == "builtin-64px-10-2-3"
+    name = synthetic.config_name("bfm2017:/some where/model.h5", 128, 1, 1, 1)
+    assert name.startswith("bfm2017_") and name.endswith("-128px-1-1-1") and " " not in name
+
+
+# ---------------------------------------------------------------------------
+# Decoding photos.
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+def test_to_rgb8_modes():
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    assert np.array_equal(faces_lib.to_rgb8(Image.fromarray(rgb)), rgb)
+    grey = faces_lib.to_rgb8(Image.fromarray(rgb[..., 0]))
+    assert grey.shape == (40, 50, 3) and np.array_equal(grey[..., 2], rgb[..., 0])
+    # 16-bit greyscale PNG: 65535 -> 255, 257 * v -> v.
+    deep = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+    deep = _encoded(deep, "PNG")
+    assert deep.mode.startswith("I")
+    np.testing.assert_array_equal(faces_lib.to_rgb8(deep)[..., 0], rgb[..., 0])
+    # Transparent pixels become mid grey.
+    rgba = np.dstack([rgb, np.zeros((40, 50), np.uint8)])
+    assert np.all(faces_lib.to_rgb8(Image.fromarray(rgba, "RGBA")) == 128)
+    cmyk = faces_lib.to_rgb8(_encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG"))
+    assert cmyk.shape == (40, 50, 3)
+    # EXIF orientation 6 (stored rotated): the decoded image is upright again.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90)
+    upright = faces_lib.to_rgb8(_encoded(stored, "PNG", exif=exif))
+    assert upright.shape == (40, 50, 3)
+    np.testing.assert_array_equal(upright, rgb)
+
+
+def test_face_crop_maps_landmarks():
+    image = np.zeros((300, 400, 3), np.uint8)
+    lm = np.random.default_rng(1).uniform([150, 100], [250, 200], (68, 2)).astype(np.float32)
+    example = faces_lib.face_crop(image, lm, 64)
+    assert example["image"].shape == (64, 64, 3) and example["image"].dtype == np.float32
+    cx, cy, side = faces_lib.face_box(lm)
+    # A crop pixel is (image pixel - origin) * scale: the box centre lands mid-crop.
+    side = round(side)
+    centre = (np.array([cx, cy]) - np.round(np.array([cx, cy]) - side / 2)) * 64 / side
+    np.testing.assert_allclose(centre, [32, 32], atol=0.6)
+    extent = faces_lib.landmark_extent(example["landmarks"]) / 64
+    assert abs(extent - 1 / faces_lib.CROP_SCALE) < 0.02
+    assert example["landmark_weight"].all()
+
+
+# ---------------------------------------------------------------------------
+# Photo folders.
+
+
+class CountingDetector:
+    """Wraps a detector and counts calls (to see the cache work)."""
+
+    def __init__(self, inner, tag):
+        self.inner, self.calls, self.cache_tag = inner, 0, tag
+
+    def __call__(self, image):
+        self.calls += 1
+        return self.inner(image)
+
+
+def _write_folder(root, faces_u8):
+    """Good face images in many encodings plus every kind of bad file; returns names."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sub").mkdir()
+    Image.fromarray(faces_u8[0]).save(root / "face.jpg", quality=92)
+    Image.fromarray(faces_u8[1]).save(root / "sub" / "face.png")
+    Image.fromarray(faces_u8[2]).convert("L").save(root / "grey.png")
+    rgba = np.dstack([faces_u8[3], np.full(faces_u8[3].shape[:2], 255, np.uint8)])
+    rgba[:8] = 0  # a transparent band
+    Image.fromarray(rgba, "RGBA").save(root / "alpha.png")
+    grey16 = Image.fromarray(faces_u8[0].mean(-1).astype(np.uint16) * 257)
+    grey16.save(root / "deep.png")
+    Image.fromarray(faces_u8[1]).convert("CMYK").save(root / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated 90 degrees clockwise
+    Image.fromarray(faces_u8[2]).transpose(Image.Transpose.ROTATE_270).save(
+        root / "rotated.jpg", exif=exif)
+    good = {"face.jpg", "face.png", "grey.png", "alpha.png", "deep.png", "cmyk.jpg",
+            "rotated.jpg"}
+    # The bad ones.
+    full = io.BytesIO()
+    Image.fromarray(faces_u8[3]).save(full, format="JPEG")
+    (root / "truncated.jpg").write_bytes(full.getvalue()[: len(full.getvalue()) // 3])
+    (root / "notes.jpg").write_text("this is not an image\n")
+    Image.fromarray(np.full((10, 10, 3), 200, np.uint8)).save(root / "tiny.png")
+    Image.fromarray(np.full((160, 160, 3), (90, 140, 200), np.uint8)).save(root / "flat.png")
+    (root / "readme.txt").write_text("not an image extension: ignored\n")
+    bad = {"truncated.jpg": "unreadable", "notes.jpg": "not an image", "tiny.png": "too small",
+           "flat.png": "no face"}
+    return good, bad
+
+
+@pytest.fixture(scope="module")
+def rendered_faces(builtin_model):
+    # Frontal-ish renders: mediapipe finds every one of them (checked).
+    batch = next(synthetic.synthetic_batches(builtin_model, 160, 4, jax.random.key(11)))
+    return images.to_uint8(images.linear_to_srgb(batch["image"])), batch["landmarks"]
+
+
+def test_folder_dataset_with_mediapipe(rendered_faces, tmp_path, caplog):
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
+    faces_u8, truth = rendered_faces
+    root = tmp_path / "photos"
+    good, bad = _write_folder(root, faces_u8)
+    detector = CountingDetector(faces_lib.MediaPipeDetector(), "counting-mp")
+    with caplog.at_level(logging.WARNING, logger="mofa.data.folder"):
+        dataset = FolderDataset(str(root), 64, detector=detector, progress=False)
+    assert len(find_images(str(root))) == len(good) + len(bad)
+    found = {os.path.basename(p) for p, _ in dataset.items}
+    skipped = {os.path.basename(p): reason for p, reason in dataset.skipped}
+    assert found == good, (found, skipped)
+    assert set(skipped) == set(bad)
+    for name, words in bad.items():
+        assert words in skipped[name], (name, skipped[name])
+        assert name in caplog.text  # each logged by name
+    # Detected landmarks agree with the renders' ground truth (same pixel grid).
+    for path, lm in dataset.items:
+        if os.path.basename(path) == "face.jpg":
+            error = np.median(np.linalg.norm(lm - truth[0], axis=-1))
+            assert error < 0.05 * 160, error
+    batches = list(dataset.batches(3, shuffle=True, seed=0, repeat=False, drop_remainder=False))
+    assert sum(len(b["image"]) for b in batches) == len(good)
+    check_contract(batches[0], 3, 64)
+    # Second scan: everything comes from the cache, no detection.
+    calls = detector.calls
+    again = FolderDataset(str(root), 64, detector=detector, progress=False)
+    assert detector.calls == calls and len(again) == len(dataset)
+    assert len(again.skipped) == len(bad)
+    # A file that vanishes after the scan is skipped; the run goes on.
+    os.remove(root / "face.jpg")
+    batches = list(again.batches(2, shuffle=False, repeat=False, drop_remainder=False))
+    assert sum(len(b["image"]) for b in batches) == len(good) - 1
+    assert any("face.jpg" in str(p) and "not found" in r for p, r in again.skipped)
+
+
+def test_folder_dataset_real_photos(tmp_path):
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
+    source = SHARED_DATA / "faces-dev"
+    if not source.is_dir():
+        pytest.skip(f"no real photos at {source} (../shared/data beside the checkout)")
+    names = ["deca_0.jpg", "deca_alfw1.png", "3ddfa_trump_hillary.jpg"]
+    for name in names:
+        shutil.copy(source / name, tmp_path / name)
+    dataset = FolderDataset(str(tmp_path), 96, progress=False)
+    assert not dataset.skipped and len(dataset) == len(names)
+    batch = next(dataset.batches(3, shuffle=False))
+    check_contract(batch, 3, 96)
+    lm = batch["landmarks"]
+    # Multi-PIE order on real faces: jaw runs image-left to right, eyes above the mouth.
+    assert np.all(lm[:, 0, 0] < lm[:, 8, 0]) and np.all(lm[:, 8, 0] < lm[:, 16, 0])
+    assert np.all(lm[:, 36, 0] < lm[:, 45, 0]) and np.all(lm[:, 39, 0] < lm[:, 42, 0])
+    assert np.all(lm[:, 27, 1] < lm[:, 30, 1]) and np.all(lm[:, 30, 1] < lm[:, 51, 1])
+    assert np.all(lm[:, 51, 1] < lm[:, 57, 1]) and np.all(lm[:, 57, 1] < lm[:, 8, 1])
+    extent = np.array([faces_lib.landmark_extent(x) for x in lm]) / 96
+    assert np.all(np.abs(extent - 1 / faces_lib.CROP_SCALE) < 0.02)
+
+
+def _fake_landmarks(image):
+    """A fixed face-sized landmark cloud in the image centre (no real detection)."""
+    h, w = image.shape[:2]
+    if image.std() < 1.0:  # flat images have no face
+        return []
+    unit = np.random.default_rng(0).uniform(-0.3, 0.3, (68, 2))
+    return [(unit * min(h, w) + [w / 2, h / 2]).astype(np.float32)]
+
+
+def test_folder_dataset_fake_detector_and_failures(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(
+            root / f"noise{i}.png")
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(root / "black.png")
+
+    calls = []
+
+    def crashing(image):
+        calls.append(1)
+        if np.array_equal(image, image_crash):
+            raise RuntimeError("detector bug")
+        return _fake_landmarks(image)
+
+    image_crash = np.asarray(Image.open(root / "noise3.png"))
+    crashing.cache_tag = "crashing"
+    dataset = FolderDataset(str(root), 32, detector=crashing, cache_dir=str(tmp_path / "c"),
+                            progress=False)
+    skipped = {os.path.basename(p): r for p, r in dataset.skipped}
+    assert skipped.keys() == {"black.png", "noise3.png"}
+    assert "detection failed" in skipped["noise3.png"]
+    assert len(dataset) == 4
+    batch = next(dataset.batches(8, shuffle=True, seed=3, repeat=True))
+    check_contract(batch, 8, 32)
+    # Results are cached, except the crash: only that image is tried again.
+    before = len(calls)
+    again = FolderDataset(str(root), 32, detector=crashing, cache_dir=str(tmp_path / "c"),
+                          progress=False)
+    assert len(calls) == before + 1 and len(again) == 4
+    with pytest.raises(FileNotFoundError):
+        FolderDataset(str(tmp_path / "missing"), 32, detector=crashing)
+
+
+# ---------------------------------------------------------------------------
+# TFDS image datasets.
+
+
+def test_tfds_image_batches_with_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from mofa.data.tfds_images import TfdsImageDataset, tfds_image_batches
+    _fake_landmarks.cache_tag = "fake"
+    with tfds.testing.mock_data(num_examples=6):
+        dataset = TfdsImageDataset("celeb_a", "train", 40, detector=_fake_landmarks,
+                                   cache_dir=str(tmp_path), progress=False)
+        assert dataset.image_key == "image" and len(dataset) == 6
+        batches = tfds_image_batches("celeb_a", "train", 40, 4, detector=_fake_landmarks,
+                                     cache_dir=str(tmp_path), progress=False, repeat=False)
+        batch = next(batches)
+    check_contract(batch, 4, 40)
