@@ -222,3 +222,63 @@ def test_killed_run_resumes_and_continues_the_same_loss_curve(tmp_path):
     assert {s for s, _ in got} == set(expected)
     for step, loss in got:
         assert loss == pytest.approx(expected[step], rel=1e-5), step
+
+
+def _tiny_variant(module, **overrides):
+    config = module.get_config()
+    for key, value in tiny_config(**overrides).items():
+        if key not in ("loss", "data"):
+            config[key] = value
+    config.eval_before_training = False
+    return config
+
+
+def test_mofa_folder_config_takes_a_step_on_photos(builtin_model, tmp_path):
+    from PIL import Image
+
+    from experiments.configs import mofa_folder
+    from mofa import images
+    from mofa.data import synthetic
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    batch = next(synthetic.synthetic_batches(builtin_model, 160, 8, jax.random.key(3)))
+    for i, image in enumerate(images.to_uint8(images.linear_to_srgb(batch["image"]))):
+        Image.fromarray(image).save(photos / f"face{i}.jpg", quality=92)
+    (photos / "broken.jpg").write_text("not a photo")
+    config = _tiny_variant(mofa_folder, num_steps=1)
+    config.data.path = str(photos)
+    results = train.train_and_evaluate(config, str(tmp_path / "work"))
+    assert np.isfinite(results["photometric_error"])
+    log = metrics.read_jsonl(str(tmp_path / "work" / "metrics.jsonl"))
+    assert log[0]["step"] == 1 and np.isfinite(log[0]["loss/landmark"])
+
+
+def test_mofa_celeba_config_takes_a_step_on_mock_tfds(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from experiments.configs import mofa_celeba
+    from mofa.data import faces
+
+    class FixedLandmarks:
+        """Mock CelebA images are noise: stand in for the detector with a fixed face."""
+
+        cache_tag = "fixed"
+
+        def __init__(self, **_):
+            pass
+
+        @staticmethod
+        def tag(*_):
+            return "fixed"
+
+        def __call__(self, image):
+            h, w = image.shape[:2]
+            unit = np.random.default_rng(0).uniform(-0.3, 0.3, (68, 2))
+            return [(unit * min(h, w) + [w / 2, h / 2]).astype(np.float32)]
+
+    monkeypatch.setattr(faces, "MediaPipeDetector", FixedLandmarks)
+    config = _tiny_variant(mofa_celeba, num_steps=1)
+    with tfds.testing.mock_data(num_examples=16):
+        results = train.train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(results["photometric_error"])
