@@ -128,7 +128,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, decoder: Decoder,
     (total, (terms, batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics_ = {"loss": total, "grad_norm": optax.global_norm(grads),
+    metrics_ = {"loss": total, "grad_norm": optax.tree.norm(grads),
                 "landmark_error_px": aux["landmark_error_px"],
                 **{f"loss/{k}": v for k, v in terms.items()}}
     return new_state, metrics_
