@@ -51,9 +51,9 @@ class LossWeights:
     photometric: float = 1.92
     vertex_photometric: float = 0.0
     landmark: float = 1.0
-    prior_identity: float = 2.9e-5
-    prior_expression: float = 2.9e-5
-    prior_reflectance: float = 2.9e-5
+    prior_identity: float = 2.9e-5 * 255
+    prior_expression: float = 2.9e-5 * 255
+    prior_reflectance: float = 2.9e-5 * 255
     model_space: float = 0.0
     parameter: float = 0.0
 

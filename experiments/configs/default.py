@@ -23,14 +23,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.encoder.width = 64
     config.encoder.dtype = "float32"
 
-    # MoFA's loss: dense photometric + landmarks + statistical prior.
+    # MoFA's loss: dense photometric + landmarks + statistical prior. MoFA weighs
+    # the photometric term 1.92 and the prior 2.9e-5 with colours in [0, 255]; our
+    # colours are in [0, 1], so the prior weight is scaled by 255 to keep the balance.
     config.loss = ml_collections.ConfigDict()
     config.loss.photometric = 1.92
     config.loss.vertex_photometric = 0.0
     config.loss.landmark = 1.0
-    config.loss.prior_identity = 2.9e-5
-    config.loss.prior_expression = 2.9e-5
-    config.loss.prior_reflectance = 2.9e-5
+    config.loss.prior_identity = 2.9e-5 * 255
+    config.loss.prior_expression = 2.9e-5 * 255
+    config.loss.prior_reflectance = 2.9e-5 * 255
     config.loss.model_space = 0.0
     config.loss.parameter = 0.0
 

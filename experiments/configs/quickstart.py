@@ -12,13 +12,13 @@ def get_config():
     config.image_size = 64
     config.encoder.width = 32
     config.batch_size = 16
-    config.num_steps = 600
+    config.num_steps = 1400
     config.learning_rate = 1e-3
     config.warmup_steps = 50
-    config.loss.landmark = 10.0
+    config.loss.landmark = 50.0
     config.log_every = 25
-    config.image_every = 200
-    config.checkpoint_every = 200
+    config.image_every = 350
+    config.checkpoint_every = 350
     config.eval_batches = 4
     config.eval_batch_size = 32
     return config
