@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -220,6 +221,27 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state: TrainState) -> tup
     return checkpoints.restore(step, args=ocp.args.StandardRestore(abstract)), step
 
 
+def load_trained(workdir: str, face_model: str | None = None):
+    """(config, state, decoder, step) of the latest checkpoint of a training workdir."""
+    workdir = os.path.abspath(workdir)
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a mofa training "
+                                "workdir (expected config.json and checkpoints/)")
+    with open(config_path, encoding="utf-8") as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if face_model:
+        config.face_model = face_model
+    decoder = make_decoder(config)
+    state = create_state(config, decoder.face_model, jax.random.key(config.seed))
+    manager = checkpoint_manager(workdir, config)
+    if manager.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    state, step = restore_latest(manager, state)
+    manager.close()
+    return config, state, decoder, step
+
+
 def _check_finite(step: int, values: dict) -> None:
     bad = {k: v for k, v in values.items() if not np.isfinite(v)}
     if bad:
@@ -239,6 +261,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_lead = jax.process_index() == 0
+    if is_lead:  # what `load_trained` needs to rebuild the model from the workdir alone
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
     writer = metrics.MetricWriter(workdir, enabled=is_lead)
     weights = LossWeights.from_config(config.loss)
     decoder = make_decoder(config)

@@ -161,6 +161,11 @@ def test_quickstart_trains_end_to_end_and_writes_outputs(tmp_path):
     assert os.path.exists(tmp_path / "images" / "step_0000003.png")
     assert os.path.exists(tmp_path / "eval.json")
     assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "3"
+    restored_config, state, _, step = train.load_trained(str(tmp_path))
+    assert step == 3 and restored_config.image_size == config.image_size
+    assert int(state.step) == 3
+    with pytest.raises(FileNotFoundError, match="not a mofa training workdir"):
+        train.load_trained(str(tmp_path / "images"))
 
 
 def test_non_finite_loss_stops_with_step_and_terms(tmp_path):
