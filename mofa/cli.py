@@ -21,15 +21,86 @@ def _sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = jax.jit(lambda c: render.render_face(model, c, camera, background=background))(code)
     pictures = jax.device_get(out.image)
-    if int(out.overflow.max()) > 0:
-        print(f"warning: rasterizer pool overflowed by {int(out.overflow.max())} candidates",
-              file=sys.stderr)
     sheet = images.grid(images.linear_to_srgb(pictures), columns=args.columns)
     images.save_png(args.out, sheet)
     print(f"rendered {args.n} faces of '{model.name}' ({model.num_vertices} vertices, "
           f"{model.num_triangles} triangles) at {args.size}px in "
           f"{time.perf_counter() - start:.2f}s -> {args.out}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from mofa import evaluation
+
+    if args.mode == "synthetic":
+        from mofa import train
+
+        if args.num_faces is not None and args.num_faces < 1:
+            raise ValueError("--num-faces must be at least 1")
+        config, state, decoder, step = train.load_trained(args.checkpoint)
+        results = evaluation.evaluate_state(
+            config, state, decoder, train.LossWeights.from_config(config.loss),
+            num_faces=args.num_faces, face_model=args.face_model)
+        results.update(step=step, face_model=args.face_model or config.face_model)
+        out = args.out or os.path.join(args.checkpoint, "eval_synthetic.json")
+    else:
+        from mofa import scan_eval
+
+        for folder in (args.predictions, args.scans if args.mode == "scans" else args.annotations):
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"no such folder: {folder}")
+        if args.mode == "scans":
+            results = scan_eval.evaluate_scans(args.predictions, args.scans, args.crop_radius,
+                                               refine=not args.no_refine,
+                                               face_model=args.face_model)
+        else:
+            results = scan_eval.evaluate_landmarks(args.predictions, args.annotations)
+        out = args.out or os.path.join(args.predictions, f"{args.mode[:-1]}_eval.json")
+    evaluation.write_json(out, results)
+    summary = {k: v for k, v in results.items() if not isinstance(v, dict)}
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"-> {out}")
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    import jax
+
+    from mofa import facemodel, networks, reconstruct, render
+    from mofa.code import DEFAULT_FOV_DEGREES
+
+    encoder = None
+    if args.checkpoint:
+        from mofa.train import load_trained
+        config, state, decoder, _ = load_trained(args.checkpoint, args.face_model)
+        if args.image_size and args.image_size != config.image_size:
+            raise ValueError(f"--image-size {args.image_size} differs from the checkpoint's "
+                             f"{config.image_size} ({args.checkpoint})")
+        model, camera = decoder.face_model, decoder.camera
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        encoder = jax.jit(lambda x: networks.decode_head(
+            state.apply_fn(variables, x, train=False), model))
+    else:
+        model = facemodel.load(args.face_model or "builtin")
+        size = args.image_size or 128
+        camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
+    steps = args.fit_steps if args.fit_steps is not None else (0 if encoder else 200)
+    if steps < 0 or args.batch_size < 1:
+        raise ValueError("--fit-steps must be >= 0 and --batch-size >= 1")
+    rec = reconstruct.Reconstructor(model, camera, batch_size=args.batch_size, fit_steps=steps,
+                                    encoder=encoder)
+    summary = reconstruct.run(args.inputs, args.out, rec, max_faces=args.max_faces,
+                              texture_size=args.texture_size, smooth=args.smooth,
+                              progress=not args.quiet)
+    for item in summary["skipped"]:
+        print(f"mofa reconstruct: skipped {item['source']}: {item['reason']}", file=sys.stderr)
+    print(f"reconstructed {summary['num_faces']} faces in {summary['seconds']:.1f}s "
+          f"({summary['faces_per_second']:.2f} faces/s), {len(summary['skipped'])} inputs "
+          f"skipped -> {args.out}")
+    return 1 if summary["skipped"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +118,67 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png", help="output PNG path")
     sample.set_defaults(run=_sample)
+    evaluate = commands.add_parser(
+        "evaluate", help="reconstruction errors: synthetic test faces, 3D scans or 2D landmarks")
+    modes = evaluate.add_subparsers(dest="mode", required=True)
+    synthetic = modes.add_parser(
+        "synthetic", help="a checkpoint on synthetic test faces: vertex error (mm), landmark "
+        "NME, photometric, pose and light errors")
+    synthetic.add_argument("--checkpoint", required=True, help="training workdir")
+    synthetic.add_argument("--face-model", default=None,
+                           help="evaluate on this model's faces (default: the trained model)")
+    synthetic.add_argument("--num-faces", type=int, default=None,
+                           help="test faces (default: the config's eval_batches batches)")
+    scans = modes.add_parser(
+        "scans", help="NoW-style scan-to-mesh distance (mm) of predicted meshes to 3D scans")
+    scans.add_argument("--predictions", required=True,
+                       help="`mofa reconstruct` output: <stem>_face0/mesh.obj + code.json")
+    scans.add_argument("--scans", required=True,
+                       help="<stem>.obj|.ply scans (mm) with <stem>.txt|.npy|.pp 3D landmarks "
+                       "(7 NoW points or 68)")
+    scans.add_argument("--crop-radius", type=float, default=100.0,
+                       help="mm around the scan's nose tip (0: no crop)")
+    scans.add_argument("--no-refine", action="store_true",
+                       help="skip the rigid ICP after the landmark alignment")
+    scans.add_argument("--face-model", default="builtin",
+                       help="model whose landmark vertices locate the 68 landmarks on meshes "
+                       "whose code.json has no 'landmarks_3d'")
+    landmarks = modes.add_parser(
+        "landmarks", help="2D landmark NME of reconstructions against .pts annotations")
+    landmarks.add_argument("--predictions", required=True,
+                           help="`mofa reconstruct` output: <stem>_face<k>/code.json")
+    landmarks.add_argument("--annotations", required=True,
+                           help="<stem>.pts files (68 iBUG points or 5 points)")
+    for mode in (synthetic, scans, landmarks):
+        mode.add_argument("--out", default=None, help="output JSON path")
+    evaluate.set_defaults(run=_evaluate)
+
+    recon = commands.add_parser(
+        "reconstruct", help="3D faces (mesh, texture, codes) from photos, folders and videos",
+        description="Reconstructs every face in images, folders (recursive) and videos "
+        "(.mp4 .avi .mov .webm .gif .mkv). Per face: <stem>_face<k>/ with mesh.obj (+ .mtl, "
+        "texture.png), mesh.ply, code.json/.npz, overlay.png, depth.png; per video: "
+        "<stem>_overlay.mp4 and <stem>_codes.npz/.json; summary.json for the run. "
+        "Unusable inputs are skipped and listed with their reason. Exit status: 0 if every "
+        "input was reconstructed, 1 if any was skipped (the others are still written).")
+    recon.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder or video")
+    recon.add_argument("--out", required=True, help="output folder")
+    recon.add_argument("--checkpoint", default=None,
+                       help="training workdir whose encoder gives the first estimate "
+                       "(default: fit from the mean face)")
+    recon.add_argument("--fit-steps", type=int, default=None,
+                       help="analysis-by-synthesis steps (default 0 with --checkpoint, else 200)")
+    recon.add_argument("--face-model", default=None,
+                       help="face model spec (default: the checkpoint's, else builtin)")
+    recon.add_argument("--image-size", type=int, default=None,
+                       help="face crop size in pixels (default: the checkpoint's, else 128)")
+    recon.add_argument("--batch-size", type=int, default=8, help="faces per batch")
+    recon.add_argument("--max-faces", type=int, default=8, help="faces per image at most")
+    recon.add_argument("--texture-size", type=int, default=256, help="UV texture size in pixels")
+    recon.add_argument("--smooth", type=float, default=1.0,
+                       help="video: Gaussian sigma in frames for pose/expression (0: off)")
+    recon.add_argument("--quiet", action="store_true", help="no progress bar")
+    recon.set_defaults(run=_reconstruct)
     return parser
 
 

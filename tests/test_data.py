@@ -55,7 +55,7 @@ def rerender(model, batch):
     n = len(batch["landmarks"])
     padded = {k: np.concatenate([v] * (-(-BATCH // n)))[:BATCH] for k, v in batch.items()}
     code = synthetic.code_from_batch(padded)
-    out, _ = synthetic.render_codes(model, code, np.zeros((BATCH, SIZE, SIZE, 3), np.float32),
+    out = synthetic.render_codes(model, code, np.zeros((BATCH, SIZE, SIZE, 3), np.float32),
                                     SIZE)
     return {k: np.asarray(v)[:n] for k, v in out.items()}
 

@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import logging
 import os
 import re
 from typing import Iterator, Optional
@@ -35,7 +34,6 @@ from mofa.code import DEFAULT_DISTANCE_MM, DEFAULT_FOV_DEGREES, FaceCode, random
 from mofa.facemodel import FaceModel
 from mofa.render import Camera, render_face
 
-log = logging.getLogger(__name__)
 
 CODE_FIELDS = ("rotation", "translation", "identity", "expression", "reflectance",
                "illumination")
@@ -124,7 +122,7 @@ def random_inputs(model: FaceModel, key: jax.Array, batch_size: int, image_size:
 
 @functools.partial(jax.jit, static_argnames=("image_size",))
 def render_codes(model: FaceModel, code: FaceCode, background: jax.Array, image_size: int):
-    """The batch-contract arrays of rendered codes: (dict, rasterizer overflow (B,)).
+    """The batch-contract arrays (a dict) of rendered codes.
 
     Module-level and jitted with the model as an argument, so every renderer
     (and every re-render of stored codes) of the same shapes shares one compilation.
@@ -143,7 +141,7 @@ def render_codes(model: FaceModel, code: FaceCode, background: jax.Array, image_
     }
     for field in CODE_FIELDS:
         batch[f"code/{field}"] = getattr(code, field)
-    return batch, out.overflow
+    return batch
 
 
 class SyntheticRenderer:
@@ -165,11 +163,7 @@ class SyntheticRenderer:
     def __call__(self, key: jax.Array) -> dict:
         code, background = random_inputs(self.model, key, self.batch_size, self.image_size,
                                          self.framing)
-        batch, overflow = jax.device_get(
-            render_codes(self.model, code, background, self.image_size))
-        if int(np.max(overflow)) > 0:
-            # The rasterizer dropped some candidate pixels: rare, a few holes at most.
-            log.warning("rasterizer pool overflowed by %d candidates", int(np.max(overflow)))
+        batch = jax.device_get(render_codes(self.model, code, background, self.image_size))
         batch = {k: np.asarray(v, np.float32) for k, v in batch.items()}
         if self.quantize:
             batch["image"] = decode_srgb8(encode_srgb8(batch["image"]))

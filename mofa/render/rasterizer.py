@@ -3,10 +3,11 @@
 1. `rasterize` (visibility): the triangle id covering each pixel centre after a
    z-test, -1 on the background. Integer output, computed outside autodiff.
    Exact, with cost linear in covered pixels: every triangle's pixel bounding
-   box is laid out in one fixed pool of candidate slots (prefix sum of box
-   areas); each slot finds its triangle by a running max, tests its pixel
-   against the triangle's edges and scatter-mins its depth into a z-buffer;
-   the winning triangle id is scattered among the slots that tie the minimum.
+   box is laid out in a sequence of candidate slots (prefix sum of box areas),
+   processed in fixed-size chunks; each slot finds its triangle by a running
+   max, tests its pixel against the triangle's edges and scatter-mins its
+   depth into a z-buffer; the winning triangle id is scattered among the
+   slots that tie the minimum.
    Scatters map to CPU and GPU well; on TPU they work but are slower.
 2. `barycentrics` / `interpolate` (differentiable): gather the three corners
    of each pixel's triangle, recompute perspective-correct barycentrics from
@@ -32,7 +33,6 @@ _AREA_EPS = 1e-9
 @flax.struct.dataclass
 class Fragments:
     triangle_id: jax.Array  # (B, H, W) int32, -1 where no triangle covers the pixel centre
-    overflow: jax.Array  # (B,) int32 candidate slots that did not fit the pool (0 = exact)
 
 
 def _check_inputs(screen_vertices: jax.Array, triangles: jax.Array) -> None:
@@ -50,8 +50,7 @@ def _edge(ax, ay, bx, by, px, py):
     return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
 
 
-def _rasterize_one(screen_vertices, triangles, height, width, num_slots, cull_backfaces,
-                   min_depth):
+def _rasterize_one(screen_vertices, triangles, height, width, chunk, cull_backfaces, min_depth):
     corners = screen_vertices[triangles]  # (T, 3, 3)
     x, y, z = corners[..., 0], corners[..., 1], corners[..., 2]
     area = _edge(x[:, 0], y[:, 0], x[:, 1], y[:, 1], x[:, 2], y[:, 2])
@@ -64,44 +63,53 @@ def _rasterize_one(screen_vertices, triangles, height, width, num_slots, cull_ba
     y_lo = jnp.clip(jnp.ceil(jnp.min(y, 1) - 0.5), 0, height).astype(jnp.int32)
     y_hi = jnp.clip(jnp.floor(jnp.max(y, 1) - 0.5), -1, height - 1).astype(jnp.int32)
     box_w = jnp.maximum(x_hi - x_lo + 1, 0)
-    box_h = jnp.maximum(y_hi - y_lo + 1, 0)
-    counts = jnp.where(usable, box_w * box_h, 0)
+    counts = jnp.where(usable, box_w * jnp.maximum(y_hi - y_lo + 1, 0), 0)
     ends = jnp.cumsum(counts)
-    total = ends[-1]
-
     starts = ends - counts
-    # Each slot's triangle: mark every non-empty box's first slot with its index,
-    # then a running max fills the box (cheaper than a binary search per slot).
-    slot = jnp.arange(num_slots, dtype=jnp.int32)
-    first = jnp.where(counts > 0, starts, num_slots)
-    tri = jnp.zeros((num_slots,), jnp.int32).at[first].max(
-        jnp.arange(triangles.shape[0], dtype=jnp.int32), mode="drop")
-    tri = jax.lax.cummax(tri)
-    local = slot - starts[tri]
-    w = jnp.maximum(box_w[tri], 1)
-    px = x_lo[tri] + local % w
-    py = y_lo[tri] + local // w
-    cx, cy = px.astype(jnp.float32) + 0.5, py.astype(jnp.float32) + 0.5
+    total = ends[-1]
+    triangle_index = jnp.arange(triangles.shape[0], dtype=jnp.int32)
+    inv_area = 1.0 / jnp.where(jnp.abs(area) > _AREA_EPS, area, 1.0)
 
-    tx, ty, tz = x[tri], y[tri], z[tri]
-    e0 = _edge(tx[:, 1], ty[:, 1], tx[:, 2], ty[:, 2], cx, cy)
-    e1 = _edge(tx[:, 2], ty[:, 2], tx[:, 0], ty[:, 0], cx, cy)
-    e2 = _edge(tx[:, 0], ty[:, 0], tx[:, 1], ty[:, 1], cx, cy)
-    a = area[tri]
-    sign = jnp.where(a < 0, -1.0, 1.0)
-    inside = (e0 * sign >= 0) & (e1 * sign >= 0) & (e2 * sign >= 0) & (slot < total)
-    safe_a = jnp.where(jnp.abs(a) > _AREA_EPS, a, 1.0)
-    # Inverse depth is affine in screen space, so this is the exact perspective depth.
-    inv_depth = (e0 / tz[:, 0] + e1 / tz[:, 1] + e2 / tz[:, 2]) / safe_a
-    depth = jnp.where(inside & (inv_depth > 0), 1.0 / jnp.where(inv_depth > 0, inv_depth, 1.0),
-                      jnp.inf)
+    def one_chunk(carry):
+        offset, zbuffer, ids = carry
+        slot = offset + jnp.arange(chunk, dtype=jnp.int32)
+        # Each slot's triangle: mark every box's first slot in this chunk with its
+        # index (and slot 0 with the box running into the chunk), then a running max
+        # fills the boxes — cheaper than a binary search per slot.
+        first = jnp.where((counts > 0) & (starts >= offset), starts - offset, chunk)
+        tri = jnp.zeros((chunk,), jnp.int32).at[first].max(triangle_index, mode="drop")
+        tri = tri.at[0].max(jnp.searchsorted(ends, offset, side="right").astype(jnp.int32))
+        tri = jnp.minimum(jax.lax.cummax(tri), triangles.shape[0] - 1)
+        local = slot - starts[tri]
+        w = jnp.maximum(box_w[tri], 1)
+        px = x_lo[tri] + local % w
+        py = y_lo[tri] + local // w
+        cx, cy = px.astype(jnp.float32) + 0.5, py.astype(jnp.float32) + 0.5
 
-    pixel = jnp.where(inside, py * width + px, 0)
-    zbuffer = jnp.full((height * width,), jnp.inf, jnp.float32).at[pixel].min(depth)
-    wins = inside & jnp.isfinite(depth) & (depth <= zbuffer[pixel])
-    ids = jnp.full((height * width,), -1, jnp.int32).at[pixel].max(jnp.where(wins, tri, -1))
-    overflow = jnp.maximum(total - num_slots, 0).astype(jnp.int32)
-    return ids.reshape(height, width), overflow
+        tx, ty, tz = x[tri], y[tri], z[tri]
+        e0 = _edge(tx[:, 1], ty[:, 1], tx[:, 2], ty[:, 2], cx, cy)
+        e1 = _edge(tx[:, 2], ty[:, 2], tx[:, 0], ty[:, 0], cx, cy)
+        e2 = _edge(tx[:, 0], ty[:, 0], tx[:, 1], ty[:, 1], cx, cy)
+        sign = jnp.where(area[tri] < 0, -1.0, 1.0)
+        inside = (e0 * sign >= 0) & (e1 * sign >= 0) & (e2 * sign >= 0) & (slot < total)
+        # Inverse depth is affine in screen space, so this is the exact perspective depth.
+        inv_depth = (e0 / tz[:, 0] + e1 / tz[:, 1] + e2 / tz[:, 2]) * inv_area[tri]
+        inside &= inv_depth > 0
+        depth = jnp.where(inside, 1.0 / jnp.where(inside, inv_depth, 1.0), jnp.inf)
+
+        pixel = jnp.where(inside, py * width + px, 0)
+        nearer = zbuffer.at[pixel].min(depth)
+        wins = inside & (depth <= nearer[pixel])
+        chunk_ids = jnp.full_like(ids, -1).at[pixel].max(jnp.where(wins, tri, -1))
+        # Ties keep the larger id, as within one chunk, so the result is chunk-independent.
+        ids = jnp.where(nearer < zbuffer, chunk_ids, jnp.maximum(ids, chunk_ids))
+        return offset + chunk, nearer, ids
+
+    _, _, ids = jax.lax.while_loop(
+        lambda carry: carry[0] < total, one_chunk,
+        (jnp.int32(0), jnp.full((height * width,), jnp.inf, jnp.float32),
+         jnp.full((height * width,), -1, jnp.int32)))
+    return ids.reshape(height, width)
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width", "slots_per_pixel",
@@ -109,20 +117,22 @@ def _rasterize_one(screen_vertices, triangles, height, width, num_slots, cull_ba
 def rasterize(screen_vertices: jax.Array, triangles: jax.Array, *, height: int, width: int,
               slots_per_pixel: float = 2.0, cull_backfaces: bool = True,
               min_depth: float = 1e-3) -> Fragments:
-    """Visibility pass: per-pixel triangle id (B, H, W) after a z-test.
+    """Visibility pass: per-pixel triangle id (B, H, W) after a z-test. Always exact.
 
-    `slots_per_pixel` sizes the candidate pool (H * W * slots_per_pixel per
-    image). A face mesh filling the image needs about 1.5-2; if the pool is too
-    small, `Fragments.overflow` counts the candidates dropped (those of the
-    last triangles in index order) — check it when changing resolution or mesh.
+    Candidates are processed in chunks of H * W * `slots_per_pixel` slots; a
+    face filling the image needs about 1.2-2.2 slots per pixel, so one or two
+    passes. The value trades memory against passes, never correctness.
     """
     _check_inputs(screen_vertices, triangles)
-    num_slots = max(int(height * width * slots_per_pixel), 1)
+    chunk = max(int(height * width * slots_per_pixel), 1)
     screen_vertices = jax.lax.stop_gradient(screen_vertices.astype(jnp.float32))
-    ids, overflow = jax.vmap(
-        lambda sv: _rasterize_one(sv, triangles.astype(jnp.int32), height, width, num_slots,
-                                  cull_backfaces, min_depth))(screen_vertices)
-    return Fragments(triangle_id=ids, overflow=overflow)
+    triangles = triangles.astype(jnp.int32)
+    # lax.map (one image at a time) beats vmap here: the scatters stay per image
+    # and each image runs only the passes it needs.
+    ids = jax.lax.map(
+        lambda sv: _rasterize_one(sv, triangles, height, width, chunk, cull_backfaces,
+                                  min_depth), screen_vertices)
+    return Fragments(triangle_id=ids)
 
 
 def _safe_divide(num, den, eps=_AREA_EPS):

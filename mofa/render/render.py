@@ -26,7 +26,6 @@ class RenderOutput:
     vertex_visibility: jax.Array  # (B, V) bool: in the image, front-facing, passes the z-test
     landmarks: Optional[jax.Array]  # (B, L, 2) pixel positions of the landmark vertices
     triangle_id: jax.Array  # (B, H, W) int32, -1 on background
-    overflow: jax.Array  # (B,) rasterizer pool overflow, 0 when exact
 
 
 def vertex_visibility(screen_vertices, normals_camera, vertices_camera, depth_map, mask,
@@ -86,7 +85,7 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
     return RenderOutput(image=image, mask=mask, depth=depth, normals=pixel_normals,
                         screen_vertices=screen, vertex_colors=vertex_colors,
                         vertex_visibility=visibility,
-                        landmarks=landmarks, triangle_id=tri_id, overflow=fragments.overflow)
+                        landmarks=landmarks, triangle_id=tri_id)
 
 
 def face_geometry(model: FaceModel, code) -> tuple[jax.Array, jax.Array]:
