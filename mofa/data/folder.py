@@ -117,6 +117,26 @@ class DetectedFaces:
     def _load(self, source) -> np.ndarray:
         raise NotImplementedError
 
+    def _detection_record(self, load) -> dict:
+        """{"faces": [...]} or {"error": reason} for `load() -> (image, scale)`.
+
+        "retry" marks errors not to cache (a detector crash may not recur).
+        """
+        try:
+            image, scale = load()
+            found = [np.asarray(f, np.float32) / np.float32(scale) for f in self.detector(image)]
+        except faces_lib.ImageError as err:
+            return {"error": str(err)}
+        except ImportError:
+            raise
+        except Exception as err:  # a detector crash on one image must not stop the scan
+            return {"error": f"face detection failed: {type(err).__name__}: {err}",
+                    "retry": True}
+        faces, reason = faces_lib.usable_faces(found, self.max_faces_per_image)
+        if reason:
+            return {"error": reason}
+        return {"faces": [f.tolist() for f in faces]}
+
     def example(self, index: int) -> dict:
         """Item `index` as a batch-contract example (image, landmarks, landmark_weight)."""
         source, landmarks = self.items[index]
@@ -204,23 +224,8 @@ class FolderDataset(DetectedFaces):
         return detector_tag(self._detector)
 
     def _detect(self, path: str) -> dict:
-        """{"faces": [...]} or {"error": reason}; "retry" marks errors not to cache."""
-        try:
-            # Detection needs no more than ~1024 px on the short side.
-            image, scale = faces_lib.open_rgb8(path, max_short_side=1024)
-        except faces_lib.ImageError as err:
-            return {"error": str(err)}
-        try:
-            found = [np.asarray(f, np.float32) / np.float32(scale) for f in self.detector(image)]
-        except ImportError:
-            raise
-        except Exception as err:  # a detector crash on one image must not stop the scan
-            return {"error": f"face detection failed: {type(err).__name__}: {err}",
-                    "retry": True}
-        faces, reason = faces_lib.usable_faces(found, self.max_faces_per_image)
-        if reason:
-            return {"error": reason}
-        return {"faces": [f.tolist() for f in faces]}
+        # Detection needs no more than ~1024 px on the short side.
+        return self._detection_record(lambda: faces_lib.open_rgb8(path, max_short_side=1024))
 
     def _scan(self, progress: bool) -> None:
         from tqdm.auto import tqdm

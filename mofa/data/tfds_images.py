@@ -126,20 +126,7 @@ class TfdsImageDataset(DetectedFaces):
                 self.items.append((index, np.asarray(face, np.float32)))
 
     def _detect(self, index: int) -> dict:
-        try:
-            image = self._load(index)
-            found = self.detector(image)
-        except faces_lib.ImageError as err:
-            return {"error": str(err)}
-        except ImportError:
-            raise
-        except Exception as err:
-            return {"error": f"face detection failed: {type(err).__name__}: {err}",
-                    "retry": True}
-        faces, reason = faces_lib.usable_faces(found, self.max_faces_per_image)
-        if reason:
-            return {"error": reason}
-        return {"faces": [f.tolist() for f in faces]}
+        return self._detection_record(lambda: (self._load(index), 1.0))
 
 
 def tfds_image_batches(name: str, split: str, image_size: int, batch_size: int,
