@@ -6,7 +6,9 @@
   * landmark NME: mean 2D landmark error over the outer inter-ocular distance;
   * photometric error: mean per-pixel colour distance inside the face region;
   * pose error (degrees of the relative rotation) and illumination error
-    (RMS irradiance difference over the normals of the front hemisphere).
+    (RMS irradiance difference over the normals of the front hemisphere);
+  * on faces of another face model (other topology), the surface error (mm)
+    replaces the per-vertex error: NoW's scan-to-mesh distance (`mofa.scan_eval`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from mofa.render import sh
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 36, 45
 
 
-def similarity_align(source: jax.Array, target: jax.Array, weights: jax.Array | None = None
-                     ) -> jax.Array:
-    """Umeyama: the similarity transform of `source` (..., N, 3) closest to `target`."""
+def similarity_transform(source: jax.Array, target: jax.Array, weights: jax.Array | None = None,
+                         with_scale: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Umeyama: (scale (...,), rotation (..., 3, 3), translation (..., 3)) such that
+    `scale * rotation @ source + translation` is closest to `target` (..., N, 3)."""
     w = jnp.ones(source.shape[:-1]) if weights is None else jnp.broadcast_to(
         weights, source.shape[:-1])
     w = w / jnp.sum(w, -1, keepdims=True)
@@ -41,10 +44,26 @@ def similarity_align(source: jax.Array, target: jax.Array, weights: jax.Array | 
     det = jnp.sign(jnp.linalg.det(u @ vt))
     fix = jnp.ones_like(d).at[..., -1].set(det)
     rotation = u @ (fix[..., :, None] * vt)
-    variance = jnp.sum(w * jnp.sum(s * s, -1), -1)
-    scale = jnp.sum(d * fix, -1) / jnp.maximum(variance, 1e-12)
-    aligned = scale[..., None, None] * jnp.einsum("...ij,...nj->...ni", rotation, s)
-    return aligned + mu_t
+    if with_scale:
+        variance = jnp.sum(w * jnp.sum(s * s, -1), -1)
+        scale = jnp.sum(d * fix, -1) / jnp.maximum(variance, 1e-12)
+    else:
+        scale = jnp.ones(d.shape[:-1], d.dtype)
+    translation = mu_t[..., 0, :] - scale[..., None] * jnp.einsum("...ij,...j->...i", rotation,
+                                                                   mu_s[..., 0, :])
+    return scale, rotation, translation
+
+
+def apply_similarity(points: jax.Array, scale: jax.Array, rotation: jax.Array,
+                     translation: jax.Array) -> jax.Array:
+    return (scale[..., None, None] * jnp.einsum("...ij,...nj->...ni", rotation, points)
+            + translation[..., None, :])
+
+
+def similarity_align(source: jax.Array, target: jax.Array, weights: jax.Array | None = None
+                     ) -> jax.Array:
+    """Umeyama: the similarity transform of `source` (..., N, 3) closest to `target`."""
+    return apply_similarity(source, *similarity_transform(source, target, weights))
 
 
 def rotation_error_degrees(euler_a: jax.Array, euler_b: jax.Array) -> jax.Array:
@@ -71,22 +90,30 @@ def illumination_error(predicted: jax.Array, target: jax.Array) -> jax.Array:
 
 def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
                           predicted: FaceCode, target: FaceCode, image: jax.Array,
-                          landmarks: jax.Array, rendered: render.RenderOutput) -> dict:
-    """Per-example metrics (B,) of predicted codes against ground truth."""
-    region = model.face_mask > 0.5
-    pred_shape = facemodel.shape(model, predicted.identity, predicted.expression)
-    true_shape = facemodel.shape(model, target.identity, target.expression)
-    aligned = similarity_align(pred_shape, true_shape, region.astype(jnp.float32))
-    distance = jnp.linalg.norm(aligned - true_shape, axis=-1)
-    in_region = jnp.where(region, distance, jnp.nan)
+                          landmarks: jax.Array, rendered: render.RenderOutput,
+                          vertex_errors: bool = True) -> dict:
+    """Per-example metrics (B,) of predicted codes against ground truth.
+
+    vertex_errors=False leaves out the per-vertex error, for targets of another
+    face model (whose identity / expression codes are not `model`'s).
+    """
+    results = {}
+    if vertex_errors:
+        region = model.face_mask > 0.5
+        pred_shape = facemodel.shape(model, predicted.identity, predicted.expression)
+        true_shape = facemodel.shape(model, target.identity, target.expression)
+        aligned = similarity_align(pred_shape, true_shape, region.astype(jnp.float32))
+        distance = jnp.linalg.norm(aligned - true_shape, axis=-1)
+        in_region = jnp.where(region, distance, jnp.nan)
+        results["vertex_error_mm_mean"] = jnp.nanmean(in_region, -1)
+        results["vertex_error_mm_median"] = jnp.nanmedian(in_region, -1)
     interocular = jnp.linalg.norm(landmarks[:, RIGHT_EYE_OUTER] - landmarks[:, LEFT_EYE_OUTER],
                                   axis=-1)
     landmark_error = jnp.mean(jnp.linalg.norm(rendered.landmarks - landmarks, axis=-1), -1)
     photometric = jnp.sum(jnp.linalg.norm(rendered.image - image, axis=-1) * rendered.mask,
                           (1, 2)) / jnp.maximum(jnp.sum(rendered.mask, (1, 2)), 1.0)
     return {
-        "vertex_error_mm_mean": jnp.nanmean(in_region, -1),
-        "vertex_error_mm_median": jnp.nanmedian(in_region, -1),
+        **results,
         "landmark_nme": landmark_error / jnp.maximum(interocular, 1e-6),
         "landmark_error_px": landmark_error,
         "photometric_error": photometric,
@@ -97,27 +124,72 @@ def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
     }
 
 
-def evaluate_state(config, state, decoder, weights, num_batches: int | None = None) -> dict:
-    """Averages `reconstruction_errors` over the synthetic test split of `config`."""
+def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
+                   target_model: facemodel.FaceModel, target: FaceCode) -> dict:
+    """Per-example shape errors (B,) across face models of different topology (host, mm).
+
+    The predicted neutral-pose mesh is aligned to the true one by a similarity
+    from their 68 landmarks refined by rigid ICP, then the distance of every true
+    face-region vertex to the predicted surface (the NoW scan-to-mesh distance).
+    """
+    from mofa import scan_eval
+
+    predicted_shape = np.asarray(facemodel.shape(model, predicted.identity, predicted.expression))
+    true_shape = np.asarray(facemodel.shape(target_model, target.identity, target.expression))
+    region = np.asarray(target_model.face_mask) > 0.5
+    triangles = np.asarray(model.triangles)
+    errors = [scan_eval.scan_to_mesh_errors(
+        truth[region], truth[np.asarray(target_model.landmark_indices)], prediction, triangles,
+        prediction[np.asarray(model.landmark_indices)], crop_radius=None)
+        for prediction, truth in zip(predicted_shape, true_shape)]
+    return {"surface_error_mm_mean": np.array([e["mean_mm"] for e in errors]),
+            "surface_error_mm_median": np.array([e["median_mm"] for e in errors])}
+
+
+def evaluate_state(config, state, decoder, weights, num_batches: int | None = None, *,
+                   num_faces: int | None = None, face_model: str | None = None) -> dict:
+    """Averages `reconstruction_errors` over the synthetic test split of `config`.
+
+    num_faces: evaluate that many test faces (default: `num_batches` batches);
+    face_model: SPEC of another face model whose synthetic faces to evaluate on
+    (the shape error is then `surface_errors`, the other metrics are the same).
+    """
     from mofa.data import sources
     from mofa.train import batch_code, eval_step
 
-    source = sources.make_source(config, decoder.face_model, split="test")
+    data_model = decoder.face_model
+    cross_model = face_model is not None and face_model != config.face_model
+    if cross_model:
+        config = config.copy_and_resolve_references()
+        config.face_model = face_model
+        if config.data.source not in ("synthetic", "synthetic_tfds"):
+            config.data.source = "synthetic"  # photos have no ground truth to compare with
+        data_model = facemodel.load(face_model)
+    source = sources.make_source(config, data_model, split="test")
+    batch_size = config.eval_batch_size
+    if num_faces is not None:
+        batch_size = min(batch_size, num_faces)
+        num_batches = -(-num_faces // batch_size)
     num_batches = num_batches or config.get("eval_batches", 4)
     step = jax.jit(functools.partial(eval_step, weights=weights))
-    errors = jax.jit(functools.partial(reconstruction_errors, decoder.face_model, decoder.camera))
+    errors = jax.jit(functools.partial(reconstruction_errors, decoder.face_model, decoder.camera,
+                                       vertex_errors=not cross_model))
     totals: dict = {}
     for i in range(num_batches):
-        batch = jax.tree.map(jnp.asarray, source.batch(i, config.eval_batch_size))
+        batch = jax.tree.map(jnp.asarray, source.batch(i, batch_size))
         _, code, out = step(state, batch, decoder)
         if "code/rotation" in batch:
-            values = errors(code, batch_code(batch), batch["image"], batch["landmarks"], out)
+            target = batch_code(batch)
+            values = errors(code, target, batch["image"], batch["landmarks"], out)
+            if cross_model:
+                values.update(surface_errors(decoder.face_model, code, data_model, target))
         else:
             values = {"photometric_error": losses.photometric_dense(out.image, batch["image"],
                                                                     out.mask)[None]}
         for k, v in jax.device_get(values).items():
             totals.setdefault(k, []).append(np.asarray(v))
-    return {k: float(np.mean(np.concatenate(v))) for k, v in totals.items()}
+    results = {k: np.concatenate(v)[:num_faces] for k, v in totals.items()}
+    return {k: float(np.mean(v)) for k, v in results.items()}
 
 
 def write_json(path: str, results: dict) -> None:

@@ -1,0 +1,260 @@
+"""Evaluation metrics on cases with known answers, their file formats, and `mofa evaluate`."""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+import trimesh
+
+from mofa import cli, evaluation, scan_eval, train
+from mofa.code import random_code
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from experiments.configs import quickstart  # noqa: E402
+
+
+def random_rotation(rng):
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+@pytest.fixture(scope="module")
+def face_mesh(builtin_model):
+    """A random builtin face (vertices, triangles, 68 landmark positions), model space, mm."""
+    code = random_code(builtin_model, jax.random.key(3), (1,))
+    from mofa import facemodel
+    vertices = np.asarray(facemodel.shape(builtin_model, code.identity, code.expression)[0],
+                          np.float64)
+    triangles = np.asarray(builtin_model.triangles)
+    return vertices, triangles, vertices[np.asarray(builtin_model.landmark_indices)]
+
+
+# --- geometry ---------------------------------------------------------------------
+
+
+def test_similarity_transform_recovers_a_known_similarity():
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(50, 3)) * 40.0
+    rotation, scale, translation = random_rotation(rng), 1.7, np.array([10.0, -25.0, 300.0])
+    target = scale * source @ rotation.T + translation
+    s, r, t = evaluation.similarity_transform(source, target)
+    assert float(s) == pytest.approx(scale, rel=1e-4)
+    np.testing.assert_allclose(r, rotation, atol=1e-4)
+    np.testing.assert_allclose(t, translation, atol=1e-2)
+    np.testing.assert_allclose(evaluation.similarity_align(source, target), target, atol=1e-2)
+    _, rigid_r, _ = evaluation.similarity_transform(source, target, with_scale=False)
+    np.testing.assert_allclose(rigid_r, rotation, atol=1e-4)
+
+
+def test_closest_points_on_mesh_match_brute_force():
+    sphere = trimesh.creation.icosphere(2, radius=50.0)
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(300, 3)) * 40.0
+    _, distance = scan_eval.closest_points_on_mesh(points, sphere.vertices, sphere.faces)
+    tri = sphere.vertices[sphere.faces]
+    brute = scan_eval.closest_points_on_triangles(points[:, None], tri[None, :, 0],
+                                                  tri[None, :, 1], tri[None, :, 2])
+    np.testing.assert_allclose(distance, np.linalg.norm(brute - points[:, None], axis=-1).min(1),
+                               atol=1e-9)
+    # A point above a triangle's interior is at its plane distance; one beyond a vertex
+    # is at the distance to that vertex.
+    a, b, c = np.eye(3)[0] * 0, np.array([4.0, 0, 0]), np.array([0, 4.0, 0])
+    q = scan_eval.closest_points_on_triangles(np.array([[1.0, 1.0, 3.0], [6.0, -1.0, 0.0]]),
+                                              a, b, c)
+    np.testing.assert_allclose(q, [[1.0, 1.0, 0.0], [4.0, 0.0, 0.0]])
+
+
+def test_identical_scan_and_mesh_give_zero_error(face_mesh):
+    vertices, triangles, landmarks = face_mesh
+    now = landmarks[list(scan_eval.NOW_LANDMARKS)]
+    errors = scan_eval.scan_to_mesh_errors(vertices, now, vertices, triangles, now)
+    assert errors["median_mm"] < 1e-3 and errors["mean_mm"] < 1e-2
+
+
+def test_scan_in_another_pose_and_scale_aligns_to_zero_error(face_mesh):
+    vertices, triangles, landmarks = face_mesh
+    rng = np.random.default_rng(2)
+    rotation, translation = random_rotation(rng), np.array([500.0, -80.0, 1200.0])
+    move = lambda p: 1.1 * p @ rotation.T + translation  # noqa: E731
+    errors = scan_eval.scan_to_mesh_errors(move(vertices), move(landmarks), vertices, triangles,
+                                           landmarks, refine=True)
+    assert errors["median_mm"] < 0.02
+
+
+def test_scan_offset_along_the_normals_gives_that_offset(face_mesh):
+    vertices, triangles, landmarks = face_mesh
+    normals = trimesh.Trimesh(vertices, triangles, process=False).vertex_normals
+    scan = vertices + 2.0 * normals
+    # Landmarks fixed and no ICP: a rigid refinement would pull the surfaces together.
+    errors = scan_eval.scan_to_mesh_errors(scan, landmarks, vertices, triangles, landmarks,
+                                           refine=False)
+    assert errors["median_mm"] == pytest.approx(2.0, abs=0.05)
+    # A local bump survives the rigid refinement: most of the face stays at zero.
+    nose = landmarks[scan_eval.NOSE_TIP_68]
+    bump = np.linalg.norm(vertices - nose, axis=-1) < 15.0
+    scan = vertices + 2.0 * normals * bump[:, None]
+    errors = scan_eval.scan_to_mesh_errors(scan, landmarks, vertices, triangles, landmarks)
+    distances = errors["distances"]
+    assert errors["median_mm"] < 0.05
+    assert np.median(distances[bump[np.linalg.norm(vertices - nose, axis=-1) <= 100.0]]) \
+        == pytest.approx(2.0, abs=0.3)
+
+
+def test_crop_keeps_scan_points_near_the_nose_tip(face_mesh):
+    vertices, triangles, landmarks = face_mesh
+    far = landmarks[scan_eval.NOSE_TIP_68] + np.array([[0.0, 0.0, 500.0]])
+    scan = np.concatenate([vertices, far])
+    errors = scan_eval.scan_to_mesh_errors(scan, landmarks, vertices, triangles, landmarks,
+                                           refine=False)
+    assert errors["num_points"] <= len(vertices) and errors["mean_mm"] < 1e-2
+
+
+# --- 2D landmarks and files ----------------------------------------------------------
+
+
+def test_nme_of_a_known_pixel_offset():
+    rng = np.random.default_rng(4)
+    predicted = rng.uniform(100, 300, size=(68, 2))
+    annotated = predicted + np.array([3.0, 4.0])  # 5 px everywhere
+    nme = scan_eval.landmark_nme(predicted, annotated)
+    interocular = np.linalg.norm(annotated[36] - annotated[45])
+    width, height = annotated.max(0) - annotated.min(0)
+    assert nme["error_px"] == pytest.approx(5.0)
+    assert nme["nme_interocular"] == pytest.approx(5.0 / interocular)
+    assert nme["nme_box"] == pytest.approx(5.0 / np.sqrt(width * height))
+    five = scan_eval.landmark_nme(predicted, scan_eval.five_from_68(annotated))
+    assert five["error_px"] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="expected 68 or 5"):
+        scan_eval.landmark_nme(predicted, annotated[:7])
+
+
+def write_pts(path, points, declared=None):
+    body = "\n".join(f"{x:.3f} {y:.3f}" for x, y in points)
+    path.write_text(f"version: 1\nn_points: {declared or len(points)}\n{{\n{body}\n}}\n")
+
+
+def test_pts_and_landmark_file_parsing(tmp_path):
+    points = np.arange(136, dtype=float).reshape(68, 2) * 0.5
+    write_pts(tmp_path / "a.pts", points)
+    np.testing.assert_allclose(scan_eval.read_landmarks(str(tmp_path / "a.pts"), 2), points)
+    write_pts(tmp_path / "bad.pts", points, declared=5)
+    with pytest.raises(ValueError, match="bad.pts"):
+        scan_eval.read_landmarks(str(tmp_path / "bad.pts"), 2)
+    (tmp_path / "text.pts").write_text("1 2\n3 oops\n")
+    with pytest.raises(ValueError, match="text.pts"):
+        scan_eval.read_landmarks(str(tmp_path / "text.pts"), 2)
+    with pytest.raises(FileNotFoundError, match="missing.pts"):
+        scan_eval.read_landmarks(str(tmp_path / "missing.pts"), 2)
+    now = np.arange(21, dtype=float).reshape(7, 3)
+    (tmp_path / "s.txt").write_text("\n".join(" ".join(map(str, p)) for p in now))
+    np.testing.assert_allclose(scan_eval.read_landmarks(str(tmp_path / "s.txt"), 3), now)
+    (tmp_path / "s.pp").write_text("<PickedPoints>" + "".join(
+        f'<point x="{x}" y="{y}" z="{z}" name="{i}"/>' for i, (x, y, z) in enumerate(now))
+        + "</PickedPoints>")
+    np.testing.assert_allclose(scan_eval.read_landmarks(str(tmp_path / "s.pp"), 3), now)
+    (tmp_path / "broken.obj").write_text("v 1 2\nf 1 2 3\n")
+    with pytest.raises(ValueError, match="broken.obj"):
+        scan_eval.read_mesh(str(tmp_path / "broken.obj"))
+
+
+def test_evaluate_scans_and_landmarks_from_files(face_mesh, tmp_path, capsys):
+    vertices, triangles, landmarks = face_mesh
+    predictions, scans, annotations = (tmp_path / d for d in ("pred", "scans", "ann"))
+    for folder in (predictions / "subject_face0", predictions / "photo_face0",
+                   predictions / "photo_face1", scans, annotations):
+        folder.mkdir(parents=True)
+    # Prediction as `mofa reconstruct` writes it; its landmarks come from the model's indices.
+    trimesh.Trimesh(vertices, triangles, process=False).export(
+        str(predictions / "subject_face0" / "mesh.obj"))
+    shifted = vertices + np.array([0.0, 0.0, 30.0])
+    trimesh.Trimesh(shifted, triangles, process=False).export(str(scans / "subject.ply"))
+    np.savetxt(scans / "subject.txt", landmarks[list(scan_eval.NOW_LANDMARKS)] + [0, 0, 30.0])
+    assert cli.main(["evaluate", "scans", "--predictions", str(predictions),
+                     "--scans", str(scans)]) == 0
+    results = json.loads((predictions / "scan_eval.json").read_text())
+    assert results["num_scans"] == 1 and results["median_mm"] < 1e-2
+    assert "subject" in results["scans"]
+
+    rng = np.random.default_rng(5)
+    face = rng.uniform(200, 400, size=(68, 2))
+    other = face + 500.0  # a second face elsewhere in the image
+    for k, points in enumerate((other, face)):
+        (predictions / f"photo_face{k}" / "code.json").write_text(
+            json.dumps({"landmarks": points.tolist()}))
+    write_pts(annotations / "photo.pts", face + np.array([3.0, 4.0]))
+    assert cli.main(["evaluate", "landmarks", "--predictions", str(predictions),
+                     "--annotations", str(annotations)]) == 0
+    results = json.loads((predictions / "landmark_eval.json").read_text())
+    assert results["error_px"] == pytest.approx(5.0, abs=1e-3)
+    assert results["images"]["photo"]["prediction"].endswith("photo_face1")
+
+    # Missing files are reported by name.
+    os.remove(scans / "subject.txt")
+    capsys.readouterr()
+    assert cli.main(["evaluate", "scans", "--predictions", str(predictions),
+                     "--scans", str(scans)]) == 1
+    assert "subject.txt" in capsys.readouterr().err
+    write_pts(annotations / "lonely.pts", face)
+    assert cli.main(["evaluate", "landmarks", "--predictions", str(predictions),
+                     "--annotations", str(annotations)]) == 1
+    assert os.path.join("lonely_face0", "code.json") in capsys.readouterr().err
+
+
+# --- synthetic test split -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """A workdir as training leaves it (config.json + a checkpoint), without the training."""
+    import orbax.checkpoint as ocp
+
+    config = quickstart.get_config()
+    config.image_size = 32
+    config.encoder.width = 8
+    config.eval_batch_size = 4
+    workdir = tmp_path_factory.mktemp("trained")
+    (workdir / "config.json").write_text(config.to_json_best_effort())
+    decoder = train.make_decoder(config)
+    state = train.create_state(config, decoder.face_model, jax.random.key(0))
+    manager = train.checkpoint_manager(str(workdir), config)
+    manager.save(2, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    manager.close()
+    return workdir
+
+
+def test_evaluate_synthetic_checkpoint(trained_workdir, capsys):
+    assert cli.main(["evaluate", "synthetic", "--checkpoint", str(trained_workdir),
+                     "--num-faces", "2"]) == 0
+    results = json.loads((trained_workdir / "eval_synthetic.json").read_text())
+    for key in ("vertex_error_mm_mean", "vertex_error_mm_median", "landmark_nme",
+                "photometric_error"):
+        assert np.isfinite(results[key]) and results[key] > 0
+    assert results["step"] == 2 and results["face_model"] == "builtin"
+    assert "vertex_error_mm_median" in capsys.readouterr().out
+    assert cli.main(["evaluate", "synthetic", "--checkpoint", str(trained_workdir / "nope")]) == 1
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir, builtin_model,
+                                                                monkeypatch):
+    config, state, decoder, _ = train.load_trained(str(trained_workdir))
+    # Any other model: the builtin one under another name exercises the cross-model path.
+    monkeypatch.setattr(evaluation.facemodel, "load", lambda spec: builtin_model)
+    results = evaluation.evaluate_state(config, state, decoder,
+                                        train.LossWeights.from_config(config.loss),
+                                        num_faces=2, face_model="other:model")
+    assert "vertex_error_mm_mean" not in results
+    assert 0 < results["surface_error_mm_median"] < 20 and np.isfinite(results["landmark_nme"])
+
+
+def test_surface_errors_vanish_for_the_true_code(builtin_model):
+    code = random_code(builtin_model, jax.random.key(7), (2,))
+    errors = evaluation.surface_errors(builtin_model, code, builtin_model, code)
+    assert np.all(errors["surface_error_mm_median"] < 1e-3)
