@@ -41,6 +41,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.num_faces is not None and args.num_faces < 1:
             raise ValueError("--num-faces must be at least 1")
         config, state, decoder, step = train.load_trained(args.checkpoint)
+        if config.data.source not in ("synthetic", "synthetic_tfds"):
+            config.data.source = "synthetic"  # trained on photos: test on rendered faces
         results = evaluation.evaluate_state(
             config, state, decoder, train.LossWeights.from_config(config.loss),
             num_faces=args.num_faces, face_model=args.face_model)
