@@ -1,0 +1,164 @@
+"""Writing reconstructions: OBJ (+ MTL + texture), PLY, baked UV textures, depth PNGs, codes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from mofa import render
+
+
+def _folder_of(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
+              vertex_colors=None, texture_png: str | None = None) -> None:
+    """Wavefront OBJ with `v x y z r g b` colours (sRGB in [0, 1]), `vt`, `f v/vt`.
+
+    With `texture_png` (a file name relative to the OBJ's folder) an MTL file of
+    the same stem is written next to it and referenced.
+    """
+    vertices = np.asarray(vertices, np.float64)
+    triangles = np.asarray(triangles, np.int64) + 1  # OBJ indices start at 1
+    lines = []
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if texture_png:
+        lines += [f"mtllib {stem}.mtl", "usemtl face"]
+    if vertex_colors is None:
+        lines += [f"v {x:.5f} {y:.5f} {z:.5f}" for x, y, z in vertices]
+    else:
+        colors = np.clip(np.asarray(vertex_colors, np.float64), 0.0, 1.0)
+        lines += [f"v {x:.5f} {y:.5f} {z:.5f} {r:.4f} {g:.4f} {b:.4f}"
+                  for (x, y, z), (r, g, b) in zip(vertices, colors)]
+    if uv_coords is not None:
+        lines += [f"vt {u:.6f} {v:.6f}" for u, v in np.asarray(uv_coords, np.float64)]
+        uv_tri = np.asarray(uv_triangles, np.int64) + 1
+        lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}"
+                  for (a, b, c), (ta, tb, tc) in zip(triangles, uv_tri)]
+    else:
+        lines += [f"f {a} {b} {c}" for a, b, c in triangles]
+    _folder_of(path)
+    with open(path, "w", encoding="ascii") as f:
+        f.write("\n".join(lines) + "\n")
+    if texture_png:
+        with open(os.path.join(os.path.dirname(os.path.abspath(path)), f"{stem}.mtl"), "w",
+                  encoding="ascii") as f:
+            f.write(f"newmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
+                    f"map_Kd {texture_png}\n")
+
+
+def write_ply(path: str, vertices, triangles, vertex_colors=None) -> None:
+    """Binary little-endian PLY; colours (sRGB in [0, 1]) stored as uchar red/green/blue."""
+    vertices = np.asarray(vertices, np.float32)
+    triangles = np.asarray(triangles, np.int32)
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertices)}",
+              "property float x", "property float y", "property float z"]
+    fields = [("xyz", "<f4", (3,))]
+    if vertex_colors is not None:
+        header += ["property uchar red", "property uchar green", "property uchar blue"]
+        fields.append(("rgb", "u1", (3,)))
+    header += [f"element face {len(triangles)}", "property list uchar int vertex_indices",
+               "end_header"]
+    vertex_rows = np.empty(len(vertices), dtype=fields)
+    vertex_rows["xyz"] = vertices
+    if vertex_colors is not None:
+        vertex_rows["rgb"] = _to_uint8(vertex_colors)
+    face_rows = np.empty(len(triangles), dtype=[("n", "u1"), ("ids", "<i4", (3,))])
+    face_rows["n"] = 3
+    face_rows["ids"] = triangles
+    _folder_of(path)
+    with open(path, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        f.write(vertex_rows.tobytes())
+        f.write(face_rows.tobytes())
+
+
+def _to_uint8(colors) -> np.ndarray:
+    return (np.clip(np.asarray(colors, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def uv_layout(uv_coords, uv_triangles, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterizes the UV layout (v up: texel row 0 is v = 1) with mofa's rasterizer.
+
+    Returns the triangle id (size, size), -1 outside the layout, and the
+    barycentrics (size, size, 3) of each texel; the same for every face of a model.
+    """
+    uv = np.asarray(uv_coords, np.float32)
+    layout = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size, np.ones(len(uv))], -1)
+    layout = jnp.asarray(layout[None], jnp.float32)
+    uv_tri = jnp.asarray(uv_triangles, jnp.int32)
+    tri_id = render.rasterize(layout, uv_tri, height=size, width=size, slots_per_pixel=4.0,
+                              cull_backfaces=False).triangle_id
+    bary = render.barycentrics(layout, uv_tri, tri_id)
+    return np.asarray(tri_id)[0], np.asarray(bary)[0]
+
+
+def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, triangles,
+                 size: int = 512, fallback_colors=None, layout=None) -> np.ndarray:
+    """Samples `image` (H, W, 3) floats into the UV layout: (size, size, 3) in its colour space.
+
+    screen_vertices: (V, 2+) pixel positions of the mesh vertices in `image`;
+    visibility: (V,) bool. A texel takes the photo where its triangle's corners
+    are (mostly) visible, else `fallback_colors` (V, 3) (e.g. the model albedo
+    in the same colour space), else grey. `layout`: a precomputed `uv_layout`.
+    """
+    from mofa.losses import bilinear_sample
+
+    tri_id, bary = layout if layout is not None else uv_layout(uv_coords, uv_triangles, size)
+    if tri_id.shape != (size, size):
+        raise ValueError(f"UV layout is {tri_id.shape[0]} px, expected {size}")
+    corners = np.asarray(triangles)[np.maximum(tri_id, 0)]  # (S, S, 3) mesh vertex ids
+    screen = np.asarray(screen_vertices, np.float32)[:, :2]
+    positions = np.einsum("hwk,hwkc->hwc", bary, screen[corners])
+    visible = np.einsum("hwk,hwk->hw", bary, np.asarray(visibility, np.float32)[corners]) > 0.5
+    photo = np.asarray(bilinear_sample(jnp.asarray(image, jnp.float32)[None],
+                                       jnp.asarray(positions.reshape(1, -1, 2))))
+    photo = photo.reshape(size, size, -1)
+    if fallback_colors is None:
+        fallback = np.full((size, size, 3), 0.5, np.float32)
+    else:
+        fallback = np.einsum("hwk,hwkc->hwc", bary, np.asarray(fallback_colors,
+                                                              np.float32)[corners])
+    texture = np.where(visible[..., None], photo, fallback)
+    return np.where((tri_id >= 0)[..., None], texture, 0.5).astype(np.float32)
+
+
+def write_depth_png(path: str, depth_mm, mask) -> tuple[float, float]:
+    """16-bit PNG of a depth map: near = 65535, far = 1, background 0. Returns (near, far) mm."""
+    depth = np.asarray(depth_mm, np.float64)
+    covered = np.asarray(mask) > 0.5
+    if not covered.any():
+        near = far = 0.0
+        scaled = np.zeros(depth.shape, np.uint16)
+    else:
+        near, far = float(depth[covered].min()), float(depth[covered].max())
+        span = max(far - near, 1e-6)
+        scaled = np.where(covered, 1.0 + 65534.0 * (far - depth) / span, 0.0)
+        scaled = np.round(scaled).astype(np.uint16)
+    _folder_of(path)
+    Image.fromarray(scaled).save(path)
+    return near, far
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def write_code(stem: str, arrays: dict, extra: dict | None = None) -> None:
+    """`stem`.npz with the arrays and `stem`.json with the arrays as lists plus `extra`."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    _folder_of(stem)
+    np.savez(f"{stem}.npz", **arrays)
+    with open(f"{stem}.json", "w", encoding="utf-8") as f:
+        json.dump(_jsonable({**(extra or {}), **arrays}), f, indent=1)

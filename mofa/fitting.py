@@ -1,0 +1,238 @@
+"""Analysis-by-synthesis fitting of FaceCodes to images and 2D landmarks, batched and jitted.
+
+The usual coarse-to-fine schedule of model-based fitting:
+  1. rigid: rotation and translation from the 68 landmarks (translation starts
+     from a closed-form estimate: landmark centroid and scale vs the mean face);
+  2. shape: pose, identity and expression from the landmarks plus the prior;
+  3. appearance: everything, with the dense photometric term added (reflectance
+     and SH illumination only get gradients from it).
+Each stage is one `jax.lax.scan` of Adam steps, so a whole fit compiles once
+per (batch size, image size, step counts). Faces in a batch are fitted
+independently: every loss is a per-face mean and Adam scales per parameter,
+so a face's fit does not depend on the others in the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mofa import facemodel, losses
+from mofa.code import DEFAULT_DISTANCE_MM, FaceCode
+from mofa.facemodel import FaceModel
+from mofa.render import Camera, render_face
+from mofa.render import camera as camera_lib
+
+FIELDS = ("rotation", "translation", "identity", "expression", "reflectance", "illumination")
+_STAGE_FIELDS = {
+    "rigid": ("rotation", "translation"),
+    "shape": ("rotation", "translation", "identity", "expression"),
+    "appearance": FIELDS,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """Loss weights, Adam step sizes (per field, in the field's units) and stage split.
+
+    The landmark term is the mean squared distance in percent of the image
+    size (1 px at 128 px = 0.61), the photometric term the robust l2,1 colour
+    distance in linear RGB, the priors the squared standardized codes.
+    """
+
+    landmark: float = 1.0
+    photometric: float = 20.0
+    prior_identity: float = 5e-3
+    prior_expression: float = 5e-3
+    prior_reflectance: float = 2e-3
+    lr_rotation: float = 0.02  # rad
+    lr_translation: float = 2.0  # mm
+    lr_code: float = 0.05  # standardized units
+    lr_illumination: float = 0.02
+    rigid_fraction: float = 0.25  # of the steps; the rest is split below
+    shape_fraction: float = 0.35  # of `fit`'s steps (fit_landmarks gives it the rest)
+
+    def learning_rates(self) -> dict:
+        return {"rotation": self.lr_rotation, "translation": self.lr_translation,
+                "identity": self.lr_code, "expression": self.lr_code,
+                "reflectance": self.lr_code, "illumination": self.lr_illumination}
+
+
+def stage_steps(steps: int, options: FitOptions, photometric: bool) -> dict:
+    """How `steps` splits into the rigid, shape (and appearance) stages."""
+    if steps < 0:
+        raise ValueError(f"fit steps must be >= 0, got {steps}")
+    rigid = int(round(steps * options.rigid_fraction))
+    if not photometric:
+        return {"rigid": rigid, "shape": steps - rigid, "appearance": 0}
+    shape = int(round(steps * options.shape_fraction))
+    return {"rigid": rigid, "shape": shape, "appearance": steps - rigid - shape}
+
+
+def _to_dict(code: FaceCode) -> dict:
+    return {f: getattr(code, f) for f in FIELDS}
+
+
+@jax.jit
+def initial_code(model: FaceModel, camera: Camera, landmarks: jax.Array,
+                 weight: jax.Array) -> FaceCode:
+    """Neutral frontal code translated so the mean face's landmarks match in centroid and scale."""
+    batch = landmarks.shape[0]
+    neutral = FaceCode.neutral(model, (batch,))
+    points = model.mean_shape[model.landmark_indices]  # (68, 3) model space
+    projected = camera_lib.project(points + neutral.translation[:, None, :], camera)[..., :2]
+    w = weight[..., None]
+    total = jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    centre_q = jnp.sum(landmarks * w, 1) / total
+    centre_p = jnp.sum(projected * w, 1) / total
+
+    def spread(points, centre):  # weighted RMS distance to the centre, pixels
+        squared = jnp.sum((points - centre[:, None]) ** 2, -1)
+        return jnp.sqrt(jnp.sum(squared * weight, 1) / total[:, 0])
+
+    ratio = spread(landmarks, centre_q) / jnp.maximum(spread(projected, centre_p), 1e-3)
+    # Landmark size in pixels goes as 1 / distance; fall back to the default without landmarks.
+    depth = jnp.where(ratio > 0, DEFAULT_DISTANCE_MM / jnp.maximum(ratio, 1e-3),
+                      DEFAULT_DISTANCE_MM)
+    centroid = jnp.mean(points, axis=0)
+    f = jnp.asarray(camera.focal)
+    x = (centre_q[:, 0] - camera.principal_point[0]) * depth / f - centroid[0]
+    y = -(centre_q[:, 1] - camera.principal_point[1]) * depth / f - centroid[1]
+    translation = jnp.stack([x, y, -depth - centroid[2]], axis=-1)
+    return neutral.replace(translation=translation)
+
+
+def landmark_geometry(model: FaceModel) -> FaceModel:
+    """The model cut to its 68 landmark vertices: landmark-only steps skip the other
+    thousands of vertices (its albedo and triangles are not meaningful)."""
+    idx = model.landmark_indices
+    return model.replace(mean_shape=model.mean_shape[idx],
+                         identity_basis=model.identity_basis[:, idx],
+                         expression_basis=model.expression_basis[:, idx],
+                         landmark_indices=jnp.arange(idx.shape[0], dtype=jnp.int32))
+
+
+def project_landmarks(model: FaceModel, camera: Camera, code: FaceCode) -> jax.Array:
+    """(B, 68, 2) pixel positions of the landmark vertices (`model` may be cut down)."""
+    vertices = facemodel.shape(model, code.identity, code.expression)[:, model.landmark_indices]
+    rotation = camera_lib.euler_to_matrix(code.rotation)
+    return camera_lib.project(
+        camera_lib.rigid_transform(vertices, rotation, code.translation), camera)[..., :2]
+
+
+def _landmark_term(model, camera, code, landmarks, weight):
+    projected = project_landmarks(model, camera, code)
+    return 1e4 * losses.landmark_alignment(projected, landmarks, weight, float(camera.width))
+
+
+def _objective(model, camera, options, photometric, params, frozen, images, landmarks, weight):
+    code = FaceCode(**params, **frozen)
+    prior = losses.statistical_prior(code)
+    geometry = model if photometric else landmark_geometry(model)
+    total = (options.landmark * _landmark_term(geometry, camera, code, landmarks, weight)
+             + options.prior_identity * prior["prior_identity"]
+             + options.prior_expression * prior["prior_expression"])
+    if photometric:
+        out = render_face(model, code, camera, background=images)
+        total += (options.photometric * losses.photometric_dense(out.image, images, out.mask)
+                  + options.prior_reflectance * prior["prior_reflectance"])
+    return total
+
+
+def _run_stage(model, camera, options, stage, steps, fixed, code, images, landmarks, weight):
+    """`steps` Adam steps (cosine-decayed) on the stage's free fields, as one scan."""
+    if steps == 0:
+        return code
+    free = [f for f in _STAGE_FIELDS[stage] if f not in fixed]
+    values = _to_dict(code)
+    params = {f: values[f] for f in free}
+    frozen = {f: values[f] for f in FIELDS if f not in free}
+    rates = options.learning_rates()
+    tx = optax.multi_transform(
+        {f: optax.adam(optax.cosine_decay_schedule(rates[f], steps, alpha=0.05)) for f in free},
+        {f: f for f in free})
+    loss = functools.partial(_objective, model, camera, options, stage == "appearance")
+    grad = jax.grad(loss)
+
+    def step(carry, _):
+        params, opt_state = carry
+        updates, opt_state = tx.update(grad(params, frozen, images, landmarks, weight),
+                                       opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+    return FaceCode(**params, **frozen)
+
+
+def _check_inputs(camera, landmarks, weight, images=None):
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (facemodel.NUM_LANDMARKS, 2):
+        raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}, expected (B, 68, 2)")
+    if weight.shape != landmarks.shape[:2]:
+        raise ValueError(f"landmark weights have shape {tuple(weight.shape)}, expected "
+                         f"{tuple(landmarks.shape[:2])}")
+    if images is not None and images.shape != (landmarks.shape[0], camera.height,
+                                               camera.width, 3):
+        raise ValueError(f"images have shape {tuple(images.shape)}, expected "
+                         f"({landmarks.shape[0]}, {camera.height}, {camera.width}, 3) "
+                         "to match the landmarks and the camera")
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "options", "fixed"))
+def fit_landmarks(model: FaceModel, camera: Camera, landmarks: jax.Array, weight: jax.Array,
+                  steps: int = 300, init_code: Optional[FaceCode] = None,
+                  options: FitOptions = FitOptions(), fixed: tuple = ()) -> FaceCode:
+    """Pose, identity and expression of B faces from 2D landmarks (B, 68, 2) in pixels.
+
+    weight: (B, 68) per-landmark confidence (0 ignores a point). Without
+    `init_code` the fit starts from `initial_code`. `fixed` names FaceCode
+    fields kept at their initial value (e.g. ("identity",) for video frames).
+    """
+    _check_inputs(camera, landmarks, weight)
+    if init_code is None:
+        init_code = initial_code(model, camera, landmarks, weight)
+    split = stage_steps(steps, options, photometric=False)
+    code = init_code
+    for stage in ("rigid", "shape"):
+        code = _run_stage(model, camera, options, stage, split[stage], fixed, code, None,
+                          landmarks, weight)
+    return code
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "options", "fixed"))
+def fit(model: FaceModel, camera: Camera, images: jax.Array, landmarks: jax.Array,
+        landmark_weight: jax.Array, init_code: Optional[FaceCode] = None, steps: int = 200,
+        options: FitOptions = FitOptions(), fixed: tuple = ()) -> FaceCode:
+    """Fits B faces to linear-RGB images (B, H, W, 3) and their 68 landmarks (pixels).
+
+    Rigid and shape stages on the landmarks, then all fields with the dense
+    photometric term (see the module docstring); `steps` is the total.
+    """
+    _check_inputs(camera, landmarks, landmark_weight, images)
+    if init_code is None:
+        init_code = initial_code(model, camera, landmarks, landmark_weight)
+    split = stage_steps(steps, options, photometric=True)
+    code = init_code
+    for stage in ("rigid", "shape", "appearance"):
+        code = _run_stage(model, camera, options, stage, split[stage], fixed, code, images,
+                          landmarks, landmark_weight)
+    return code
+
+
+@jax.jit
+def fit_errors(model: FaceModel, camera: Camera, code: FaceCode, landmarks: jax.Array,
+               weight: jax.Array, images: Optional[jax.Array] = None) -> dict:
+    """Per-face errors (B,): landmark_px (weighted mean distance) and, with images, photometric."""
+    projected = project_landmarks(landmark_geometry(model), camera, code)
+    distance = jnp.linalg.norm(projected - landmarks, axis=-1)
+    errors = {"landmark_px": jnp.sum(distance * weight, 1) / jnp.maximum(jnp.sum(weight, 1), 1.0)}
+    if images is not None:
+        out = render_face(model, code, camera, background=images)
+        errors["photometric"] = jax.vmap(
+            lambda r, t, m: losses.photometric_dense(r[None], t[None], m[None]))(
+                out.image, images, out.mask)
+    return errors

@@ -1,0 +1,384 @@
+"""`mofa reconstruct`: every face of photos, folders and videos -> meshes, textures, codes.
+
+Inputs: image files, folders (their images, recursively, as `mofa.data.folder`
+finds them) and video files named on the command line (VIDEO_EXTENSIONS; a
+GIF named directly is a video, one inside a folder an image).
+
+Images: every face the detector finds is cropped (the training crop framing),
+encoded (with a checkpoint) and/or fitted (`mofa.fitting`) in batches, and
+written to `<out>/<stem>_face<k>/`. Videos: the largest face of each frame;
+one identity (and reflectance) per clip, the mean of the per-frame
+estimates, then pose and expression are refitted per frame with it fixed and
+smoothed over time (Gaussian, `smooth` frames). Unusable inputs are skipped
+and listed with their reason in `summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mofa import export, facemodel, fitting, images, render
+from mofa.code import FaceCode
+from mofa.data import faces as faces_lib
+from mofa.data import folder as folder_lib
+from mofa.data.synthetic import decode_srgb8
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".webm", ".gif", ".mkv", ".m4v"})
+_LIGHT = np.array([0.3, 0.4, 0.85])
+_render = jax.jit(render.render_face)
+
+
+def collect_inputs(paths: list[str]) -> tuple[list[str], list[str], list[tuple]]:
+    """(image files, video files, skipped (path, reason)); folders are walked recursively."""
+    image_paths, videos, skipped = [], [], []
+    for path in paths:
+        if os.path.isdir(path):
+            found = folder_lib.find_images(path)
+            if not found:
+                skipped.append((path, "folder holds no image files"))
+            image_paths.extend(found)
+        elif not os.path.exists(path):
+            skipped.append((path, "file not found"))
+        elif os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
+            videos.append(path)
+        else:
+            image_paths.append(path)
+    return image_paths, videos, skipped
+
+
+def crop_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
+    """`faces.face_crop` plus its transform: crop pixel = (image pixel - origin) * scale."""
+    cx, cy, side = faces_lib.face_box(landmarks)
+    crop, scale, origin = faces_lib.crop_square(image, cx, cy, side, size)
+    local = ((landmarks - np.asarray(origin, np.float32)) * scale).astype(np.float32)
+    inside = np.all((local >= 0.0) & (local < size), axis=-1)
+    return {"image": decode_srgb8(crop), "landmarks": local,
+            "landmark_weight": inside.astype(np.float32), "scale": float(scale),
+            "origin": np.asarray(origin, np.float32), "detected": landmarks}
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    """Repeats the first row up to `size` rows: every batch has one shape (one compile)."""
+    if len(array) == size:
+        return array
+    return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)])
+
+
+@dataclasses.dataclass
+class Reconstructor:
+    """Crops -> FaceCodes: encoder estimate (optional) then `fit_steps` of fitting."""
+
+    model: facemodel.FaceModel
+    camera: render.Camera
+    batch_size: int = 8
+    fit_steps: int = 200
+    encoder: Optional[Callable] = None  # images (B, S, S, 3) linear -> FaceCode
+
+    @property
+    def image_size(self) -> int:
+        return self.camera.width
+
+    def codes(self, crops: list[dict], init: Optional[FaceCode] = None, fixed: tuple = (),
+              steps: Optional[int] = None, landmarks_only: bool = False) -> FaceCode:
+        """Codes of any number of crops, in batches of `batch_size` (padded).
+
+        landmarks_only: refine with `fitting.fit_landmarks` (pose, identity,
+        expression; far cheaper) instead of the photometric `fitting.fit`.
+        """
+        steps = self.fit_steps if steps is None else steps
+        parts = []
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start:start + self.batch_size]
+            stack = lambda k: jnp.asarray(_pad(np.stack([c[k] for c in chunk]),  # noqa: E731
+                                               self.batch_size))
+            pixels, lm, weight = stack("image"), stack("landmarks"), stack("landmark_weight")
+            if init is not None:
+                start_code = jax.tree.map(
+                    lambda x: jnp.asarray(_pad(np.asarray(x[start:start + len(chunk)]),
+                                               self.batch_size)), init)
+            elif self.encoder is not None:
+                start_code = self.encoder(pixels)
+            else:
+                start_code = fitting.initial_code(self.model, self.camera, lm, weight)
+            code = start_code
+            if steps > 0 and landmarks_only:
+                code = fitting.fit_landmarks(self.model, self.camera, lm, weight, steps=steps,
+                                             init_code=start_code, fixed=fixed)
+            elif steps > 0:
+                code = fitting.fit(self.model, self.camera, pixels, lm, weight, start_code,
+                                   steps=steps, fixed=fixed)
+            parts.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], code))
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+    def render(self, code: FaceCode, crops: list[dict]):
+        """Per-face render outputs (numpy) of `code` over the crops, batched like `codes`."""
+        outs = []
+        for start in range(0, len(crops), self.batch_size):
+            n = min(self.batch_size, len(crops) - start)
+            chunk = jax.tree.map(lambda x: jnp.asarray(_pad(x[start:start + n], self.batch_size)),
+                                 code)
+            background = jnp.asarray(_pad(np.stack([c["image"] for c in crops[start:start + n]]),
+                                          self.batch_size))
+            out = _render(self.model, chunk, self.camera, background)
+            outs.append({k: np.asarray(getattr(out, k))[:n] for k in (
+                "mask", "depth", "normals", "screen_vertices", "vertex_visibility",
+                "landmarks")})
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def _overlay(crop_linear: np.ndarray, mask: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """sRGB float: the crop with the shaded geometry blended in where the mesh covers it."""
+    srgb = images.linear_to_srgb(crop_linear)
+    shading = np.clip(normals @ _LIGHT, 0.0, 1.0)[..., None] * 0.8 + 0.1
+    m = mask[..., None]
+    return m * (0.65 * shading + 0.35 * srgb) + (1 - m) * srgb
+
+
+def _draw_landmarks(rgb8: np.ndarray, sets: list[tuple]) -> np.ndarray:
+    canvas = Image.fromarray(rgb8)
+    draw = ImageDraw.Draw(canvas)
+    r = max(1, min(rgb8.shape[:2]) // 128)
+    for points, colour in sets:
+        for x, y in points:
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+    return np.asarray(canvas)
+
+
+def _code_arrays(code: FaceCode, i=None) -> dict:
+    return {f: np.asarray(getattr(code, f)) if i is None else np.asarray(getattr(code, f))[i]
+            for f in fitting.FIELDS}
+
+
+class Run:
+    """One `mofa reconstruct` run: outputs, skipped inputs and counts for the summary."""
+
+    def __init__(self, rec: Reconstructor, out_dir: str, detector, max_faces: int = 8,
+                 texture_size: int = 256, smooth: float = 1.0):
+        self.rec, self.out_dir, self.detector = rec, out_dir, detector
+        self.max_faces, self.texture_size, self.smooth = max_faces, texture_size, smooth
+        self.skipped: list[tuple] = []
+        self.faces: list[dict] = []
+        self.videos: list[dict] = []
+        self._layout = None
+        os.makedirs(out_dir, exist_ok=True)
+
+    def skip(self, source: str, reason: str) -> None:
+        self.skipped.append((source, reason))
+        log.warning("skipping %s: %s", source, reason)
+
+    def _detect(self, image: np.ndarray, max_faces: int) -> tuple[list, Optional[str]]:
+        try:
+            found = self.detector(image)
+        except Exception as err:  # a detector crash on one input must not stop the run
+            return [], f"face detection failed: {type(err).__name__}: {err}"
+        return faces_lib.usable_faces(found, max_faces)
+
+    # -- images ---------------------------------------------------------------
+
+    def image(self, path: str) -> list[dict]:
+        """Detected, cropped faces of one photo (pending reconstruction), or [] if skipped."""
+        try:
+            photo = faces_lib.load_rgb8(path)
+        except faces_lib.ImageError as err:
+            self.skip(path, str(err))
+            return []
+        found, reason = self._detect(photo, self.max_faces)
+        if reason:
+            self.skip(path, reason)
+            return []
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return [dict(crop_face(photo, lm, self.rec.image_size), source=path, photo=photo,
+                     name=f"{stem}_face{k}") for k, lm in enumerate(found)]
+
+    def finish_images(self, pending: list[dict]) -> None:
+        """Reconstructs and writes a list of pending faces (one batch or more)."""
+        if not pending:
+            return
+        code = self.rec.codes(pending)
+        outs = self.rec.render(code, pending)
+        errors = jax.device_get(fitting.fit_errors(
+            self.rec.model, self.rec.camera, jax.tree.map(jnp.asarray, code),
+            jnp.asarray(np.stack([p["landmarks"] for p in pending])),
+            jnp.asarray(np.stack([p["landmark_weight"] for p in pending]))))
+        for i, face in enumerate(pending):
+            folder = os.path.join(self.out_dir, face["name"])
+            out = {k: v[i] for k, v in outs.items()}
+            self._write_face(folder, face, _code_arrays(code, i), out,
+                             float(errors["landmark_px"][i]))
+            self.faces.append({"source": face["source"], "output": folder})
+
+    def _write_face(self, folder: str, face: dict, code: dict, out: dict,
+                    landmark_px: float) -> None:
+        model = self.rec.model
+        os.makedirs(folder, exist_ok=True)
+        to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
+        geometry = np.asarray(facemodel.shape(model, code["identity"], code["expression"]))
+        albedo = images.linear_to_srgb(np.asarray(facemodel.albedo(model, code["reflectance"])))
+        texture_name = None
+        if model.uv_coords is not None:
+            if self._layout is None:
+                self._layout = export.uv_layout(model.uv_coords, model.uv_triangles,
+                                                self.texture_size)
+            texture = export.bake_texture(
+                face["photo"].astype(np.float32) / 255.0, to_image(out["screen_vertices"][:, :2]),
+                out["vertex_visibility"], model.uv_coords, model.uv_triangles, model.triangles,
+                self.texture_size, albedo, layout=self._layout)
+            texture_name = "texture.png"
+            images.save_png(os.path.join(folder, texture_name), texture)
+        export.write_obj(os.path.join(folder, "mesh.obj"), geometry, model.triangles,
+                         model.uv_coords, model.uv_triangles, albedo, texture_name)
+        export.write_ply(os.path.join(folder, "mesh.ply"), geometry, model.triangles, albedo)
+        near, far = export.write_depth_png(os.path.join(folder, "depth.png"), out["depth"],
+                                           out["mask"])
+        overlay = images.to_uint8(_overlay(face["image"], out["mask"], out["normals"]))
+        overlay = _draw_landmarks(overlay, [(face["landmarks"], (40, 220, 40)),
+                                            (out["landmarks"], (230, 40, 40))])
+        Image.fromarray(overlay).save(os.path.join(folder, "overlay.png"))
+        extra = {
+            "source": face["source"], "face_model": model.name,
+            "image_size": self.rec.image_size, "focal_px": float(self.rec.camera.focal),
+            "crop": {"origin_xy": face["origin"], "scale": face["scale"],
+                     "note": "crop pixel = (image pixel - origin) * scale"},
+            "landmark_error_px_crop": landmark_px, "depth_png_range_mm": [near, far],
+            "pixel_convention": "original image pixels, x right, y down",
+        }
+        export.write_code(os.path.join(folder, "code"), {
+            **code, "landmarks": to_image(out["landmarks"]),
+            "landmarks_detected": face["detected"],
+            # The mesh's own 68 landmark vertices (model space, mm, like mesh.obj).
+            "landmarks_3d": geometry[np.asarray(model.landmark_indices)]}, extra)
+
+    # -- videos ---------------------------------------------------------------
+
+    def video(self, path: str) -> int:
+        """Reconstructs the largest face of every frame; returns the number of faces."""
+        import imageio.v3 as iio
+        from scipy.ndimage import gaussian_filter1d
+
+        try:
+            frames = [np.asarray(f)[..., :3] for f in iio.imiter(path)]
+            meta = iio.immeta(path)
+            # ffmpeg reports fps; GIFs a frame duration in ms.
+            fps = float(meta.get("fps") or 0) or 1000.0 / float(meta.get("duration") or 40)
+        except Exception as err:  # imageio raises many kinds for bad files
+            self.skip(path, f"unreadable video: {type(err).__name__}: {err}")
+            return 0
+        if not frames:
+            self.skip(path, "video has no frames")
+            return 0
+        crops, indices = [], []
+        for index, frame in enumerate(frames):
+            found, _ = self._detect(frame, 1)
+            if found:
+                crops.append(crop_face(frame, found[0], self.rec.image_size))
+                indices.append(index)
+        if not crops:
+            self.skip(path, "no face found in any frame")
+            return 0
+        code = self.rec.codes(crops)
+        # One identity and reflectance for the clip; pose and expression refitted to the
+        # landmarks with the identity fixed (per-frame light stays from the first pass).
+        shared = {f: np.broadcast_to(getattr(code, f).mean(0), getattr(code, f).shape)
+                  for f in ("identity", "reflectance")}
+        code = code.replace(**shared)
+        code = self.rec.codes(crops, init=code, fixed=("identity",), landmarks_only=True,
+                              steps=max(self.rec.fit_steps // 2, 20))
+        if self.smooth > 0 and len(crops) > 1:
+            code = code.replace(**{f: gaussian_filter1d(getattr(code, f), self.smooth, axis=0,
+                                                        mode="nearest")
+                                   for f in ("rotation", "translation", "expression")})
+        outs = self.rec.render(code, crops)
+        stem = os.path.join(self.out_dir, os.path.splitext(os.path.basename(path))[0])
+        overlay_frames = [f.copy() for f in frames]
+        landmarks = []
+        for i, (crop, index) in enumerate(zip(crops, indices)):
+            overlay = _overlay(crop["image"], outs["mask"][i], outs["normals"][i])
+            overlay_frames[index] = _paste(frames[index], images.to_uint8(overlay),
+                                           outs["mask"][i], crop)
+            landmarks.append(outs["landmarks"][i] / crop["scale"] + crop["origin"])
+        _write_video(f"{stem}_overlay.mp4", overlay_frames, fps)
+        export.write_code(f"{stem}_codes", {
+            **_code_arrays(code), "frame": np.asarray(indices), "landmarks": np.stack(landmarks),
+            "landmarks_detected": np.stack([c["detected"] for c in crops])},
+            {"source": path, "fps": fps, "frames": len(frames), "face_model": self.rec.model.name,
+             "smooth_sigma_frames": self.smooth})
+        self.videos.append({"source": path, "frames": len(frames), "faces": len(crops),
+                            "frames_without_face": len(frames) - len(crops),
+                            "overlay": f"{stem}_overlay.mp4", "codes": f"{stem}_codes.npz"})
+        return len(crops)
+
+
+def _paste(frame: np.ndarray, overlay8: np.ndarray, mask: np.ndarray, crop: dict) -> np.ndarray:
+    """The crop-sized overlay resized back onto the frame where the mesh covers it."""
+    side = int(round(overlay8.shape[0] / crop["scale"]))
+    x0, y0 = (int(v) for v in np.round(crop["origin"]))
+    big = np.asarray(Image.fromarray(overlay8).resize((side, side), Image.BILINEAR))
+    alpha = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(
+        (side, side), Image.BILINEAR), np.float32)[..., None] / 255.0
+    out = frame.copy()
+    h, w = frame.shape[:2]
+    ys, xs = slice(max(y0, 0), min(y0 + side, h)), slice(max(x0, 0), min(x0 + side, w))
+    part = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+    out[ys, xs] = (alpha[part] * big[part] + (1 - alpha[part]) * frame[ys, xs]).astype(np.uint8)
+    return out
+
+
+def _write_video(path: str, frames: list, fps: float) -> None:
+    import imageio.v3 as iio
+
+    # H.264 in yuv420p needs even sizes.
+    h, w = frames[0].shape[:2]
+    frames = np.stack([np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames])
+    iio.imwrite(path, frames, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=2)
+
+
+def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_faces: int = 8,
+        texture_size: int = 256, smooth: float = 1.0, progress: bool = True) -> dict:
+    """Reconstructs every input; writes and returns the run summary (see module docstring)."""
+    from tqdm.auto import tqdm
+
+    detector = detector or faces_lib.MediaPipeDetector(max_faces=max_faces)
+    job = Run(rec, out_dir, detector, max_faces, texture_size, smooth)
+    image_paths, videos, skipped = collect_inputs(paths)
+    for source, reason in skipped:
+        job.skip(source, reason)
+    start = time.perf_counter()
+    count = 0
+    pending: list[dict] = []
+    bar = tqdm(image_paths + videos, desc="reconstructing", unit="input", disable=not progress)
+    for path in bar:
+        if path in videos:
+            count += job.video(path)
+        else:
+            pending += job.image(path)
+            if len(pending) >= rec.batch_size:
+                job.finish_images(pending)
+                count, pending = count + len(pending), []
+        bar.set_postfix(faces_per_s=f"{count / max(time.perf_counter() - start, 1e-9):.2f}")
+    job.finish_images(pending)
+    count += len(pending)
+    bar.close()
+    seconds = time.perf_counter() - start
+    summary = {
+        "inputs": list(paths), "images": image_paths, "videos": job.videos,
+        "faces": job.faces, "num_faces": count,
+        "skipped": [{"source": s, "reason": r} for s, r in job.skipped],
+        "seconds": seconds, "faces_per_second": count / max(seconds, 1e-9),
+        "face_model": rec.model.name, "image_size": rec.image_size,
+        "fit_steps": rec.fit_steps, "checkpoint": rec.encoder is not None,
+    }
+    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    return summary

@@ -1,0 +1,168 @@
+"""`mofa reconstruct` end to end, and the export formats (mofa.export)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from mofa import cli, export, images
+from mofa.data import synthetic
+
+SIZE = 160  # mediapipe finds the builtin model's renders at this size
+
+
+@pytest.fixture(scope="module")
+def renders(builtin_model):
+    """Six rendered faces (uint8 sRGB) with their landmarks, and a 6-frame turning head."""
+    batch = next(synthetic.synthetic_batches(builtin_model, SIZE, 6, jax.random.key(11)))
+    faces = images.to_uint8(images.linear_to_srgb(batch["image"]))
+    code = synthetic.code_from_batch(batch)
+    # Frame t: face 0 turning by 3 degrees a frame (same batch shape: no new compile).
+    turning = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), code)
+    yaw = jnp.radians(3.0 * jnp.arange(6.0)) - 0.1
+    turning = turning.replace(rotation=turning.rotation.at[:, 1].set(yaw))
+    background = jnp.broadcast_to(jnp.asarray(batch["image"][:1, :4, :4].mean((1, 2))),
+                                  (6, SIZE, SIZE, 3))
+    frames = synthetic.render_codes(builtin_model, turning, background, SIZE)
+    frames = images.to_uint8(images.linear_to_srgb(np.asarray(frames["image"])))
+    return faces, batch["landmarks"], frames
+
+
+# imageio-ffmpeg runs ffmpeg through subprocess (fork + exec at once): harmless here.
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
+    imageio = pytest.importorskip("imageio.v3", reason="videos need imageio[ffmpeg]")
+    faces, truth, frames = renders
+    inputs = tmp_path / "in"
+    (inputs / "more").mkdir(parents=True)
+    Image.fromarray(faces[0]).save(inputs / "one.jpg", quality=95)
+    Image.fromarray(np.concatenate([faces[1], faces[2]], axis=1)).save(
+        inputs / "more" / "two.jpg", quality=95)
+    Image.fromarray(np.full((SIZE, SIZE, 3), (90, 140, 200), np.uint8)).save(inputs / "flat.png")
+    (inputs / "broken.jpg").write_text("not an image\n")
+    video = tmp_path / "clip.mp4"
+    imageio.imwrite(video, frames, fps=10, codec="libx264", plugin="FFMPEG",
+                    macro_block_size=16)
+    out = tmp_path / "out"
+    status = cli.main(["reconstruct", str(inputs), str(video), "--out", str(out),
+                       "--fit-steps", "40", "--image-size", "64", "--batch-size", "2",
+                       "--texture-size", "64", "--quiet"])
+    assert status == 1  # two inputs were unusable
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "flat.png" in err
+
+    summary = json.loads((out / "summary.json").read_text())
+    skipped = {os.path.basename(s["source"]): s["reason"] for s in summary["skipped"]}
+    assert set(skipped) == {"broken.jpg", "flat.png"}
+    assert "not an image" in skipped["broken.jpg"] and "no face" in skipped["flat.png"]
+    assert summary["num_faces"] == 3 + 6 and summary["faces_per_second"] > 0
+
+    # Every face of the photos: meshes, texture, codes in original-image pixels.
+    shifts = {"one_face0": [(0, 0.0)], "two_face0": [(1, 0.0), (2, SIZE)],
+              "two_face1": [(1, 0.0), (2, SIZE)]}
+    seen_two = set()
+    for name, candidates in shifts.items():
+        folder = out / name
+        for file in ("mesh.obj", "mesh.mtl", "texture.png", "mesh.ply", "code.json",
+                     "code.npz", "overlay.png", "depth.png"):
+            assert (folder / file).is_file(), (name, file)
+        ply = trimesh.load(folder / "mesh.ply", process=False)
+        assert len(ply.vertices) == builtin_model.num_vertices
+        colors = np.asarray(ply.visual.vertex_colors)[:, :3]
+        assert colors.std() > 1.0 and 60 < colors.mean() < 250  # skin, not a constant
+        obj = trimesh.load(folder / "mesh.obj", process=False)
+        assert len(obj.vertices) == builtin_model.num_vertices
+        assert obj.visual.uv.shape == (builtin_model.num_vertices, 2)
+        # trimesh shows the texture and drops `v x y z r g b` colours then: read them here.
+        obj_colors = np.array([line.split()[4:7] for line in
+                               (folder / "mesh.obj").read_text().splitlines()
+                               if line.startswith("v ")], float)
+        np.testing.assert_allclose(obj_colors * 255.0, colors, atol=0.6)
+        code = json.loads((folder / "code.json").read_text())
+        fitted = np.asarray(code["landmarks"])
+        detected = np.asarray(code["landmarks_detected"])
+        distance = lambda a, b: np.mean(np.linalg.norm(a - b, axis=-1))  # noqa: E731
+        # Fitted landmarks come back through the crop transform onto the detector's own.
+        assert distance(fitted, detected) < 4.0
+        # Against the render's ground truth (shifted where pasted), up to the detector's
+        # own bias (mostly on the jaw line, ~8 px at this size).
+        errors = [distance(fitted, truth[index] + [shift, 0]) for index, shift in candidates]
+        best = int(np.argmin(errors))
+        assert errors[best] < 10.0, (name, errors)
+        assert errors[best] < distance(detected, truth[candidates[best][0]]
+                                       + [candidates[best][1], 0]) + 2.0
+        if name.startswith("two"):
+            seen_two.add(best)
+        assert np.asarray(code["identity"]).shape == (builtin_model.num_identity,)
+        indices = np.asarray(builtin_model.landmark_indices)
+        np.testing.assert_allclose(code["landmarks_3d"], ply.vertices[indices], atol=1e-3)
+        depth = np.asarray(Image.open(folder / "depth.png"))
+        assert depth.dtype == np.uint16 or depth.max() > 255
+    assert seen_two == {0, 1}  # both faces of the pair, not one twice
+
+    # The video: overlay and per-frame codes with one identity.
+    overlay = imageio.imread(out / "clip_overlay.mp4")
+    assert overlay.shape[0] == 6 and overlay.shape[1:3] == (SIZE, SIZE)
+    codes = np.load(out / "clip_codes.npz")
+    assert codes["rotation"].shape == (6, 3) and list(codes["frame"]) == list(range(6))
+    np.testing.assert_allclose(codes["identity"], codes["identity"][:1].repeat(6, 0))
+    yaw = np.degrees(codes["rotation"][:, 1])
+    assert np.all(np.diff(yaw) > 0), yaw  # the head keeps turning the same way
+    assert json.loads((out / "clip_codes.json").read_text())["frames"] == 6
+
+
+def test_export_round_trips_through_trimesh(builtin_model, tmp_path):
+    vertices = np.asarray(builtin_model.mean_shape)
+    colors = np.random.default_rng(0).uniform(0, 1, vertices.shape)
+    export.write_ply(tmp_path / "m.ply", vertices, builtin_model.triangles, colors)
+    export.write_obj(str(tmp_path / "m.obj"), vertices, builtin_model.triangles,
+                     vertex_colors=colors)
+    ply = trimesh.load(tmp_path / "m.ply", process=False)
+    obj = trimesh.load(tmp_path / "m.obj", process=False)
+    for mesh in (ply, obj):
+        assert len(mesh.vertices) == len(vertices)
+        np.testing.assert_allclose(mesh.vertices, vertices, atol=1e-4)
+        np.testing.assert_array_equal(mesh.faces, np.asarray(builtin_model.triangles))
+        np.testing.assert_allclose(mesh.visual.vertex_colors[:, :3] / 255.0, colors, atol=0.003)
+    depth = np.full((8, 8), 990.0)
+    depth[2:6, 2:6] = 980.0
+    near, far = export.write_depth_png(str(tmp_path / "d.png"), depth, depth < 995)
+    stored = np.asarray(Image.open(tmp_path / "d.png"))
+    assert (near, far) == (980.0, 990.0) and stored.max() == 65535 and stored.min() == 1
+
+
+def test_reconstruct_with_a_checkpoint(renders, tmp_path):
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
+    import orbax.checkpoint as ocp
+
+    from experiments.configs import quickstart
+    from mofa import train
+
+    # An untrained encoder saved the way training saves it (training itself takes ~30 s).
+    config = quickstart.get_config()
+    config.update(image_size=32, checkpoint_every=1)
+    config.encoder.width = 8
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.json").write_text(config.to_json_best_effort())
+    state = train.create_state(config, train.make_decoder(config).face_model, jax.random.key(0))
+    manager = train.checkpoint_manager(str(work), config)
+    manager.save(1, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    manager.close()
+    faces, _, _ = renders
+    Image.fromarray(faces[3]).save(tmp_path / "face.png")
+    out = tmp_path / "out"
+    args = ["reconstruct", str(tmp_path / "face.png"), "--checkpoint", str(tmp_path / "work"),
+            "--out", str(out), "--quiet"]
+    assert cli.main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoint"] and summary["fit_steps"] == 0 and summary["image_size"] == 32
+    assert (out / "face_face0" / "mesh.ply").is_file()
+    assert cli.main(args + ["--image-size", "64"]) == 1  # the checkpoint's size is fixed
