@@ -31,7 +31,6 @@ from mofa import export, facemodel, fitting, images, render
 from mofa.code import FaceCode
 from mofa.data import faces as faces_lib
 from mofa.data import folder as folder_lib
-from mofa.data.synthetic import decode_srgb8
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +59,8 @@ def collect_inputs(paths: list[str]) -> tuple[list[str], list[str], list[tuple]]
 
 def crop_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
     """`faces.face_crop` plus its transform: crop pixel = (image pixel - origin) * scale."""
-    cx, cy, side = faces_lib.face_box(landmarks)
-    crop, scale, origin = faces_lib.crop_square(image, cx, cy, side, size)
-    local = ((landmarks - np.asarray(origin, np.float32)) * scale).astype(np.float32)
-    inside = np.all((local >= 0.0) & (local < size), axis=-1)
-    return {"image": decode_srgb8(crop), "landmarks": local,
-            "landmark_weight": inside.astype(np.float32), "scale": float(scale),
-            "origin": np.asarray(origin, np.float32), "detected": landmarks}
+    example, scale, origin = faces_lib.face_crop_with_transform(image, landmarks, size)
+    return {**example, "scale": scale, "origin": origin, "detected": landmarks}
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:

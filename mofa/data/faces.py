@@ -261,18 +261,25 @@ def crop_square(image: np.ndarray, cx: float, cy: float, side: float, size: int)
     return resized, size / side_i, (x0, y0)
 
 
-def face_crop(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
-    """One batch-contract example: the face crop, its landmarks and their weights."""
+def face_crop_with_transform(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple:
+    """(example, scale, origin): the face crop example and crop pixel = (pixel - origin) * scale."""
     from mofa.data.synthetic import decode_srgb8
     cx, cy, side = face_box(landmarks)
     crop, scale, origin = crop_square(image, cx, cy, side, size)
-    local = ((landmarks - np.asarray(origin, np.float32)) * scale).astype(np.float32)
+    origin = np.asarray(origin, np.float32)
+    local = ((landmarks - origin) * scale).astype(np.float32)
     inside = np.all((local >= 0.0) & (local < size), axis=-1)
-    return {
+    example = {
         "image": decode_srgb8(crop),
         "landmarks": local,
         "landmark_weight": inside.astype(np.float32),
     }
+    return example, float(scale), origin
+
+
+def face_crop(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
+    """One batch-contract example: the face crop, its landmarks and their weights."""
+    return face_crop_with_transform(image, landmarks, size)[0]
 
 
 MIN_FACE_SIZE = 32
