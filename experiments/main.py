@@ -20,7 +20,12 @@ def main(argv):
         jax.distributed.initialize()
     logging.info("JAX process %d/%d, %d local devices, %d total", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if "bootstrap" in FLAGS.config:  # InverseFaceNet rounds (experiments/configs/bootstrap.py)
+        from mofa import bootstrap
+
+        results = bootstrap.run(FLAGS.config, FLAGS.workdir)
+    else:
+        results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     logging.info("evaluation: %s", results)
 
 

@@ -83,8 +83,12 @@ def _reconstruct(args: argparse.Namespace) -> int:
                              f"{config.image_size} ({args.checkpoint})")
         model, camera = decoder.face_model, decoder.camera
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        encoder = jax.jit(lambda x: networks.decode_head(
-            state.apply_fn(variables, x, train=False), model))
+        space = state.params.get("corrective")
+        if space is not None:
+            print("mofa reconstruct: the checkpoint has a corrective level; meshes and codes "
+                  "are exported at the 3DMM level", file=sys.stderr)
+        encoder = jax.jit(lambda x: networks.decode_outputs(
+            state.apply_fn(variables, x, train=False), model, space)[0])
     else:
         model = facemodel.load(args.face_model or "builtin")
         size = args.image_size or 128
@@ -92,8 +96,12 @@ def _reconstruct(args: argparse.Namespace) -> int:
     steps = args.fit_steps if args.fit_steps is not None else (0 if encoder else 200)
     if steps < 0 or args.batch_size < 1:
         raise ValueError("--fit-steps must be >= 0 and --batch-size >= 1")
+    refiner = None
+    if args.detail:
+        from mofa import detail
+        refiner = detail.load_refiner(args.detail, camera)
     rec = reconstruct.Reconstructor(model, camera, batch_size=args.batch_size, fit_steps=steps,
-                                    encoder=encoder)
+                                    encoder=encoder, detail=refiner)
     summary = reconstruct.run(args.inputs, args.out, rec, max_faces=args.max_faces,
                               texture_size=args.texture_size, smooth=args.smooth,
                               progress=not args.quiet)
@@ -179,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--texture-size", type=int, default=256, help="UV texture size in pixels")
     recon.add_argument("--smooth", type=float, default=1.0,
                        help="video: Gaussian sigma in frames for pose/expression (0: off)")
+    recon.add_argument("--detail", default=None, metavar="WORKDIR",
+                       help="FineNet workdir (`mofa.detail.train_detail`, same image size): "
+                       "also write detail_depth.png, detail_normals.png, detail_mesh.obj")
     recon.add_argument("--quiet", action="store_true", help="no progress bar")
     recon.set_defaults(run=_reconstruct)
     return parser

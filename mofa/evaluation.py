@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mofa import facemodel, losses, render
+from mofa import corrective, facemodel, losses, render
 from mofa.code import FaceCode
 from mofa.render import camera as camera_lib
 from mofa.render import sh
@@ -91,9 +91,11 @@ def illumination_error(predicted: jax.Array, target: jax.Array) -> jax.Array:
 def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
                           predicted: FaceCode, target: FaceCode, image: jax.Array,
                           landmarks: jax.Array, rendered: render.RenderOutput,
+                          shape_offset: jax.Array | None = None,
                           vertex_errors: bool = True) -> dict:
     """Per-example metrics (B,) of predicted codes against ground truth.
 
+    shape_offset: (B, V, 3) mm added to the predicted shape (the corrective level's);
     vertex_errors=False leaves out the per-vertex error, for targets of another
     face model (whose identity / expression codes are not `model`'s).
     """
@@ -101,6 +103,8 @@ def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
     if vertex_errors:
         region = model.face_mask > 0.5
         pred_shape = facemodel.shape(model, predicted.identity, predicted.expression)
+        if shape_offset is not None:
+            pred_shape = pred_shape + shape_offset
         true_shape = facemodel.shape(model, target.identity, target.expression)
         aligned = similarity_align(pred_shape, true_shape, region.astype(jnp.float32))
         distance = jnp.linalg.norm(aligned - true_shape, axis=-1)
@@ -125,7 +129,8 @@ def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
 
 
 def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
-                   target_model: facemodel.FaceModel, target: FaceCode) -> dict:
+                   target_model: facemodel.FaceModel, target: FaceCode,
+                   shape_offset: jax.Array | None = None) -> dict:
     """Per-example shape errors (B,) across face models of different topology (host, mm).
 
     The predicted neutral-pose mesh is aligned to the true one by a similarity
@@ -134,7 +139,10 @@ def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
     """
     from mofa import scan_eval
 
-    predicted_shape = np.asarray(facemodel.shape(model, predicted.identity, predicted.expression))
+    predicted_shape = facemodel.shape(model, predicted.identity, predicted.expression)
+    if shape_offset is not None:  # the corrective level's shape correction (mm)
+        predicted_shape = predicted_shape + shape_offset
+    predicted_shape = np.asarray(predicted_shape)
     true_shape = np.asarray(facemodel.shape(target_model, target.identity, target.expression))
     region = np.asarray(target_model.face_mask) > 0.5
     triangles = np.asarray(model.triangles)
@@ -152,16 +160,19 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
 
     num_faces: evaluate that many test faces (default: `num_batches` batches);
     face_model: SPEC of another face model whose synthetic faces to evaluate on
-    (the shape error is then `surface_errors`, the other metrics are the same).
+    (default: `config.data.face_model`, the one trained on; the shape error is then
+    `surface_errors`, the other metrics are the same). With the corrective level the
+    predicted shape includes its correction.
     """
     from mofa.data import sources
     from mofa.train import batch_code, eval_step
 
+    face_model = face_model or config.data.get("face_model") or None
     data_model = decoder.face_model
     cross_model = face_model is not None and face_model != config.face_model
     if cross_model:
         config = config.copy_and_resolve_references()
-        config.face_model = face_model
+        config.face_model = config.data.face_model = face_model
         if config.data.source not in ("synthetic", "synthetic_tfds"):
             config.data.source = "synthetic"  # photos have no ground truth to compare with
         data_model = facemodel.load(face_model)
@@ -177,12 +188,17 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
     totals: dict = {}
     for i in range(num_batches):
         batch = jax.tree.map(jnp.asarray, source.batch(i, batch_size))
-        _, code, out = step(state, batch, decoder)
+        _, aux = step(state, batch, decoder)
+        code, out = aux["code"], aux["render"]
+        offset = None
+        if aux["corrective"] is not None:
+            offset = corrective.corrections(state.params["corrective"], aux["corrective"])[0]
         if "code/rotation" in batch:
             target = batch_code(batch)
-            values = errors(code, target, batch["image"], batch["landmarks"], out)
+            values = errors(code, target, batch["image"], batch["landmarks"], out, offset)
             if cross_model:
-                values.update(surface_errors(decoder.face_model, code, data_model, target))
+                values.update(surface_errors(decoder.face_model, code, data_model, target,
+                                             offset))
         else:
             values = {"photometric_error": losses.photometric_dense(out.image, batch["image"],
                                                                     out.mask)[None]}

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mofa.code import DEFAULT_DISTANCE_MM, FaceCode
+from mofa.corrective import CorrectiveSpace
 from mofa.facemodel import FaceModel
 from mofa.render import sh
 
@@ -139,18 +140,40 @@ def decode_head(raw: jax.Array, model: FaceModel,
     )
 
 
+def decode_outputs(raw: jax.Array, model: FaceModel, space: dict | None = None,
+                   distance_mm: float = DEFAULT_DISTANCE_MM) -> tuple:
+    """Raw encoder outputs -> (FaceCode, corrective coefficients or None).
+
+    space: the corrective bases (`params["corrective"]`) when the encoder has the
+    corrective level; their sizes say how many trailing outputs are coefficients.
+    """
+    if space is None:
+        return decode_head(raw, model, distance_mm), None
+    sizes = [code_size(model), space["shape"].shape[0], space["albedo"].shape[0]]
+    if raw.shape[-1] != sum(sizes):
+        raise ValueError(f"head output has {raw.shape[-1]} values, expected {sum(sizes)} "
+                         f"(code {sizes[0]} + corrective {sizes[1]} + {sizes[2]})")
+    code_raw, shape, albedo = jnp.split(raw, np.cumsum(sizes)[:-1].tolist(), axis=-1)
+    return decode_head(code_raw, model, distance_mm), {"shape": shape, "albedo": albedo}
+
+
 class FaceEncoder(nn.Module):
-    """Backbone + linear head emitting raw code values (decode with `decode_head`).
+    """Backbone + linear head emitting raw code values (decode with `decode_outputs`).
 
     The head starts at zero so the first reconstructions are exactly the mean
     face, frontal, at the default distance, under ambient light; the backbone
     receives gradients from the second step on, once the head has moved.
+    With `corrective_dims` = (shape, albedo) > 0 it also emits corrective
+    coefficients and holds the (zero-initialized) corrective bases of
+    `num_vertices` vertices in params["corrective"] (see `mofa.corrective`).
     """
 
     backbone: str = "alexnet"
     output_size: int = 0
     width: int = 64
     dtype: Any = jnp.float32
+    corrective_dims: tuple = (0, 0)
+    num_vertices: int = 0
 
     @nn.compact
     def __call__(self, images, train: bool = True):
@@ -163,4 +186,11 @@ class FaceEncoder(nn.Module):
         features = ENCODERS[self.backbone](self.dtype, self.width)(x, train=train)
         raw = nn.Dense(self.output_size, kernel_init=nn.initializers.zeros_init(),
                        dtype=jnp.float32, name="head")(features)
+        if any(self.corrective_dims):
+            CorrectiveSpace(*self.corrective_dims, self.num_vertices, name="corrective")()
+            # Small, not zero: zero coefficients and zero bases would be a saddle.
+            corrective = nn.Dense(sum(self.corrective_dims), dtype=jnp.float32,
+                                  kernel_init=nn.initializers.normal(1e-2),
+                                  name="corrective_head")(features)
+            raw = jnp.concatenate([raw, corrective], axis=-1)
         return raw.astype(jnp.float32)

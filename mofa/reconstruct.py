@@ -79,6 +79,7 @@ class Reconstructor:
     batch_size: int = 8
     fit_steps: int = 200
     encoder: Optional[Callable] = None  # images (B, S, S, 3) linear -> FaceCode
+    detail: Optional[Callable] = None  # `detail.load_refiner`: per-face FineNet refinement
 
     @property
     def image_size(self) -> int:
@@ -236,6 +237,10 @@ class Run:
         export.write_ply(os.path.join(folder, "mesh.ply"), geometry, model.triangles, albedo)
         near, far = export.write_depth_png(os.path.join(folder, "depth.png"), out["depth"],
                                            out["mask"])
+        if self.rec.detail is not None:
+            from mofa import detail
+            detail.write_detail(folder, self.rec.detail(face["image"], out["depth"], out["mask"]),
+                                out["mask"], self.rec.camera)
         overlay = images.to_uint8(_overlay(face["image"], out["mask"], out["normals"]))
         overlay = _draw_landmarks(overlay, [(face["landmarks"], (40, 220, 40)),
                                             (out["landmarks"], (230, 40, 40))])

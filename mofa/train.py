@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mofa import evaluation, facemodel, images, losses, metrics, networks, render
+from mofa import corrective, evaluation, facemodel, images, losses, metrics, networks, render
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.data import sources
 
@@ -39,10 +39,12 @@ class TrainState(train_state.TrainState):
 
 @flax.struct.dataclass
 class Decoder:
-    """The analytic decoder's arrays: face model and camera (replicated pytree)."""
+    """The analytic decoder's arrays: face model, camera and, with the corrective
+    level, its mesh operators (replicated pytree)."""
 
     face_model: facemodel.FaceModel
     camera: render.Camera
+    mesh: corrective.MeshOperators | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,13 @@ class LossWeights:
     prior_reflectance: float = 2.9e-5 * 255
     model_space: float = 0.0
     parameter: float = 0.0
+    corrective_shape_smoothness: float = 0.0
+    corrective_albedo_smoothness: float = 0.0
+    corrective_shape_magnitude: float = 0.0
+    corrective_albedo_magnitude: float = 0.0
+    corrective_shape_symmetry: float = 0.0
+    corrective_albedo_symmetry: float = 0.0
+    identity_consistency: float = 0.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "LossWeights":
@@ -93,8 +102,10 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
     else:
         raw = apply_fn(variables, inputs, train=False)
         new_batch_stats = batch_stats
-    code = networks.decode_head(raw, model)
-    out = render.render_face(model, code, decoder.camera, background=batch["image"])
+    space = params.get("corrective")  # the learned corrective bases, if the level is on
+    code, coefficients = networks.decode_outputs(raw, model, space)
+    out = corrective.render_face(model, code, decoder.camera, space, coefficients,
+                                 background=batch["image"])
     size = float(decoder.camera.width)
     terms = {
         "photometric": losses.photometric_dense(out.image, batch["image"], out.mask),
@@ -109,11 +120,19 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
         target = batch_code(batch)
         terms["model_space"] = losses.model_space(model, code, target)["total"]
         terms["parameter"] = losses.parameter_space(code, target)
+    if space is not None:
+        terms.update(corrective.regularizers(space, coefficients, decoder.mesh))
+    if weights.identity_consistency and "person_id" in batch:
+        identity = code.identity if space is None else jnp.concatenate(
+            [code.identity, coefficients["shape"]], -1)
+        terms["identity_consistency"] = corrective.identity_consistency(
+            identity, batch["person_id"])
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     landmark_px = jnp.sum(jnp.linalg.norm(out.landmarks - batch["landmarks"], axis=-1)
                           * batch["landmark_weight"]) / jnp.maximum(
                               jnp.sum(batch["landmark_weight"]), 1.0)
-    aux = {"code": code, "render": out, "landmark_error_px": landmark_px}
+    aux = {"code": code, "corrective": coefficients, "render": out,
+           "landmark_error_px": landmark_px}
     return total, (terms, new_batch_stats, aux)
 
 
@@ -136,11 +155,12 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, decoder: Decoder,
 
 
 def eval_step(state: TrainState, batch: dict, decoder: Decoder, weights: LossWeights):
-    """Reconstruction of a batch without updates: metrics, code and renders."""
+    """Reconstruction of a batch without updates: metrics and the `compute_losses` aux
+    (code, corrective coefficients, render)."""
     total, (terms, _, aux) = compute_losses(state.params, state.batch_stats, state.apply_fn,
                                             batch, decoder, weights, train=False)
     return {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
-            "landmark_error_px": aux["landmark_error_px"]}, aux["code"], aux["render"]
+            "landmark_error_px": aux["landmark_error_px"]}, aux
 
 
 # ---------------------------------------------------------------------------
@@ -160,7 +180,9 @@ def create_state(config: ml_collections.ConfigDict, model: facemodel.FaceModel,
     encoder = networks.FaceEncoder(backbone=config.encoder.backbone,
                                    output_size=networks.code_size(model),
                                    width=config.encoder.width,
-                                   dtype=jnp.dtype(config.encoder.get("dtype", "float32")))
+                                   dtype=jnp.dtype(config.encoder.get("dtype", "float32")),
+                                   corrective_dims=corrective_dims(config),
+                                   num_vertices=model.num_vertices)
     dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = jax.jit(functools.partial(encoder.init, train=False))(key, dummy)
     return TrainState.create(apply_fn=encoder.apply, params=variables["params"],
@@ -168,11 +190,23 @@ def create_state(config: ml_collections.ConfigDict, model: facemodel.FaceModel,
                              tx=make_optimizer(config))
 
 
+def corrective_dims(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(shape, albedo) sizes of the corrective level; (0, 0) when it is off."""
+    level = config.get("corrective") or {}
+    return int(level.get("shape_dim", 0)), int(level.get("albedo_dim", 0))
+
+
 def make_decoder(config: ml_collections.ConfigDict) -> Decoder:
     model = facemodel.load(config.face_model)
     camera = render.Camera.from_fov(config.get("fov_degrees", DEFAULT_FOV_DEGREES),
                                     config.image_size, config.image_size)
-    return Decoder(face_model=model, camera=camera)
+    mesh = None
+    if any(corrective_dims(config)):
+        loss = config.get("loss") or {}
+        symmetric = bool(loss.get("corrective_shape_symmetry", 0.0)
+                         or loss.get("corrective_albedo_symmetry", 0.0))
+        mesh = corrective.mesh_operators(model, symmetric=symmetric)
+    return Decoder(face_model=model, camera=camera, mesh=mesh)
 
 
 def contact_sheet(batch: dict, out: render.RenderOutput, max_rows: int = 8) -> np.ndarray:
@@ -250,8 +284,11 @@ def _check_finite(step: int, values: dict) -> None:
             + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=None) -> dict:
     """Trains per `config`, checkpointing to `workdir`; resumes from its last checkpoint.
+
+    source: the training batches (`source.batch(step, batch_size)`) in place of
+    `config.data`'s, which then serves evaluation only (e.g. `mofa.bootstrap`).
 
     Returns the final evaluation metrics (also written to `workdir/eval.json`; those of
     the untrained encoder go to `workdir/eval_initial.json`).
@@ -291,7 +328,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if is_lead:
             evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
 
-    source = sources.make_source(config, decoder.face_model, split="train")
+    if source is None:
+        data_model = (facemodel.load(config.data.face_model) if config.data.get("face_model")
+                      else decoder.face_model)
+        source = sources.make_source(config, data_model, split="train")
     step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
                       out_shardings=(replicated, replicated))
 
@@ -318,8 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
             tick, seen = time.perf_counter(), 0
         if (step + 1) % config.image_every == 0 or step + 1 == config.num_steps:
-            _, _, out = jax.jit(functools.partial(eval_step, weights=weights))(state, batch, decoder)
-            sheet = contact_sheet(jax.device_get(batch), jax.device_get(out))
+            _, aux = jax.jit(functools.partial(eval_step, weights=weights))(state, batch, decoder)
+            sheet = contact_sheet(jax.device_get(batch), jax.device_get(aux["render"]))
             if is_lead:
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})

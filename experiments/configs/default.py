@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "synthetic"  # synthetic | synthetic_tfds | folder | tfds
+    config.data.face_model = ""  # SPEC the synthetic faces come from ("" = config.face_model)
     config.data.path = ""  # folder of photos (source=folder)
     config.data.name = ""  # tfds dataset name (source=tfds), e.g. "celeb_a"
     config.data.data_dir = ""  # tfds data_dir ("" = tfds default)
@@ -22,6 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.encoder.backbone = "alexnet"  # alexnet | resnet18 | resnet50
     config.encoder.width = 64
     config.encoder.dtype = "float32"
+
+    # The multi-level model's learned corrective space (`mofa.corrective`): sizes of
+    # the corrective shape / albedo coefficients, 0 = off.
+    config.corrective = ml_collections.ConfigDict()
+    config.corrective.shape_dim = 0
+    config.corrective.albedo_dim = 0
 
     # MoFA's loss: dense photometric + landmarks + statistical prior. MoFA weighs
     # the photometric term 1.92 and the prior 2.9e-5 with colours in [0, 255]; our
@@ -35,6 +42,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.prior_reflectance = 2.9e-5 * 255
     config.loss.model_space = 0.0
     config.loss.parameter = 0.0
+    # Corrective-level regularizers and identity consistency across images of a person.
+    config.loss.corrective_shape_smoothness = 0.0
+    config.loss.corrective_albedo_smoothness = 0.0
+    config.loss.corrective_shape_magnitude = 0.0
+    config.loss.corrective_albedo_magnitude = 0.0
+    config.loss.corrective_shape_symmetry = 0.0
+    config.loss.corrective_albedo_symmetry = 0.0
+    config.loss.identity_consistency = 0.0
 
     config.batch_size = 32
     config.num_steps = 100_000

@@ -63,7 +63,7 @@ def make_source(config, model: FaceModel, split: str = "train"):
         from mofa.data import synthetic
 
         builder = synthetic.prepare(
-            face_model=config.face_model, image_size=config.image_size,
+            face_model=config.data.get("face_model") or config.face_model, image_size=config.image_size,
             num_train=config.data.num_train, num_validation=config.data.num_test,
             num_test=config.data.num_test, data_dir=config.data.data_dir or None)
         return IteratorSource(lambda bs: synthetic.dataset_batches(

@@ -1,0 +1,21 @@
+"""FineNet phase 2: unsupervised shape-from-shading (`mofa.detail`).
+
+The image is compared with the coarse code's albedo shaded under its SH light with
+FineNet's normals, plus fidelity to the coarse depth and a smooth residual. Set
+detail.init_workdir to a phase-1 workdir; for photos, set data.source/data.path and
+detail.coarse_workdir to a trained MoFA workdir at the same image size.
+"""
+
+from experiments.configs import detail_supervised
+
+
+def get_config():
+    config = detail_supervised.get_config()
+    config.loss.depth = 0.0
+    config.loss.normal = 0.0
+    config.loss.photometric = 1.0
+    config.loss.fidelity = 1e-3
+    config.loss.smoothness = 1e-2
+    config.learning_rate = 5e-4
+    config.num_steps = 200
+    return config

@@ -1,0 +1,187 @@
+"""The multi-level face model (corrective space, regularizers) and InverseFaceNet bootstrapping."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mofa import corrective, metrics, render, train
+from mofa.data import sources
+from mofa.code import random_code
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from experiments.configs import multilevel  # noqa: E402
+from tests.test_train import tiny_config  # noqa: E402
+
+
+def tiny_multilevel(**overrides):
+    config = multilevel.get_config()
+    for key, value in tiny_config(**overrides).items():
+        if key not in ("loss", "data", "corrective"):
+            config[key] = value
+    config.data.face_model = ""
+    config.corrective.shape_dim = 4
+    config.corrective.albedo_dim = 3
+    config.eval_before_training = False
+    return config
+
+
+@pytest.fixture(scope="module")
+def operators(builtin_model):
+    return corrective.mesh_operators(builtin_model)
+
+
+def test_zero_corrective_space_reproduces_the_3dmm_render(builtin_model):
+    model = builtin_model
+    code = random_code(model, jax.random.key(0), (2,))
+    camera = render.Camera.from_fov(12.6, 32, 32)
+    space = {"shape": jnp.zeros((4, model.num_vertices, 3)),
+             "albedo": jnp.zeros((3, model.num_vertices, 3))}
+    coefficients = {"shape": jax.random.normal(jax.random.key(1), (2, 4)),
+                    "albedo": jax.random.normal(jax.random.key(2), (2, 3))}
+    plain = render.render_face(model, code, camera)
+    corrected = corrective.render_face(model, code, camera, space, coefficients)
+    np.testing.assert_array_equal(corrected.image, plain.image)
+    np.testing.assert_array_equal(corrected.screen_vertices, plain.screen_vertices)
+    # A unit shape basis along +z in model space moves the posed vertices by R @ (0, 0, s).
+    space["shape"] = space["shape"].at[0, :, 2].set(1.0)
+    coefficients["shape"] = jnp.zeros((2, 4)).at[:, 0].set(0.5)
+    moved, _ = corrective.apply(model, code, space, coefficients)
+    base, _ = render.face_geometry(model, code)
+    rotation = render.euler_to_matrix(code.rotation)
+    expected = 0.5 * corrective.SHAPE_SCALE_MM * rotation[:, :, 2]
+    np.testing.assert_allclose(moved - base, np.broadcast_to(expected[:, None], base.shape),
+                               atol=1e-3)
+
+
+def test_laplacian_smoothness_and_magnitude(builtin_model, operators):
+    v = builtin_model.num_vertices
+    constant = jnp.broadcast_to(jnp.array([3.0, 4.0, 0.0]), (2, v, 3))
+    assert float(corrective.smoothness(constant, operators)) == pytest.approx(0.0, abs=1e-9)
+    assert float(corrective.magnitude(constant)) == pytest.approx(25.0)
+    bumpy = jax.random.normal(jax.random.key(0), (2, v, 3))
+    assert float(corrective.smoothness(bumpy, operators)) > 0.5
+    # One vertex raised by 1: it contributes 1, each of its d neighbours 1 / d^2.
+    spike = jnp.zeros((v, 3)).at[0, 2].set(1.0)
+    neighbours = np.asarray(operators.edges)
+    degrees = np.asarray(operators.degree)
+    ring = np.concatenate([neighbours[neighbours[:, 0] == 0, 1],
+                           neighbours[neighbours[:, 1] == 0, 0]])
+    expected = (1.0 + np.sum(1.0 / degrees[ring] ** 2)) / v
+    assert float(corrective.smoothness(spike, operators)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_symmetry_of_mirrored_and_antisymmetric_fields(builtin_model, operators):
+    mean = builtin_model.mean_shape
+    mirror = np.asarray(operators.mirror)
+    assert np.all(mirror[mirror] == np.arange(len(mirror)))  # an involution
+    # The mean shape itself is a mirror-symmetric displacement field ...
+    assert float(corrective.symmetry(mean, operators, corrective.SHAPE_MIRROR)) == pytest.approx(
+        0.0, abs=1e-6)
+    # ... pushing the left side forward and the right side back is not.
+    twist = jnp.zeros_like(mean).at[:, 2].set(mean[:, 0])
+    expected = float(jnp.mean(4.0 * mean[:, 0] ** 2))
+    assert float(corrective.symmetry(twist, operators, corrective.SHAPE_MIRROR)) == pytest.approx(
+        expected, rel=1e-4)
+    # Albedo is mirrored without sign change: even in x is symmetric, odd is not.
+    even = jnp.stack([mean[:, 0] ** 2, mean[:, 1], mean[:, 2]], -1) / 1e4
+    odd = even.at[:, 0].set(mean[:, 0] / 100.0)
+    assert float(corrective.symmetry(even, operators, corrective.ALBEDO_MIRROR)) == pytest.approx(
+        0.0, abs=1e-6)
+    assert float(corrective.symmetry(odd, operators, corrective.ALBEDO_MIRROR)) > 1e-3
+
+
+def test_asymmetric_model_refuses_a_mirror_map(builtin_model):
+    shifted = builtin_model.replace(mean_shape=builtin_model.mean_shape + 5.0)
+    with pytest.raises(ValueError, match="not left/right symmetric"):
+        corrective.mesh_operators(shifted)
+    assert corrective.mesh_operators(shifted, symmetric=False).mirror is None
+
+
+def test_identity_consistency():
+    codes = jnp.array([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0], [3.0, 4.0]])
+    same_pair = jnp.array([0, 0, 1, 2])
+    assert float(corrective.identity_consistency(codes, same_pair)) == 0.0  # identical codes
+    assert float(corrective.identity_consistency(codes, jnp.arange(4))) == 0.0  # all distinct
+    # Persons {0, 1} and {2, 3}: ordered pairs (2, 3), (3, 2) at squared distance 25; 4 pairs.
+    pairs = jnp.array([0, 0, 1, 1])
+    assert float(corrective.identity_consistency(codes, pairs)) == pytest.approx(50.0 / 4)
+
+
+def test_multilevel_config_trains_the_bases_end_to_end(ict_dir, tmp_path):
+    config = tiny_multilevel(num_steps=2)  # step 0 has learning rate 0 (warmup)
+    config.data.face_model = f"ict:{ict_dir}"
+    config.eval_batch_size = 4
+    results = train.train_and_evaluate(config, str(tmp_path))
+    log = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+    assert [r["step"] for r in log] == [1, 2]
+    assert np.isfinite(log[-1]["loss/corrective_shape_symmetry"])
+    # Faces of another model: the shape error is the surface distance, with the correction.
+    assert np.isfinite(results["surface_error_mm_mean"])
+    assert "vertex_error_mm_mean" not in results
+    # Gradients reached the zero-initialized bases: the restored ones have moved.
+    _, state, _, step = train.load_trained(str(tmp_path))
+    assert step == 2 and state.params["corrective"]["shape"].shape[0] == 4
+    assert float(jnp.abs(state.params["corrective"]["shape"]).max()) > 0
+    assert float(jnp.abs(state.params["corrective"]["albedo"]).max()) > 0
+
+
+# --- InverseFaceNet bootstrapping ---------------------------------------------
+
+
+def test_code_distribution_fit_and_redraw(builtin_model):
+    from mofa import bootstrap
+    from mofa.code import FaceCode
+
+    model = builtin_model
+    codes = FaceCode.neutral(model, (4,))
+    codes = codes.replace(identity=codes.identity.at[:, 0].set(jnp.array([1.0, 3.0, 1.0, 3.0])))
+    fitted = bootstrap.fit(codes, min_std=0.1)
+    assert float(fitted.mean["identity"][0]) == pytest.approx(2.0)
+    assert float(fitted.std["identity"][0]) == pytest.approx(1.0)
+    assert float(fitted.std["identity"][1]) == pytest.approx(0.1)  # collapsed -> floor
+    prior = bootstrap.CodeDistribution.prior(model, 0.7)
+    # A draw one prior std up lands one fitted std above the fitted mean.
+    draw = codes.replace(identity=jnp.ones((4, model.num_identity)),
+                         expression=jnp.full((4, model.num_expression), 0.7))
+    moved = bootstrap.redraw(draw, prior, fitted)
+    np.testing.assert_allclose(moved.identity[:, 0], 3.0, rtol=1e-6)
+    np.testing.assert_allclose(moved.expression, 0.1, rtol=1e-6)
+    assert bootstrap.redraw(draw, prior, prior).identity[0, 0] == 1.0  # the prior is a no-op
+    with pytest.raises(ValueError, match="at least 2"):
+        bootstrap.fit(FaceCode.neutral(model, (1,)))
+
+
+def test_bootstrap_prior_round_is_the_synthetic_source(builtin_model):
+    from mofa import bootstrap
+
+    prior = bootstrap.CodeDistribution.prior(builtin_model, 0.7)
+    plain = sources.SyntheticSource(builtin_model, 32, 0, "train").batch(3, 2)
+    boot = bootstrap.BootstrapSource(builtin_model, 32, 0, "train", prior).batch(3, 2)
+    for key in plain:  # codes equal up to rounding, which may flip a silhouette pixel
+        if key.startswith("code/") or key == "landmarks":
+            np.testing.assert_allclose(boot[key], plain[key], rtol=1e-5, atol=1e-4, err_msg=key)
+    assert np.mean(np.abs(boot["image"] - plain["image"]) > 1e-3) < 0.01
+
+
+def test_bootstrap_config_runs_two_rounds(tmp_path):
+    from experiments.configs import bootstrap as bootstrap_config
+    from mofa import bootstrap
+
+    config = bootstrap_config.get_config()
+    for key, value in tiny_config(num_steps=1).items():
+        if key not in ("loss", "data"):
+            config[key] = value
+    config.data.face_model = ""  # unlabeled images of the builtin model keep the test fast
+    config.eval_before_training = False
+    config.bootstrap.num_rounds = 2
+    config.bootstrap.num_images = 8
+    results = bootstrap.run(config, str(tmp_path))
+    assert len(results) == 2 and all(np.isfinite(r["vertex_error_mm_mean"]) for r in results)
+    fitted = (tmp_path / "round_0" / "code_distribution.json").read_text()
+    assert '"identity"' in fitted and (tmp_path / "round_1" / "eval.json").exists()

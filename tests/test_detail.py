@@ -1,0 +1,175 @@
+"""Coarse-to-fine detail: normals from depth, the wrinkle generator, FineNet and its losses."""
+
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+from mofa import detail, export, train
+from mofa.render import Camera
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from experiments.configs import detail_sfs, detail_supervised  # noqa: E402
+
+SIZE = 32
+
+
+def _rays(camera: Camera) -> np.ndarray:
+    """(H, W, 3) pixel-centre ray directions with z = -1 (so depth = ray parameter)."""
+    f = float(camera.focal)
+    cx, cy = np.asarray(camera.principal_point)
+    v, u = np.meshgrid(np.arange(camera.height) + 0.5, np.arange(camera.width) + 0.5,
+                       indexing="ij")
+    return np.stack([(u - cx) / f, -(v - cy) / f, -np.ones_like(u)], -1)
+
+
+def test_normals_of_a_tilted_plane_are_its_normal():
+    camera = Camera.from_fov(30.0, 16, 20)
+    rays = _rays(camera)
+    normal = np.array([np.sin(0.4) * np.cos(0.3), np.sin(0.3), np.cos(0.4) * np.cos(0.3)])
+    # Plane n.p = n.p0 through p0 = (0, 0, -500): depth t solves n.(t r) = n.p0.
+    depth = (normal @ np.array([0.0, 0.0, -500.0])) / (rays @ normal)
+    got = np.asarray(detail.normals_from_depth(jnp.asarray(depth[None], jnp.float32), camera))[0]
+    np.testing.assert_allclose(got, np.broadcast_to(normal, got.shape), atol=2e-4)
+
+
+def test_normals_of_a_sphere_are_radial_and_zero_off_the_mask():
+    camera = Camera.from_fov(20.0, 48, 48)
+    centre, radius = np.array([5.0, -3.0, -400.0]), 50.0
+    rays = _rays(camera)
+    # |t r - c|^2 = R^2: the nearer root.
+    a, b = np.sum(rays * rays, -1), -2.0 * rays @ centre
+    disc = b * b - 4.0 * a * (centre @ centre - radius**2)
+    hit = disc > 0
+    depth = np.where(hit, (-b - np.sqrt(np.maximum(disc, 0.0))) / (2.0 * a), 0.0)
+    mask = hit.astype(np.float32)
+    got = np.asarray(detail.normals_from_depth(jnp.asarray(depth[None], jnp.float32), camera,
+                                               jnp.asarray(mask[None])))[0]
+    expected = (depth[..., None] * rays - centre) / radius
+    # Away from the grazing rim the finite differences follow the sphere closely
+    # (one-sided next to the silhouette, so a little less there).
+    interior = hit & (expected[..., 2] > 0.5)
+    angle = np.degrees(np.arccos(np.clip(np.sum(got * expected, -1), -1.0, 1.0)))
+    assert interior.sum() > 200
+    assert np.mean(angle[interior]) < 0.5 and np.max(angle[interior]) < 2.5
+    assert np.all(got[~hit] == 0.0)
+    np.testing.assert_allclose(np.linalg.norm(got[hit], axis=-1), 1.0, atol=1e-5)
+
+
+def test_normals_from_depth_gradients():
+    camera = Camera.from_fov(30.0, 6, 6)
+    depth = 100.0 + jax.random.uniform(jax.random.key(0), (1, 6, 6))
+    mask = jnp.ones((1, 6, 6)).at[0, 0, :3].set(0.0)
+    fn = lambda d: detail.normals_from_depth(d, camera, mask)  # noqa: E731
+    check_grads(fn, (depth,), order=1, modes=("rev",), eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
+@pytest.fixture(scope="module")
+def batch(builtin_model):
+    return detail.detailed_batch(builtin_model, jax.random.key(3), 2, SIZE)
+
+
+def test_detail_lies_inside_the_mask_and_changes_the_shading(batch):
+    camera = detail.camera_for(SIZE)
+    mask = np.asarray(batch["mask"]) > 0
+    added = np.asarray(batch["depth"] - batch["coarse_depth"])
+    assert np.all(added[~mask] == 0.0)
+    assert 0.2 < np.abs(added[mask]).max() < 4.0  # mm: wrinkle scale
+    plain = detail.shade(batch["albedo"], detail.normals_from_depth(
+        batch["coarse_depth"], camera, batch["mask"]), batch["code"].illumination)
+    change = np.abs(np.asarray(batch["image"] - jnp.clip(plain, 0.0, 1.0))).max(-1)
+    assert change[mask].max() > 1e-3
+
+
+def _state(tx=optax.adam(1e-3), width=4):
+    net = detail.FineNet(width=width, depth=1)  # shallow: quick to compile
+    params = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, detail.NUM_FEATURES)),
+                      jnp.zeros((1, SIZE, SIZE)))["params"]
+    return train.TrainState.create(apply_fn=net.apply, params=params, batch_stats={},
+                                   tx=tx)
+
+
+def test_untrained_finenet_returns_the_coarse_depth(batch):
+    state = _state()
+    out = detail.refine(state.apply_fn, state.params, batch["image"], batch["coarse_depth"],
+                        batch["mask"], detail.camera_for(SIZE))
+    np.testing.assert_array_equal(np.asarray(out["depth"]), np.asarray(batch["coarse_depth"]))
+    assert out["normals"].shape == batch["image"].shape
+
+
+@pytest.mark.parametrize("phase", ["supervised", "sfs"])
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(builtin_model, batch, phase):
+    camera = detail.camera_for(SIZE)
+    config = (detail_supervised if phase == "supervised" else detail_sfs).get_config()
+    weights = detail.DetailWeights.from_config(config.loss)
+    # SfS starts from a perturbed depth, so shading has something to correct.
+    coarse = (batch["coarse_depth"] if phase == "supervised"
+              else batch["depth"] + 0.5 * batch["detail"])
+    inputs = {"image": batch["image"], "coarse_depth": coarse, "mask": batch["mask"],
+              "albedo": batch["albedo"], "illumination": batch["code"].illumination,
+              "depth": batch["depth"]}
+    step = jax.jit(functools.partial(detail.train_step, weights=weights))
+    # Plain SGD with a small step: descent is then guaranteed on a smooth loss.
+    state = _state(optax.sgd(3e-3 if phase == "supervised" else 1.0))
+    losses_ = []
+    for _ in range(3):
+        state, metrics = step(state, inputs, camera)
+        losses_.append(float(metrics["loss"]))
+    assert np.all(np.isfinite(losses_))
+    assert losses_[2] < losses_[1] < losses_[0]
+
+
+def test_detail_mesh_exports_one_vertex_per_meshed_pixel(tmp_path, batch):
+    trimesh = pytest.importorskip("trimesh")
+    camera = detail.camera_for(SIZE)
+    vertices, triangles = detail.detail_mesh(batch["depth"][0], batch["mask"][0], camera)
+    inside = np.asarray(batch["mask"][0]) > 0.5
+    # Every pixel that is a corner of a 2x2 block inside the mask is one vertex.
+    full = inside[:-1, :-1] & inside[:-1, 1:] & inside[1:, :-1] & inside[1:, 1:]
+    corners = np.zeros_like(inside)
+    corners[:-1, :-1] |= full
+    corners[:-1, 1:] |= full
+    corners[1:, :-1] |= full
+    corners[1:, 1:] |= full
+    assert len(vertices) == corners.sum() > 0.9 * inside.sum()
+    assert len(triangles) == 2 * full.sum()
+    path = tmp_path / "detail.obj"
+    export.write_obj(str(path), vertices, triangles)
+    mesh = trimesh.load(str(path), process=False)
+    assert len(mesh.vertices) == len(vertices)
+    assert len(mesh.faces) == len(triangles) > 0
+    # Wound towards the camera: face normals have +z (the camera looks down -z).
+    assert np.mean(mesh.face_normals[:, 2] > 0) > 0.9
+
+
+def test_train_detail_runs_both_phases_and_resumes(tmp_path):
+    def tiny(module, **extra):
+        config = module.get_config()
+        config.image_size, config.batch_size, config.num_steps = SIZE, 2, 2
+        config.fine.width, config.fine.depth = 4, 1
+        config.log_every, config.checkpoint_every = 1, 1
+        config.eval_batches, config.eval_batch_size = 1, 2
+        for key, value in extra.items():
+            config.detail[key] = value
+        return config
+
+    first = str(tmp_path / "supervised")
+    results = detail.train_detail(tiny(detail_supervised), first)
+    assert results["coarse/depth_mae_mm"] > 0
+    assert set(results) >= {"fine/depth_mae_mm", "fine/normal_deg"}
+    second = str(tmp_path / "sfs")
+    config = tiny(detail_sfs, init_workdir=first)
+    config.num_steps, config.eval_batches = 1, 0
+    assert detail.train_detail(config, second) == {}
+    _, state, step = detail.load_detail(second)
+    assert step == 1
+    with pytest.raises(FileNotFoundError, match="not a detail workdir"):
+        detail.load_detail(str(tmp_path))
