@@ -24,6 +24,10 @@ def main(argv):
         from mofa import bootstrap
 
         results = bootstrap.run(FLAGS.config, FLAGS.workdir)
+    elif "detail" in FLAGS.config:  # FineNet (experiments/configs/detail_*.py)
+        from mofa import detail
+
+        results = detail.train_detail(FLAGS.config, FLAGS.workdir)
     else:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     logging.info("evaluation: %s", results)

@@ -1,7 +1,7 @@
 """FineNet phase 1: supervised on synthetic faces with wrinkle detail (`mofa.detail`).
 
 The coarse depth is the render of the true code, so FineNet learns only the detail.
-Run with `mofa.detail.train_detail(get_config(), WORKDIR)`.
+Run with `python -m experiments.main --config=experiments/configs/detail_supervised.py`.
 """
 
 import ml_collections
