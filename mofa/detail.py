@@ -304,10 +304,7 @@ class DetailWeights:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "DetailWeights":
-        unknown = set(config.keys()) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"config.loss has unknown weights {sorted(unknown)}")
-        return cls(**{k: float(v) for k, v in config.items()})
+        return train.weights_from_config(cls, config)
 
 
 _CHARBONNIER = 0.05  # mm

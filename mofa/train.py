@@ -47,6 +47,14 @@ class Decoder:
     mesh: corrective.MeshOperators | None = None
 
 
+def weights_from_config(cls, config: ml_collections.ConfigDict):
+    """A frozen weights dataclass from `config.loss`, refusing unknown names."""
+    unknown = set(config.keys()) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"config.loss has unknown weights {sorted(unknown)}")
+    return cls(**{k: float(v) for k, v in config.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
     """Static loss weights (hashable, closed over by the jitted step)."""
@@ -69,10 +77,7 @@ class LossWeights:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "LossWeights":
-        unknown = set(config.keys()) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"config.loss has unknown weights {sorted(unknown)}")
-        return cls(**{k: float(v) for k, v in config.items()})
+        return weights_from_config(cls, config)
 
 
 def _augment(images_: jax.Array, key: jax.Array) -> jax.Array:
