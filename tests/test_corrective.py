@@ -1,5 +1,6 @@
 """The multi-level face model (corrective space, regularizers) and InverseFaceNet bootstrapping."""
 
+import json
 import os
 import sys
 
@@ -135,38 +136,90 @@ def test_multilevel_config_trains_the_bases_end_to_end(ict_dir, tmp_path):
 
 
 def test_code_distribution_fit_and_redraw(builtin_model):
-    from mofa import bootstrap
     from mofa.code import FaceCode
+    from mofa.data.synthetic import CodeDistribution, redraw
 
     model = builtin_model
     codes = FaceCode.neutral(model, (4,))
     codes = codes.replace(identity=codes.identity.at[:, 0].set(jnp.array([1.0, 3.0, 1.0, 3.0])))
-    fitted = bootstrap.fit(codes, min_std=0.1)
-    assert float(fitted.mean["identity"][0]) == pytest.approx(2.0)
-    assert float(fitted.std["identity"][0]) == pytest.approx(1.0)
-    assert float(fitted.std["identity"][1]) == pytest.approx(0.1)  # collapsed -> floor
-    prior = bootstrap.CodeDistribution.prior(model, 0.7)
-    # A draw one prior std up lands one fitted std above the fitted mean.
-    draw = codes.replace(identity=jnp.ones((4, model.num_identity)),
-                         expression=jnp.full((4, model.num_expression), 0.7))
-    moved = bootstrap.redraw(draw, prior, fitted)
+    floor = CodeDistribution(mean=FaceCode.neutral(model),
+                             std=jax.tree.map(lambda x: jnp.full(x.shape[1:], 0.4), codes))
+    fitted = CodeDistribution.fit(codes, floor, min_relative_std=0.25)
+    assert float(fitted.mean.identity[0]) == pytest.approx(2.0)
+    assert float(fitted.std.identity[0]) == pytest.approx(1.0)
+    assert float(fitted.std.identity[1]) == pytest.approx(0.1)  # collapsed -> 0.25 * 0.4
+    assert float(fitted.std.rotation[1]) == pytest.approx(0.1)  # every field is fitted
+    # A draw one source std up lands one target std above the target mean.
+    source = CodeDistribution(mean=jax.tree.map(jnp.zeros_like, fitted.mean),
+                              std=jax.tree.map(lambda x: jnp.full_like(x, 0.5), fitted.std))
+    draw = jax.tree.map(lambda x: jnp.full((4,) + x.shape, 0.5), fitted.mean)
+    moved = redraw(draw, source, fitted)
     np.testing.assert_allclose(moved.identity[:, 0], 3.0, rtol=1e-6)
     np.testing.assert_allclose(moved.expression, 0.1, rtol=1e-6)
-    assert bootstrap.redraw(draw, prior, prior).identity[0, 0] == 1.0  # the prior is a no-op
+    same = redraw(draw, fitted, fitted)  # a distribution onto itself is a no-op
+    np.testing.assert_allclose(same.identity, draw.identity, rtol=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
-        bootstrap.fit(FaceCode.neutral(model, (1,)))
+        CodeDistribution.fit(FaceCode.neutral(model, (1,)))
 
 
-def test_bootstrap_prior_round_is_the_synthetic_source(builtin_model):
-    from mofa import bootstrap
+def test_framing_moments_match_the_prior(builtin_model):
+    from mofa.data.synthetic import CodeDistribution, Framing
 
-    prior = bootstrap.CodeDistribution.prior(builtin_model, 0.7)
+    wide = Framing(max_yaw_degrees=60.0, expression_scale=1.2)
+    prior = CodeDistribution.of_framing(builtin_model, Framing(), num_samples=4096)
+    population = CodeDistribution.of_framing(builtin_model, wide, num_samples=4096)
+    # Uniform yaw in [-a, a] has std a / sqrt(3); codes are standard normal times the scale.
+    assert float(prior.std.rotation[1]) == pytest.approx(np.radians(35.0) / np.sqrt(3), rel=0.05)
+    assert float(population.std.rotation[1]) == pytest.approx(np.radians(60.0) / np.sqrt(3),
+                                                              rel=0.05)
+    assert float(jnp.mean(prior.std.identity)) == pytest.approx(1.0, rel=0.03)
+    assert float(jnp.mean(population.std.expression)) == pytest.approx(1.2, rel=0.03)
+
+
+def test_redrawn_synthetic_source_follows_the_distribution(builtin_model):
+    from mofa.data.synthetic import CodeDistribution, Framing
+
+    prior = CodeDistribution.of_framing(builtin_model, Framing())
     plain = sources.SyntheticSource(builtin_model, 32, 0, "train").batch(3, 2)
-    boot = bootstrap.BootstrapSource(builtin_model, 32, 0, "train", prior).batch(3, 2)
+    onto_prior = sources.SyntheticSource(builtin_model, 32, 0, "train",
+                                         distribution=prior).batch(3, 2)
     for key in plain:  # codes equal up to rounding, which may flip a silhouette pixel
         if key.startswith("code/") or key == "landmarks":
-            np.testing.assert_allclose(boot[key], plain[key], rtol=1e-5, atol=1e-4, err_msg=key)
-    assert np.mean(np.abs(boot["image"] - plain["image"]) > 1e-3) < 0.01
+            np.testing.assert_allclose(onto_prior[key], plain[key], rtol=1e-4, atol=1e-3,
+                                       err_msg=key)
+    shifted = prior.replace(mean=prior.mean.replace(identity=prior.mean.identity + 3.0))
+    batch = sources.SyntheticSource(builtin_model, 32, 0, "train",
+                                    distribution=shifted).batch(3, 2)
+    np.testing.assert_allclose(batch["code/identity"], plain["code/identity"] + 3.0, atol=0.05)
+
+
+def test_multi_view_batches_share_identity_and_name_the_person(builtin_model):
+    from mofa.data.synthetic import Framing
+
+    source = sources.SyntheticSource(builtin_model, 32, 0, "train",
+                                     framing=Framing(views_per_person=3))
+    batch = source.batch(0, 7)
+    np.testing.assert_array_equal(batch["person_id"], [0, 0, 0, 1, 1, 1, 2])
+    for field in ("identity", "reflectance"):
+        values = batch[f"code/{field}"]
+        np.testing.assert_array_equal(values[0], values[2])
+        np.testing.assert_array_equal(values[3], values[5])
+        assert not np.allclose(values[0], values[3])
+    for field in ("rotation", "expression", "illumination"):  # each view its own
+        assert not np.allclose(batch[f"code/{field}"][0], batch[f"code/{field}"][1])
+    with pytest.raises(ValueError, match="views_per_person"):
+        Framing(views_per_person=0)
+
+
+def test_unknown_framing_field_is_named(builtin_model):
+    config = tiny_config()
+    config.data.framing = {"max_yaw": 60.0}
+    with pytest.raises(ValueError, match=r"config.data.framing.*max_yaw"):
+        sources.make_source(config, builtin_model)
+    config.data.source = "folder"
+    config.data.framing = {"max_yaw_degrees": 60.0}
+    with pytest.raises(ValueError, match="only applies"):
+        sources.make_source(config, builtin_model)
 
 
 def test_bootstrap_config_runs_two_rounds(tmp_path):
@@ -177,11 +230,11 @@ def test_bootstrap_config_runs_two_rounds(tmp_path):
     for key, value in tiny_config(num_steps=1).items():
         if key not in ("loss", "data"):
             config[key] = value
-    config.data.face_model = ""  # unlabeled images of the builtin model keep the test fast
     config.eval_before_training = False
     config.bootstrap.num_rounds = 2
     config.bootstrap.num_images = 8
     results = bootstrap.run(config, str(tmp_path))
     assert len(results) == 2 and all(np.isfinite(r["vertex_error_mm_mean"]) for r in results)
-    fitted = (tmp_path / "round_0" / "code_distribution.json").read_text()
-    assert '"identity"' in fitted and (tmp_path / "round_1" / "eval.json").exists()
+    fitted = json.loads((tmp_path / "round_0" / "code_distribution.json").read_text())
+    assert len(fitted["std"]["identity"]) == 100 and len(fitted["mean"]["rotation"]) == 3
+    assert (tmp_path / "round_1" / "eval.json").exists()

@@ -1,34 +1,38 @@
-"""InverseFaceNet bootstrapping: supervised synthetic training, re-drawn from predicted codes.
+"""InverseFaceNet bootstrapping: supervised synthetic training, redrawn from predicted codes.
 
-Each round trains with the model-space loss on faces rendered from the builtin
-model, then fits a per-dimension Gaussian to the codes the encoder predicts on
-the unlabeled images of `config.data` (here faces rendered from another model,
-ICT-FaceKit, whose ground truth is used for evaluation only) and re-draws the
-corpus of the next round from it (`mofa.bootstrap`).
+Each round trains with the model-space loss on a synthetic corpus of the
+builtin model, then fits per-dimension Gaussian moments to the codes the
+encoder predicts on the unlabeled images of `config.data` and redraws the
+next round's corpus to them (`mofa.bootstrap`). Here the "real" images are a
+population unlike the prior the first corpus is drawn from: wider head poses
+(yaw +-60 degrees, pitch +-25), stronger expressions and light
+(`config.data.framing`); their ground truth is only used for evaluation. For
+photos set `data.source` to "folder" and `data.path`.
 """
-
-import os
 
 import ml_collections
 
 from experiments.configs import synthetic_supervised
 
-ICT_DIR = os.environ.get("MOFA_ICT_DIR", "/tmp/ict/ict-facekit")
-
 
 def get_config():
     config = synthetic_supervised.get_config()
     config.data.source = "synthetic"
-    config.data.face_model = f"ict:{ICT_DIR}"
+    config.data.framing = ml_collections.ConfigDict({
+        "max_yaw_degrees": 60.0, "max_pitch_degrees": 25.0, "max_roll_degrees": 15.0,
+        "expression_scale": 1.2, "light_strength": 1.1})
     config.image_size = 64
     config.encoder.width = 32
     config.batch_size = 16
-    config.num_steps = 1000  # per round
+    config.num_steps = 800  # per round, each from scratch
     config.learning_rate = 1e-3
     config.warmup_steps = 50
+    config.eval_batches = 4
+    config.eval_batch_size = 32
 
     config.bootstrap = ml_collections.ConfigDict()
     config.bootstrap.num_rounds = 3
-    config.bootstrap.num_images = 512  # unlabeled images the distribution is fitted to
-    config.bootstrap.min_std = 0.05
+    config.bootstrap.num_images = 512  # unlabeled images the moments are fitted to
+    # Each fitted std is at least this fraction of the prior's (no direction collapses).
+    config.bootstrap.min_relative_std = 0.25
     return config

@@ -18,6 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # tfds data_dir ("" = tfds default)
     config.data.num_train = 10_000  # synthetic_tfds split sizes
     config.data.num_test = 512
+    # Overrides of `mofa.data.synthetic.Framing` for source=synthetic: pose ranges,
+    # expression scale, light strength, views_per_person (> 1: multi-view batches
+    # with "person_id"), e.g. {"max_yaw_degrees": 60.0}.
+    config.data.framing = ml_collections.ConfigDict()
 
     config.encoder = ml_collections.ConfigDict()
     config.encoder.backbone = "alexnet"  # alexnet | resnet18 | resnet50

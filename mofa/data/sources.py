@@ -17,12 +17,16 @@ SOURCES = ("synthetic", "synthetic_tfds", "folder", "tfds")
 
 
 class SyntheticSource:
-    """Faces rendered on the fly from the model prior (batch i uses fold_in(key, i))."""
+    """Faces rendered on the fly (batch i uses fold_in(key, i)): from the model prior
+    under `framing` (default `synthetic.Framing()`), or redrawn to `distribution`."""
 
-    def __init__(self, model: FaceModel, image_size: int, seed: int, split: str):
-        from mofa.data.synthetic import SyntheticRenderer
+    def __init__(self, model: FaceModel, image_size: int, seed: int, split: str,
+                 framing=None, distribution=None):
+        from mofa.data.synthetic import Framing, SyntheticRenderer
 
-        self._make = lambda batch_size: SyntheticRenderer(model, image_size, batch_size)
+        framing = framing or Framing()
+        self._make = lambda batch_size: SyntheticRenderer(model, image_size, batch_size,
+                                                          framing, distribution=distribution)
         self._renderers: dict = {}
         # Splits draw from disjoint key streams.
         self._key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(split.encode()))
@@ -57,8 +61,15 @@ def make_source(config, model: FaceModel, split: str = "train"):
     """The data source named by `config.data.source` for `split`."""
     kind = config.data.source
     shuffle = split == "train"
+    framing = config.data.get("framing") or {}
     if kind == "synthetic":
-        return SyntheticSource(model, config.image_size, config.seed, split)
+        from mofa.data.synthetic import framing_from_config
+
+        return SyntheticSource(model, config.image_size, config.seed, split,
+                               framing_from_config(framing))
+    if framing:
+        raise ValueError(f"config.data.framing={dict(framing)} only applies to "
+                         f"config.data.source='synthetic', not {kind!r}")
     if kind == "synthetic_tfds":
         from mofa.data import synthetic
 

@@ -24,6 +24,7 @@ import os
 import re
 from typing import Iterator, Optional
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +62,29 @@ class Framing:
     max_roll_degrees: float = 10.0
     expression_scale: float = 0.7
     light_strength: float = 0.8
+    # Consecutive groups of this many examples show one person (same identity and
+    # reflectance, own pose, expression and light); batches then carry "person_id".
+    views_per_person: int = 1
+
+    def __post_init__(self):
+        if self.views_per_person < 1:
+            raise ValueError(f"views_per_person must be at least 1, got {self.views_per_person}")
+
+
+def framing_from_config(overrides) -> Framing:
+    """A `Framing` with the fields of `overrides` (a dict / ConfigDict, e.g.
+    `config.data.framing`) replaced; unknown names are an error that lists the valid ones."""
+    overrides = dict(overrides or {})
+    names = {f.name for f in dataclasses.fields(Framing)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"config.data.framing has unknown fields {unknown}; valid: {sorted(names)}")
+    return Framing(**overrides)
+
+
+def person_ids(batch_size: int, views_per_person: int) -> np.ndarray:
+    """(B,) int32 person index of each example (consecutive groups share one)."""
+    return (np.arange(batch_size) // views_per_person).astype(np.int32)
 
 
 def _srgb_to_linear(x):
@@ -103,6 +127,9 @@ def random_face_codes(model: FaceModel, key: jax.Array, batch: int,
                        max_pitch_degrees=framing.max_pitch_degrees,
                        max_roll_degrees=framing.max_roll_degrees, shift_mm=0.0,
                        light_strength=framing.light_strength)
+    if framing.views_per_person > 1:  # a person's views share the first view's identity
+        first = jnp.asarray(person_ids(batch, framing.views_per_person) * framing.views_per_person)
+        code = code.replace(identity=code.identity[first], reflectance=code.reflectance[first])
     distance = jax.random.uniform(k_dist, (batch,), minval=framing.min_distance_mm,
                                   maxval=framing.max_distance_mm)
     shift = (framing.shift_mm * jax.random.normal(k_shift, (batch, 2))
@@ -144,29 +171,75 @@ def render_codes(model: FaceModel, code: FaceCode, background: jax.Array, image_
     return batch
 
 
+@flax.struct.dataclass
+class CodeDistribution:
+    """Per-dimension Gaussian moments of face codes: `mean` and `std` are FaceCodes
+    without batch dimensions (InverseFaceNet's corpus distribution)."""
+
+    mean: FaceCode
+    std: FaceCode
+
+    @classmethod
+    def fit(cls, codes: FaceCode, floor: Optional["CodeDistribution"] = None,
+            min_relative_std: float = 0.0) -> "CodeDistribution":
+        """Moments of a batch of codes (B, ...); each std is at least `min_relative_std`
+        times `floor`'s, so no direction of the corpus collapses."""
+        values = jax.tree.map(np.asarray, codes)
+        if len(values.identity) < 2:
+            raise ValueError("fitting a code distribution needs at least 2 codes")
+        mean = jax.tree.map(lambda x: jnp.asarray(x.mean(0)), values)
+        std = jax.tree.map(lambda x: x.std(0), values)
+        if floor is not None:
+            std = jax.tree.map(lambda s, f: np.maximum(s, min_relative_std * np.asarray(f)),
+                               std, floor.std)
+        return cls(mean=mean, std=jax.tree.map(jnp.asarray, std))
+
+    @classmethod
+    def of_framing(cls, model: FaceModel, framing: Framing = Framing(),
+                   num_samples: int = 8192) -> "CodeDistribution":
+        """The moments of the codes `random_face_codes` draws (a fixed Monte-Carlo sample)."""
+        codes = random_face_codes(model, jax.random.key(0), num_samples, framing)
+        return cls.fit(codes)
+
+
+def redraw(code: FaceCode, source: CodeDistribution, target: CodeDistribution) -> FaceCode:
+    """Maps codes drawn from `source` onto `target`'s moments, dimension by dimension
+    (the same standardized draw, new mean and std)."""
+    return jax.tree.map(lambda x, ms, ss, mt, st: mt + st * (x - ms) / ss,
+                        code, source.mean, source.std, target.mean, target.std)
+
+
 class SyntheticRenderer:
     """Renders batches of random faces; `__call__(key)` -> one batch-contract dict.
 
     With `quantize` (default) the image goes through 8-bit sRGB and back, so the
     stream matches what the TFDS dataset stores (and what photos look like).
+    With `distribution`, the codes drawn under `framing` are redrawn to its
+    moments (`redraw`), as InverseFaceNet's bootstrapped corpus is.
     """
 
     def __init__(self, model: FaceModel, image_size: int, batch_size: int,
-                 framing: Framing = Framing(), quantize: bool = True):
+                 framing: Framing = Framing(), quantize: bool = True,
+                 distribution: Optional[CodeDistribution] = None):
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {image_size}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.model, self.image_size, self.batch_size = model, image_size, batch_size
-        self.framing, self.quantize = framing, quantize
+        self.framing, self.quantize, self.distribution = framing, quantize, distribution
+        self._prior = None if distribution is None else CodeDistribution.of_framing(model, framing)
 
     def __call__(self, key: jax.Array) -> dict:
         code, background = random_inputs(self.model, key, self.batch_size, self.image_size,
                                          self.framing)
+        if self.distribution is not None:
+            code = redraw(code, self._prior, self.distribution)
         batch = jax.device_get(render_codes(self.model, code, background, self.image_size))
         batch = {k: np.asarray(v, np.float32) for k, v in batch.items()}
         if self.quantize:
             batch["image"] = decode_srgb8(encode_srgb8(batch["image"]))
+        if self.framing.views_per_person > 1:
+            batch["person_id"] = person_ids(self.batch_size, self.framing.views_per_person)
         return batch
 
 
