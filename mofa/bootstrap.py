@@ -26,14 +26,10 @@ from mofa.data import sources
 from mofa.data.synthetic import CodeDistribution, Framing
 
 
-def predict_codes(config, state, decoder: train.Decoder, num_images: int) -> FaceCode:
-    """The encoder's codes on `num_images` unlabeled training images of `config.data`."""
-    data_model = decoder.face_model
-    if config.data.get("face_model"):
-        from mofa import facemodel
-
-        data_model = facemodel.load(config.data.face_model)
-    source = sources.make_source(config, data_model, split="train")
+def predict_codes(state, decoder: train.Decoder, source, num_images: int, batch_size: int
+                  ) -> tuple[FaceCode, FaceCode | None]:
+    """(the encoder's codes, the true codes or None) on the first `num_images` images of
+    `source` (batch i of `batch_size`); the truth is there for synthetic sources."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     space = state.params.get("corrective")
 
@@ -42,21 +38,39 @@ def predict_codes(config, state, decoder: train.Decoder, num_images: int) -> Fac
         raw = state.apply_fn(variables, images, train=False)
         return networks.decode_outputs(raw, decoder.face_model, space)[0]
 
-    batch_size = config.eval_batch_size
-    codes = [encode(jnp.asarray(source.batch(i, batch_size)["image"]))
-             for i in range(-(-num_images // batch_size))]
-    return jax.tree.map(lambda *x: np.concatenate(x)[:num_images], *codes)
+    predicted, truth = [], []
+    for i in range(-(-num_images // batch_size)):
+        batch = source.batch(i, batch_size)
+        predicted.append(encode(jnp.asarray(batch["image"])))
+        if "code/rotation" in batch:
+            truth.append(train.batch_code(batch))
+    stack = lambda codes: jax.tree.map(lambda *x: np.concatenate(x)[:num_images], *codes)  # noqa: E731
+    return stack(predicted), (stack(truth) if truth else None)
 
 
 def run(config, workdir: str) -> list[dict]:
     """`config.bootstrap.num_rounds` rounds of train -> predict -> refit; returns each
-    round's evaluation (the fitted distributions go to `round_r/code_distribution.json`)."""
+    round's evaluation (the fitted moments go to `round_r/code_distribution.json`).
+
+    An encoder's predictions are less spread than the truth where it is unsure
+    (for the posterior mean, Var(prediction) = Var(truth) - E[error variance]), so
+    fitting them alone would shrink the corpus round by round towards the mean
+    face. The fitted variance therefore adds back the encoder's error variance,
+    measured on its own synthetic corpus where the truth is known.
+    """
     rounds = config.bootstrap.num_rounds
     if rounds < 1:
         raise ValueError(f"config.bootstrap.num_rounds must be at least 1, got {rounds}")
     decoder = train.make_decoder(config)
+    data_model = decoder.face_model
+    if config.data.get("face_model"):
+        from mofa import facemodel
+
+        data_model = facemodel.load(config.data.face_model)
+    unlabeled = sources.make_source(config, data_model, split="train")
     prior = CodeDistribution.of_framing(decoder.face_model, Framing())
     distribution = None  # round 0: the plain prior corpus
+    num, batch_size = config.bootstrap.num_images, config.eval_batch_size
     results = []
     for r in range(rounds):
         round_dir = os.path.join(os.path.abspath(workdir), f"round_{r}")
@@ -66,8 +80,11 @@ def run(config, workdir: str) -> list[dict]:
         if r + 1 == rounds:
             break
         _, state, _, _ = train.load_trained(round_dir)
-        codes = predict_codes(config, state, decoder, config.bootstrap.num_images)
-        distribution = CodeDistribution.fit(codes, prior, config.bootstrap.min_relative_std)
+        codes, _ = predict_codes(state, decoder, unlabeled, num, batch_size)
+        corpus_codes, corpus_truth = predict_codes(state, decoder, corpus, num, batch_size)
+        error_std = jax.tree.map(lambda p, t: np.std(p - t, axis=0), corpus_codes, corpus_truth)
+        distribution = CodeDistribution.fit(codes, prior, config.bootstrap.min_relative_std,
+                                            error_std=error_std)
         write_distribution(os.path.join(round_dir, "code_distribution.json"), distribution)
     return results
 

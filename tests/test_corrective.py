@@ -122,6 +122,8 @@ def test_multilevel_config_trains_the_bases_end_to_end(ict_dir, tmp_path):
     log = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
     assert [r["step"] for r in log] == [1, 2]
     assert np.isfinite(log[-1]["loss/corrective_shape_symmetry"])
+    # Multi-view batches (4 views per person) switch identity consistency on.
+    assert config.data.framing.views_per_person == 4 and log[-1]["loss/identity_consistency"] > 0
     # Faces of another model: the shape error is the surface distance, with the correction.
     assert np.isfinite(results["surface_error_mm_mean"])
     assert "vertex_error_mm_mean" not in results
@@ -149,6 +151,10 @@ def test_code_distribution_fit_and_redraw(builtin_model):
     assert float(fitted.std.identity[0]) == pytest.approx(1.0)
     assert float(fitted.std.identity[1]) == pytest.approx(0.1)  # collapsed -> 0.25 * 0.4
     assert float(fitted.std.rotation[1]) == pytest.approx(0.1)  # every field is fitted
+    error = jax.tree.map(lambda x: np.full(x.shape, 0.75), fitted.std)
+    deshrunk = CodeDistribution.fit(codes, floor, 0.25, error_std=error)
+    assert float(deshrunk.std.identity[0]) == pytest.approx(1.25)  # sqrt(1 + 0.75^2)
+    assert float(deshrunk.mean.identity[0]) == pytest.approx(2.0)
     # A draw one source std up lands one target std above the target mean.
     source = CodeDistribution(mean=jax.tree.map(jnp.zeros_like, fitted.mean),
                               std=jax.tree.map(lambda x: jnp.full_like(x, 0.5), fitted.std))

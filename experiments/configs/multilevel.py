@@ -10,6 +10,8 @@ builtin model's own faces, and `corrective.shape_dim/albedo_dim` to 0 for the
 
 import os
 
+import ml_collections
+
 from experiments.configs import quickstart
 
 ICT_DIR = os.environ.get("MOFA_ICT_DIR", "/tmp/ict/ict-facekit")
@@ -18,6 +20,8 @@ ICT_DIR = os.environ.get("MOFA_ICT_DIR", "/tmp/ict/ict-facekit")
 def get_config():
     config = quickstart.get_config()
     config.data.face_model = f"ict:{ICT_DIR}"
+    # Batches of 4 persons x 4 views, so identity consistency has pairs to compare.
+    config.data.framing = ml_collections.ConfigDict({"views_per_person": 4})
 
     config.corrective.shape_dim = 40
     config.corrective.albedo_dim = 40

@@ -181,14 +181,18 @@ class CodeDistribution:
 
     @classmethod
     def fit(cls, codes: FaceCode, floor: Optional["CodeDistribution"] = None,
-            min_relative_std: float = 0.0) -> "CodeDistribution":
-        """Moments of a batch of codes (B, ...); each std is at least `min_relative_std`
-        times `floor`'s, so no direction of the corpus collapses."""
+            min_relative_std: float = 0.0, error_std: Optional[FaceCode] = None
+            ) -> "CodeDistribution":
+        """Moments of a batch of codes (B, ...). `error_std` (per dimension) is added in
+        quadrature, undoing the shrinkage of an estimator's predictions; each std is at
+        least `min_relative_std` times `floor`'s, so no direction of the corpus collapses."""
         values = jax.tree.map(np.asarray, codes)
         if len(values.identity) < 2:
             raise ValueError("fitting a code distribution needs at least 2 codes")
         mean = jax.tree.map(lambda x: jnp.asarray(x.mean(0)), values)
         std = jax.tree.map(lambda x: x.std(0), values)
+        if error_std is not None:
+            std = jax.tree.map(lambda s, e: np.sqrt(s**2 + np.asarray(e) ** 2), std, error_std)
         if floor is not None:
             std = jax.tree.map(lambda s, f: np.maximum(s, min_relative_std * np.asarray(f)),
                                std, floor.std)
