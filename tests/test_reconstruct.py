@@ -166,3 +166,38 @@ def test_reconstruct_with_a_checkpoint(renders, tmp_path):
     assert summary["checkpoint"] and summary["fit_steps"] == 0 and summary["image_size"] == 32
     assert (out / "face_face0" / "mesh.ply").is_file()
     assert cli.main(args + ["--image-size", "64"]) == 1  # the checkpoint's size is fixed
+
+
+def test_reconstruct_with_detail_writes_the_refined_depth_normals_and_mesh(renders, tmp_path,
+                                                                            capsys):
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
+    from experiments.configs import detail_supervised
+    from mofa import detail
+
+    def finenet(size):  # a FineNet trained for one step, saved the way training saves it
+        config = detail_supervised.get_config()
+        config.image_size, config.batch_size, config.num_steps = size, 2, 1
+        config.fine.width, config.fine.depth = 4, 1
+        config.checkpoint_every, config.eval_batches = 1, 0
+        workdir = str(tmp_path / f"fine{size}")
+        detail.train_detail(config, workdir)
+        return workdir
+
+    faces, _, _ = renders
+    Image.fromarray(faces[4]).save(tmp_path / "face.png")
+    out = tmp_path / "out"
+    args = ["reconstruct", str(tmp_path / "face.png"), "--out", str(out), "--fit-steps", "5",
+            "--image-size", "64", "--texture-size", "32", "--quiet"]
+    assert cli.main(args + ["--detail", finenet(64)]) == 0
+    folder = out / "face_face0"
+    depth = np.asarray(Image.open(folder / "detail_depth.png"))
+    assert depth.dtype == np.uint16 and depth.shape == (64, 64) and (depth > 0).sum() > 500
+    normals = np.asarray(Image.open(folder / "detail_normals.png"))
+    assert normals.shape == (64, 64, 3)
+    mesh = trimesh.load(folder / "detail_mesh.obj", process=False)
+    assert len(mesh.vertices) == (depth > 0).sum() and len(mesh.faces) > 0
+    # The camera looks down -z: the detailed face lies in front of it, about 1 m away.
+    assert -1300 < float(np.median(mesh.vertices[:, 2])) < -700
+    capsys.readouterr()
+    assert cli.main(args + ["--detail", finenet(32)]) == 1  # sizes must match
+    assert "works at 32 px" in capsys.readouterr().err
