@@ -4,7 +4,8 @@ python -m experiments.evaluate --workdir=workdir/quickstart
 
 Prints and writes WORKDIR/eval.json: per-vertex error after similarity alignment
 (mm, mean and median over the face region), landmark NME, photometric error,
-pose (degrees), translation (mm) and illumination errors.
+pose (degrees), translation (mm) and illumination errors; with --yaw_split=35
+also over the faces inside / outside that head-yaw range.
 """
 
 import json
@@ -17,6 +18,8 @@ from mofa import evaluation, train
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdir/quickstart", "Holds checkpoints/ of the trained run.")
 flags.DEFINE_integer("eval_batches", 8, "Number of test batches.")
+flags.DEFINE_float("yaw_split", None, "Also report every metric for faces whose true |yaw| "
+                   "(degrees) is at most / above this (e.g. 35, the prior's range).")
 
 
 def main(argv):
@@ -25,7 +28,8 @@ def main(argv):
     config, state, decoder, step = train.load_trained(FLAGS.workdir)
     results = evaluation.evaluate_state(config, state, decoder,
                                         train.LossWeights.from_config(config.loss),
-                                        num_batches=FLAGS.eval_batches)
+                                        num_batches=FLAGS.eval_batches,
+                                        yaw_split_degrees=FLAGS.yaw_split)
     results["step"] = step
     evaluation.write_json(os.path.join(FLAGS.workdir, "eval.json"), results)
     print(json.dumps(results, indent=2, sort_keys=True))

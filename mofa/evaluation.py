@@ -155,14 +155,17 @@ def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
 
 
 def evaluate_state(config, state, decoder, weights, num_batches: int | None = None, *,
-                   num_faces: int | None = None, face_model: str | None = None) -> dict:
+                   num_faces: int | None = None, face_model: str | None = None,
+                   yaw_split_degrees: float | None = None) -> dict:
     """Averages `reconstruction_errors` over the synthetic test split of `config`.
 
     num_faces: evaluate that many test faces (default: `num_batches` batches);
     face_model: SPEC of another face model whose synthetic faces to evaluate on
     (default: `config.data.face_model`, the one trained on; the shape error is then
     `surface_errors`, the other metrics are the same). With the corrective level the
-    predicted shape includes its correction.
+    predicted shape includes its correction. yaw_split_degrees: also average every
+    metric over the faces whose true |yaw| is at most / above it ("NAME/yaw<=S",
+    "NAME/yaw>S"), e.g. inside / outside the training prior's pose range.
     """
     from mofa.data import sources
     from mofa.train import batch_code, eval_step
@@ -196,6 +199,7 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
         if "code/rotation" in batch:
             target = batch_code(batch)
             values = errors(code, target, batch["image"], batch["landmarks"], out, offset)
+            values["true_yaw_deg"] = jnp.degrees(jnp.abs(target.rotation[:, 1]))
             if cross_model:
                 values.update(surface_errors(decoder.face_model, code, data_model, target,
                                              offset))
@@ -205,7 +209,15 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
         for k, v in jax.device_get(values).items():
             totals.setdefault(k, []).append(np.asarray(v))
     results = {k: np.concatenate(v)[:num_faces] for k, v in totals.items()}
-    return {k: float(np.mean(v)) for k, v in results.items()}
+    yaw = results.pop("true_yaw_deg", None)
+    summary = {k: float(np.mean(v)) for k, v in results.items()}
+    if yaw_split_degrees is not None and yaw is not None:
+        for name, keep in ((f"yaw<={yaw_split_degrees:g}", yaw <= yaw_split_degrees),
+                           (f"yaw>{yaw_split_degrees:g}", yaw > yaw_split_degrees)):
+            summary[f"num_faces/{name}"] = int(keep.sum())
+            summary.update({f"{k}/{name}": float(np.mean(v[keep])) for k, v in results.items()
+                            if keep.any()})
+    return summary
 
 
 def write_json(path: str, results: dict) -> None:

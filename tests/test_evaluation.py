@@ -254,6 +254,21 @@ def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir,
     assert 0 < results["surface_error_mm_median"] < 20 and np.isfinite(results["landmark_nme"])
 
 
+def test_yaw_split_averages_each_side_of_the_split(trained_workdir):
+    config, state, decoder, _ = train.load_trained(str(trained_workdir))
+    weights = train.LossWeights.from_config(config.loss)
+    plain = evaluation.evaluate_state(config, state, decoder, weights, num_faces=8)
+    split = evaluation.evaluate_state(config, state, decoder, weights, num_faces=8,
+                                      yaw_split_degrees=20.0)
+    near, far = split["num_faces/yaw<=20"], split["num_faces/yaw>20"]
+    assert near + far == 8 and near > 0 and far > 0  # prior yaw is uniform in +-35 degrees
+    for key in ("pose_error_deg", "vertex_error_mm_mean"):
+        assert split[key] == pytest.approx(plain[key], rel=1e-5)
+        # The overall mean is the face-count-weighted mean of the two sides.
+        assert (near * split[f"{key}/yaw<=20"] + far * split[f"{key}/yaw>20"]) / 8 == \
+            pytest.approx(plain[key], rel=1e-5)
+
+
 def test_surface_errors_vanish_for_the_true_code(builtin_model):
     code = random_code(builtin_model, jax.random.key(7), (2,))
     errors = evaluation.surface_errors(builtin_model, code, builtin_model, code)
