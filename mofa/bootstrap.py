@@ -61,6 +61,13 @@ def run(config, workdir: str) -> list[dict]:
     rounds = config.bootstrap.num_rounds
     if rounds < 1:
         raise ValueError(f"config.bootstrap.num_rounds must be at least 1, got {rounds}")
+    if config.bootstrap.get("oracle"):
+        # The upper bound: train on the "unlabeled" images themselves, with their truth.
+        if config.data.source != "synthetic":
+            raise ValueError("config.bootstrap.oracle needs config.data.source='synthetic' "
+                             f"(ground truth), not {config.data.source!r}")
+        return [train.train_and_evaluate(config, os.path.join(os.path.abspath(workdir),
+                                                              "oracle"))]
     decoder = train.make_decoder(config)
     data_model = decoder.face_model
     if config.data.get("face_model"):

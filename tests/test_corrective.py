@@ -244,3 +244,6 @@ def test_bootstrap_config_runs_two_rounds(tmp_path):
     fitted = json.loads((tmp_path / "round_0" / "code_distribution.json").read_text())
     assert len(fitted["std"]["identity"]) == 100 and len(fitted["mean"]["rotation"]) == 3
     assert (tmp_path / "round_1" / "eval.json").exists()
+    config.bootstrap.oracle = True  # the upper bound trains on the population itself
+    (oracle,) = bootstrap.run(config, str(tmp_path))
+    assert np.isfinite(oracle["pose_error_deg"]) and (tmp_path / "oracle" / "eval.json").exists()

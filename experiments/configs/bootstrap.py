@@ -35,4 +35,7 @@ def get_config():
     config.bootstrap.num_images = 512  # unlabeled images the moments are fitted to
     # Each fitted std is at least this fraction of the prior's (no direction collapses).
     config.bootstrap.min_relative_std = 0.25
+    # True: instead, train once on the population itself with its ground truth
+    # (workdir/oracle), the upper bound the rounds approach.
+    config.bootstrap.oracle = False
     return config
