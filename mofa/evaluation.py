@@ -136,6 +136,7 @@ def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
     The predicted neutral-pose mesh is aligned to the true one by a similarity
     from their 68 landmarks refined by rigid ICP, then the distance of every true
     face-region vertex to the predicted surface (the NoW scan-to-mesh distance).
+    Also the translation error, as the distance of the posed 68-landmark centroids.
     """
     from mofa import scan_eval
 
@@ -150,8 +151,19 @@ def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
         truth[region], truth[np.asarray(target_model.landmark_indices)], prediction, triangles,
         prediction[np.asarray(model.landmark_indices)], crop_radius=None)
         for prediction, truth in zip(predicted_shape, true_shape)]
+    # The models' origins differ, so translations are compared as the camera-space
+    # centroids of the posed 68 landmarks.
+    def landmark_centroid(face_model, code, shape):
+        points = shape[:, np.asarray(face_model.landmark_indices)]
+        rotation = np.asarray(camera_lib.euler_to_matrix(code.rotation))
+        return (np.einsum("bij,bnj->bni", rotation, points).mean(1)
+                + np.asarray(code.translation))
+
+    centroid_error = np.linalg.norm(landmark_centroid(model, predicted, predicted_shape)
+                                    - landmark_centroid(target_model, target, true_shape), axis=-1)
     return {"surface_error_mm_mean": np.array([e["mean_mm"] for e in errors]),
-            "surface_error_mm_median": np.array([e["median_mm"] for e in errors])}
+            "surface_error_mm_median": np.array([e["median_mm"] for e in errors]),
+            "translation_error_mm": centroid_error}
 
 
 def evaluate_state(config, state, decoder, weights, num_batches: int | None = None, *,

@@ -5,6 +5,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import trimesh
@@ -273,3 +274,8 @@ def test_surface_errors_vanish_for_the_true_code(builtin_model):
     code = random_code(builtin_model, jax.random.key(7), (2,))
     errors = evaluation.surface_errors(builtin_model, code, builtin_model, code)
     assert np.all(errors["surface_error_mm_median"] < 1e-3)
+    assert np.all(errors["translation_error_mm"] < 1e-3)
+    moved = code.replace(translation=code.translation + jnp.array([3.0, 0.0, -4.0]))
+    errors = evaluation.surface_errors(builtin_model, moved, builtin_model, code)
+    np.testing.assert_allclose(errors["translation_error_mm"], 5.0, rtol=1e-4)
+    assert np.all(errors["surface_error_mm_median"] < 1e-3)  # the shape error is pose-free
