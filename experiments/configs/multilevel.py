@@ -31,9 +31,8 @@ def get_config():
 
     # Regularizers of the corrections (shape in mm, albedo in linear RGB). Measured
     # (1,500 steps, README): shape magnitude 1e-3 beat 1e-2 on surface, landmark and
-    # photometric error; shape
-    # weights 100x weaker overall let the correction grow rough (RMS 3 mm in 300
-    # steps) and raised the surface error by 2.4 mm.
+    # photometric error; shape weights 100x weaker overall let the correction grow
+    # rough (RMS 3 mm in 300 steps) and raised the surface error by 2.4 mm.
     config.loss.corrective_shape_smoothness = 1.0
     config.loss.corrective_albedo_smoothness = 10.0
     config.loss.corrective_shape_magnitude = 1e-3
