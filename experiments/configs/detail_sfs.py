@@ -13,10 +13,9 @@ def get_config():
     config = detail_supervised.get_config()
     config.loss.depth = 0.0
     config.loss.normal = 0.0
-    # The detail's shading residual is ~1e-3 per pixel: weights of order 1 give
-    # gradients near Adam's epsilon and FineNet does not move (measured), so the
-    # photometric term is scaled by 1000. Smoothness at 1e-2 of it (not 1e-4)
-    # flattened the wrinkles.
+    # The detail's shading residual is ~1e-3 per pixel: with weights 1 / 1e-3 / 1e-2
+    # the gradients sit near Adam's epsilon and FineNet barely moves (measured), so
+    # the terms are scaled by 1000, with the smoothness 1e-4 of the photometric term.
     config.loss.photometric = 1000.0
     config.loss.fidelity = 1.0
     config.loss.smoothness = 0.1
