@@ -117,8 +117,9 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(builtin_model, batch, phas
               "albedo": batch["albedo"], "illumination": batch["code"].illumination,
               "depth": batch["depth"]}
     step = jax.jit(functools.partial(detail.train_step, weights=weights))
-    # Plain SGD with a small step: descent is then guaranteed on a smooth loss.
-    state = _state(optax.sgd(3e-3 if phase == "supervised" else 1.0))
+    # Plain SGD with a small step: descent is then guaranteed on a smooth loss (the
+    # SfS step is inversely proportional to its loss scale).
+    state = _state(optax.sgd(3e-3 if phase == "supervised" else 1.0 / weights.photometric))
     losses_ = []
     for _ in range(3):
         state, metrics = step(state, inputs, camera)
