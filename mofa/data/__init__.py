@@ -8,7 +8,9 @@ synthetic data also has
   "mask", "depth"    float32 (B, H, W) (depth in mm, 0 on background)
   "code/rotation", "code/translation", "code/identity", "code/expression",
   "code/reflectance", "code/illumination": the ground-truth FaceCode fields,
-rendered with `Camera.from_fov(mofa.code.DEFAULT_FOV_DEGREES, H, W)`.
+rendered with `Camera.from_fov(mofa.code.DEFAULT_FOV_DEGREES, H, W)`;
+multi-view synthetic batches (`Framing.views_per_person` > 1) also have
+  "person_id"        int32 (B,): examples with one id show one person.
 
 Pipelines: `synthetic_batches` (rendered on the fly), `synthetic.prepare` (the
 `synthetic_faces` TFDS dataset, read with `synthetic.dataset_batches`),
@@ -25,6 +27,7 @@ _EXPORTS = {
     "synthetic_batches": "mofa.data.synthetic",
     "SyntheticRenderer": "mofa.data.synthetic",
     "Framing": "mofa.data.synthetic",
+    "CodeDistribution": "mofa.data.synthetic",
     "prepare_synthetic": ("mofa.data.synthetic", "prepare"),
     "synthetic_dataset_batches": ("mofa.data.synthetic", "dataset_batches"),
     "FolderDataset": "mofa.data.folder",
