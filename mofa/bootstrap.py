@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mofa import networks, train
+from mofa import train
 from mofa.code import FaceCode
 from mofa.data import sources
 from mofa.data.synthetic import CodeDistribution, Framing
@@ -30,14 +30,7 @@ def predict_codes(state, decoder: train.Decoder, source, num_images: int, batch_
                   ) -> tuple[FaceCode, FaceCode | None]:
     """(the encoder's codes, the true codes or None) on the first `num_images` images of
     `source` (batch i of `batch_size`); the truth is there for synthetic sources."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    space = state.params.get("corrective")
-
-    @jax.jit
-    def encode(images):
-        raw = state.apply_fn(variables, images, train=False)
-        return networks.decode_outputs(raw, decoder.face_model, space)[0]
-
+    encode = train.code_encoder(state, decoder.face_model)
     predicted, truth = [], []
     for i in range(-(-num_images // batch_size)):
         batch = source.batch(i, batch_size)

@@ -69,26 +69,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    import jax
-
-    from mofa import facemodel, networks, reconstruct, render
+    from mofa import facemodel, reconstruct, render
     from mofa.code import DEFAULT_FOV_DEGREES
 
     encoder = None
     if args.checkpoint:
-        from mofa.train import load_trained
+        from mofa.train import code_encoder, load_trained
         config, state, decoder, _ = load_trained(args.checkpoint, args.face_model)
         if args.image_size and args.image_size != config.image_size:
             raise ValueError(f"--image-size {args.image_size} differs from the checkpoint's "
                              f"{config.image_size} ({args.checkpoint})")
         model, camera = decoder.face_model, decoder.camera
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        space = state.params.get("corrective")
-        if space is not None:
+        if "corrective" in state.params:
             print("mofa reconstruct: the checkpoint has a corrective level; meshes and codes "
                   "are exported at the 3DMM level", file=sys.stderr)
-        encoder = jax.jit(lambda x: networks.decode_outputs(
-            state.apply_fn(variables, x, train=False), model, space)[0])
+        encoder = code_encoder(state, model)
     else:
         model = facemodel.load(args.face_model or "builtin")
         size = args.image_size or 128

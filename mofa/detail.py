@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -327,12 +328,16 @@ def detail_losses(params, apply_fn, batch: dict, camera: Camera, weights: Detail
     residual = (refined - batch["coarse_depth"]) * mask
     terms = {}
     if weights.depth or weights.normal:
-        target_normals = normals_from_depth(batch["depth"], camera, mask)
+        # An estimated coarse face covers other pixels than the true one ("depth_mask": both).
+        known = batch.get("depth_mask", mask)
+        target_normals = normals_from_depth(batch["depth"], camera, known)
         # Charbonnier L1: most pixels carry no detail, and plain L1's kink exactly at
         # FineNet's zero-residual start makes every first step uphill.
         error = refined - batch["depth"]
-        terms["depth"] = _masked_mean(jnp.sqrt(error**2 + _CHARBONNIER**2) - _CHARBONNIER, mask)
-        terms["normal"] = normal_angle_cost(normals, target_normals, mask)
+        terms["depth"] = _masked_mean(jnp.sqrt(error**2 + _CHARBONNIER**2) - _CHARBONNIER,
+                                      known)
+        predicted = normals if known is mask else normals_from_depth(refined, camera, known)
+        terms["normal"] = normal_angle_cost(predicted, target_normals, known)
     if weights.photometric or weights.fidelity or weights.smoothness:
         shaded = shade(batch["albedo"], normals, batch["illumination"])
         terms["photometric"] = losses.photometric_dense(shaded, batch["image"], mask)
@@ -374,36 +379,76 @@ def depth_normal_errors(depth: jax.Array, truth: jax.Array, mask: jax.Array, cam
 
 
 def evaluate_synthetic(model: FaceModel, apply_fn, params, image_size: int, num_batches: int,
-                       batch_size: int, seed: int = 2) -> dict:
-    """Coarse (the true code's render, no detail) vs fine (FineNet on it) errors against the
-    detailed ground truth, averaged over `num_batches` held-out synthetic batches."""
+                       batch_size: int, seed: int = 2, encoder=None) -> dict:
+    """Coarse vs fine (FineNet on it) errors against the detailed ground truth, averaged
+    over `num_batches` held-out synthetic batches.
+
+    The coarse depth is the true code's render (no detail: isolates FineNet) or, with
+    `encoder` (CoarseNet: images -> FaceCode), the render of its estimate; the errors
+    are then over the pixels both faces cover.
+    """
     camera = camera_for(image_size)
 
     @jax.jit
-    def errors(batch):
+    def errors(batch, coarse):
+        mask = coarse["mask"] * batch["mask"]
         region = (batch["detail_weight"] > 0.2).astype(jnp.float32)
-        fine = apply_fine(apply_fn, params, batch["image"], batch["coarse_depth"],
-                          batch["mask"], camera)
+        fine = apply_fine(apply_fn, params, batch["image"], coarse["coarse_depth"],
+                          coarse["mask"], camera)
         return {
-            "coarse": depth_normal_errors(batch["coarse_depth"], batch["depth"], batch["mask"],
-                                          camera, region),
-            "fine": depth_normal_errors(fine, batch["depth"], batch["mask"], camera, region),
+            "coarse": depth_normal_errors(coarse["coarse_depth"], batch["depth"], mask, camera,
+                                          region),
+            "fine": depth_normal_errors(fine, batch["depth"], mask, camera, region),
         }
 
     key = jax.random.key(seed)
-    totals = [errors(detailed_batch(model, jax.random.fold_in(key, i), batch_size, image_size))
-              for i in range(num_batches)]
+    totals = []
+    for i in range(num_batches):
+        batch = detailed_batch(model, jax.random.fold_in(key, i), batch_size, image_size)
+        coarse = batch if encoder is None else coarse_inputs(model, encoder(batch["image"]),
+                                                             camera)
+        totals.append(errors(batch, coarse))
     mean = jax.tree.map(lambda *xs: float(np.mean(xs)), *totals)
     return {f"{stage}/{k}": v for stage, values in mean.items() for k, v in values.items()}
 
 
-def format_table(results: dict) -> str:
-    """The coarse-vs-fine errors as a small text table."""
-    names = sorted({k.split("/", 1)[1] for k in results})
-    lines = [f"{'metric':<24}{'coarse':>10}{'fine':>10}"]
-    lines += [f"{n:<24}{results[f'coarse/{n}']:>10.3f}{results[f'fine/{n}']:>10.3f}"
-              for n in names]
-    return "\n".join(lines)
+def evaluate_photos(model: FaceModel, apply_fn, params, path: str, coarse_codes: CoarseCodes,
+                    image_size: int, batch_size: int) -> dict:
+    """Shape-from-shading on the photos of folder `path`, which have no true depth.
+
+    Per face: the photometric error (robust l2,1 over the coarse face) of the photo
+    against the coarse code's albedo shaded under its SH light with the coarse depth's
+    normals ("coarse/photo_photometric") and with FineNet's ("fine/..."), and
+    FineNet's mean |depth change| (mm); means over the faces, and their number.
+    """
+    from mofa.data.folder import FolderDataset
+
+    camera = camera_for(image_size)
+    dataset = FolderDataset(path, image_size, progress=False)
+    per_face_photometric = jax.vmap(
+        lambda r, t, m: losses.photometric_dense(r[None], t[None], m[None]))
+
+    @jax.jit
+    def errors(image, coarse):
+        mask = coarse["mask"]
+        fine = apply_fine(apply_fn, params, image, coarse["coarse_depth"], mask, camera)
+        result = {}
+        for stage, depth in (("coarse", coarse["coarse_depth"]), ("fine", fine)):
+            normals = normals_from_depth(depth, camera, mask)
+            shaded = shade(coarse["albedo"], normals, coarse["illumination"])
+            result[f"{stage}/photo_photometric"] = per_face_photometric(shaded, image, mask)
+        change = jnp.sum(jnp.abs(fine - coarse["coarse_depth"]) * mask, (1, 2))
+        result["fine/photo_depth_change_mm"] = change / jnp.maximum(jnp.sum(mask, (1, 2)), 1.0)
+        return result
+
+    parts = []
+    for batch in dataset.batches(batch_size, shuffle=False, repeat=False, drop_remainder=False):
+        coarse = coarse_inputs(model, coarse_codes(batch), camera)
+        parts.append(errors(jnp.asarray(batch["image"]), coarse))
+    per_face = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    results = {k: float(np.mean(v)) for k, v in per_face.items()}
+    results["photo_faces"] = len(per_face["fine/photo_depth_change_mm"])
+    return results
 
 
 # --- training -------------------------------------------------------------------
@@ -437,50 +482,115 @@ def load_detail(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainSta
     return config, state, step
 
 
+class CoarseCodes:
+    """Coarse codes of photos, estimated once per face and kept.
+
+    `reconstructor` (`reconstruct.Reconstructor`: the encoder's estimate and/or
+    analysis-by-synthesis fitting) runs only on faces not seen before, keyed by the
+    crop's content; the codes are saved to `path` (npz), so a resumed run or a later
+    evaluation of the same photos does not fit them again.
+    """
+
+    def __init__(self, reconstructor, path: Optional[str] = None):
+        self.reconstructor, self.path = reconstructor, path
+        self.codes: dict[str, dict] = {}
+        if path and os.path.exists(path):
+            with np.load(path) as saved:
+                for i, key in enumerate(saved["keys"]):
+                    self.codes[str(key)] = {f: saved[f][i] for f in _CODE_FIELDS}
+
+    def __call__(self, batch: dict) -> FaceCode:
+        """The codes (B,) of a batch-contract batch (image, landmarks, landmark_weight)."""
+        keys = [hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+                for image in np.asarray(batch["image"])]
+        first = {}
+        for i, key in enumerate(keys):
+            if key not in self.codes:
+                first.setdefault(key, i)
+        if first:
+            crops = [{name: np.asarray(batch[name][i])
+                      for name in ("image", "landmarks", "landmark_weight")}
+                     for i in first.values()]
+            fitted = self.reconstructor.codes(crops)
+            for j, key in enumerate(first):
+                self.codes[key] = {f: np.asarray(getattr(fitted, f))[j] for f in _CODE_FIELDS}
+            self._save()
+        return FaceCode(**{f: jnp.asarray(np.stack([self.codes[k][f] for k in keys]))
+                           for f in _CODE_FIELDS})
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        keys = list(self.codes)
+        temporary = self.path + ".tmp.npz"
+        np.savez(temporary, keys=np.asarray(keys),
+                 **{f: np.stack([self.codes[k][f] for k in keys]) for f in _CODE_FIELDS})
+        os.replace(temporary, self.path)  # atomic: a killed run leaves the old file whole
+
+
+_CODE_FIELDS = tuple(f.name for f in dataclasses.fields(FaceCode))
+
+
 class _CoarseSource:
     """Batches for FineNet: image, coarse depth, mask, albedo, light (+ true detailed depth).
 
     data.source "synthetic_detail" renders `detailed_batch`; its coarse estimate is the
     true code (isolates FineNet) unless detail.coarse_workdir names a trained encoder.
-    Other data sources (photos) need that encoder.
+    Photos (data.source "folder" or "tfds") get their coarse code from that encoder
+    and/or detail.coarse_fit_steps of analysis-by-synthesis fitting (`mofa.fitting`),
+    once per face (`CoarseCodes`, kept in workdir/coarse_codes.npz).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, model: FaceModel, camera: Camera):
+    def __init__(self, config: ml_collections.ConfigDict, model: FaceModel, camera: Camera,
+                 workdir: Optional[str] = None):
+        from mofa import reconstruct
+
         self.config, self.model, self.camera = config, model, camera
         self.key = jax.random.key(config.seed + 1)
         self.encoder = None
         coarse_workdir = config.detail.get("coarse_workdir", "")
+        fit_steps = config.detail.get("coarse_fit_steps", 0)
         if coarse_workdir:
             coarse_config, coarse_state, decoder, _ = train.load_trained(coarse_workdir)
             if coarse_config.image_size != config.image_size:
                 raise ValueError(f"CoarseNet {coarse_workdir} works at {coarse_config.image_size}"
                                  f" px, the detail config at {config.image_size} px")
-            variables = {"params": coarse_state.params, "batch_stats": coarse_state.batch_stats}
-            from mofa import networks
-            self.encoder = jax.jit(lambda x: networks.decode_head(
-                coarse_state.apply_fn(variables, x, train=False), decoder.face_model))
-        if config.data.source == "synthetic_detail":
-            self.photos = None
-        elif self.encoder is None:
-            raise ValueError(f"data.source={config.data.source!r} has no ground-truth code: "
-                             "set detail.coarse_workdir to a trained MoFA workdir")
-        else:
+            self.encoder = train.code_encoder(coarse_state, decoder.face_model)
+        self.photos = self.coarse_codes = None
+        if self.encoder is not None or fit_steps > 0:
+            reconstructor = reconstruct.Reconstructor(
+                model, camera, batch_size=config.batch_size, fit_steps=max(fit_steps, 0),
+                encoder=self.encoder)
+            self.coarse_codes = CoarseCodes(
+                reconstructor, os.path.join(workdir, "coarse_codes.npz") if workdir else None)
+        if config.data.source != "synthetic_detail":
             from mofa.data import sources
+            self.photo_codes()  # fails early, naming the settings
             self.photos = sources.make_source(config, model, split="train")
+
+    def photo_codes(self) -> CoarseCodes:
+        """The coarse codes of photos; an error naming the settings where there are none."""
+        if self.coarse_codes is None:
+            raise ValueError("photos have no ground-truth code: set detail.coarse_workdir to a "
+                             "trained MoFA workdir and/or detail.coarse_fit_steps > 0 to fit "
+                             "each photo")
+        return self.coarse_codes
 
     def batch(self, step: int, batch_size: int) -> dict:
         key = jax.random.fold_in(self.key, step)
-        if self.photos is None:
-            full = detailed_batch(self.model, key, batch_size, self.config.image_size)
-            if self.encoder is None:  # the true code's render is already there
-                return {**{k: full[k] for k in ("image", "depth", "coarse_depth", "mask",
-                                                "albedo")},
-                        "illumination": full["code"].illumination}
-            image, targets = full["image"], {"depth": full["depth"]}
-        else:
-            image, targets = jnp.asarray(self.photos.batch(step, batch_size)["image"]), {}
-        coarse = coarse_inputs(self.model, self.encoder(image), self.camera)
-        return {"image": image, **coarse, **targets}
+        if self.photos is not None:
+            photos = self.photos.batch(step, batch_size)
+            image = jnp.asarray(photos["image"])
+            return {"image": image,
+                    **coarse_inputs(self.model, self.coarse_codes(photos), self.camera)}
+        full = detailed_batch(self.model, key, batch_size, self.config.image_size)
+        if self.encoder is None:  # the true code's render is already there
+            return {**{k: full[k] for k in ("image", "depth", "coarse_depth", "mask", "albedo")},
+                    "illumination": full["code"].illumination}
+        coarse = coarse_inputs(self.model, self.encoder(full["image"]), self.camera)
+        # The truth is known only where the true face is, too.
+        return {"image": full["image"], "depth": full["depth"],
+                "depth_mask": coarse["mask"] * full["mask"], **coarse}
 
 
 def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -505,7 +615,7 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if start_step == 0 and init_workdir:
         _, init_state, _ = load_detail(init_workdir)
         state = state.replace(params=init_state.params)
-    source = _CoarseSource(config, model, camera)
+    source = _CoarseSource(config, model, camera, workdir)
     if (weights.depth or weights.normal) and source.photos is not None:
         raise ValueError("supervised detail losses need data.source='synthetic_detail'")
     step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,))
@@ -528,10 +638,18 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpoints.save(config.num_steps, args=ocp.args.StandardSave(state), force=True)
     checkpoints.wait_until_finished()
     checkpoints.close()
-    if not config.eval_batches:
-        return {}
-    results = evaluate_synthetic(model, state.apply_fn, state.params, config.image_size,
-                                 config.eval_batches, config.eval_batch_size)
+    results = {}
+    if config.eval_batches:
+        results.update(evaluate_synthetic(model, state.apply_fn, state.params, config.image_size,
+                                          config.eval_batches, config.eval_batch_size,
+                                          encoder=source.encoder))
+    eval_photos = config.detail.get("eval_photos", "")
+    if eval_photos:
+        results.update(evaluate_photos(model, state.apply_fn, state.params, eval_photos,
+                                       source.photo_codes(), config.image_size,
+                                       config.eval_batch_size))
+    if not results:
+        return results
     with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     return results

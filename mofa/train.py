@@ -281,6 +281,15 @@ def load_trained(workdir: str, face_model: str | None = None):
     return config, state, decoder, step
 
 
+def code_encoder(state: TrainState, model: facemodel.FaceModel):
+    """The trained encoder as a jitted function: images (B, S, S, 3) linear RGB -> FaceCode
+    (the 3DMM level; a corrective level's coefficients are dropped)."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    space = state.params.get("corrective")
+    return jax.jit(lambda images: networks.decode_outputs(
+        state.apply_fn(variables, images, train=False), model, space)[0])
+
+
 def _check_finite(step: int, values: dict) -> None:
     bad = {k: v for k, v in values.items() if not np.isfinite(v)}
     if bad:

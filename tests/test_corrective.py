@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from mofa import corrective, metrics, render, train
 from mofa.data import sources
@@ -112,6 +113,32 @@ def test_identity_consistency():
     # Persons {0, 1} and {2, 3}: ordered pairs (2, 3), (3, 2) at squared distance 25; 4 pairs.
     pairs = jnp.array([0, 0, 1, 1])
     assert float(corrective.identity_consistency(codes, pairs)) == pytest.approx(50.0 / 4)
+
+
+def test_corrective_gradients(builtin_model, operators):
+    """Finite differences of the corrected geometry and every regularizer, with respect to
+    the learned bases, the per-image coefficients and the rotation."""
+    model = builtin_model
+    keys = jax.random.split(jax.random.key(4), 5)
+    code = random_code(model, keys[0], (2,))
+    space = {"shape": 0.1 * jax.random.normal(keys[1], (2, model.num_vertices, 3)),
+             "albedo": 0.1 * jax.random.normal(keys[2], (2, model.num_vertices, 3))}
+    coefficients = {"shape": jax.random.normal(keys[3], (2, 2)),
+                    "albedo": jax.random.normal(keys[4], (2, 2))}
+
+    def geometry(space, coefficients, rotation):
+        vertices, albedo = corrective.apply(model, code.replace(rotation=rotation), space,
+                                            coefficients)
+        return jnp.mean(vertices[..., :2] ** 2) * 1e-3 + jnp.mean(albedo ** 2)
+
+    def regularized(space, coefficients):
+        terms = corrective.regularizers(space, coefficients, operators)
+        consistency = corrective.identity_consistency(coefficients["shape"], jnp.array([0, 0]))
+        return sum(terms.values()) + consistency
+
+    tolerances = dict(order=1, modes=("rev",), eps=1e-2, atol=5e-2, rtol=5e-2)
+    check_grads(geometry, (space, coefficients, code.rotation), **tolerances)
+    check_grads(regularized, (space, coefficients), **tolerances)
 
 
 def test_multilevel_config_trains_the_bases_end_to_end(ict_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Coarse-to-fine detail: normals from depth, the wrinkle generator, FineNet and its losses."""
 
 import functools
+import json
 import os
 import sys
 
@@ -174,3 +175,70 @@ def test_train_detail_runs_both_phases_and_resumes(tmp_path):
     assert step == 1
     with pytest.raises(FileNotFoundError, match="not a detail workdir"):
         detail.load_detail(str(tmp_path))
+
+
+class _CountingReconstructor:
+    """Stands in for `reconstruct.Reconstructor`: a code whose rotation encodes the crop."""
+
+    def __init__(self, model):
+        self.model, self.faces = model, 0
+
+    def codes(self, crops):
+        from mofa.code import FaceCode
+
+        self.faces += len(crops)
+        code = FaceCode.neutral(self.model, (len(crops),))
+        marks = jnp.asarray([[float(c["image"].mean()), 0.0, 0.0] for c in crops])
+        return jax.tree.map(np.asarray, code.replace(rotation=marks))
+
+
+def test_coarse_codes_are_estimated_once_per_face_and_kept(builtin_model, tmp_path):
+    images = np.stack([np.full((4, 4, 3), v, np.float32) for v in (0.1, 0.2, 0.1, 0.3)])
+    batch = {"image": images, "landmarks": np.zeros((4, 68, 2), np.float32),
+             "landmark_weight": np.ones((4, 68), np.float32)}
+    path = str(tmp_path / "coarse_codes.npz")
+    reconstructor = _CountingReconstructor(builtin_model)
+    codes = detail.CoarseCodes(reconstructor, path)(batch)
+    assert reconstructor.faces == 3  # the repeated face is estimated once
+    np.testing.assert_allclose(codes.rotation[:, 0], [0.1, 0.2, 0.1, 0.3], rtol=1e-6)
+    assert codes.identity.shape == (4, builtin_model.num_identity)
+    # A new run over the same photos reads them back instead of fitting again.
+    again = _CountingReconstructor(builtin_model)
+    restored = detail.CoarseCodes(again, path)(batch)
+    assert again.faces == 0
+    for field in ("rotation", "translation", "identity", "illumination"):
+        np.testing.assert_array_equal(getattr(restored, field), getattr(codes, field))
+
+
+def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tmp_path):
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
+    from PIL import Image
+
+    from mofa import images
+    from mofa.data import synthetic
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    faces = next(synthetic.synthetic_batches(builtin_model, 160, 3, jax.random.key(3)))
+    for i, image in enumerate(images.to_uint8(images.linear_to_srgb(faces["image"]))):
+        Image.fromarray(image).save(photos / f"face{i}.png")
+    config = detail_sfs.get_config()
+    config.image_size, config.batch_size, config.num_steps = SIZE, 2, 2
+    config.fine.width, config.fine.depth = 4, 1
+    config.log_every, config.checkpoint_every = 1, 1
+    config.eval_batches, config.eval_batch_size = 0, 2
+    config.data.source, config.data.path = "folder", str(photos)
+    workdir = tmp_path / "sfs"
+    with pytest.raises(ValueError, match="coarse_fit_steps"):
+        detail.train_detail(config, str(workdir))
+    config.detail.coarse_fit_steps = 6
+    config.detail.eval_photos = str(photos)
+    results = detail.train_detail(config, str(workdir))
+    assert results["photo_faces"] == 3
+    for key in ("coarse/photo_photometric", "fine/photo_photometric"):
+        assert 0.0 < results[key] < 1.0, key
+    assert results["fine/photo_depth_change_mm"] > 0.0  # FineNet moved off the coarse depth
+    with np.load(workdir / "coarse_codes.npz") as saved:
+        assert len(saved["keys"]) == 3  # each photo fitted once over training and evaluation
+    log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and np.isfinite(log[-1]["loss/photometric"])

@@ -2,8 +2,10 @@
 
 The image is compared with the coarse code's albedo shaded under its SH light with
 FineNet's normals, plus fidelity to the coarse depth and a smooth residual. Set
-detail.init_workdir to a phase-1 workdir; for photos, set data.source/data.path and
-detail.coarse_workdir to a trained MoFA workdir at the same image size.
+detail.init_workdir to a phase-1 workdir. For photos set data.source="folder", data.path
+and the coarse estimate: detail.coarse_workdir (a trained MoFA workdir at the same
+image size) and/or detail.coarse_fit_steps (analysis-by-synthesis per photo);
+detail.eval_photos names a folder of held-out photos to report on.
 """
 
 from experiments.configs import detail_supervised

@@ -16,6 +16,10 @@ def get_config():
     config.data.source = "synthetic_detail"
     config.detail = ml_collections.ConfigDict()
     config.detail.coarse_workdir = ""  # trained MoFA workdir; "" = the true code (synthetic)
+    # Photos: analysis-by-synthesis steps (`mofa.fitting`) for each photo's coarse code,
+    # after the encoder's estimate if coarse_workdir is set; fitted once per face.
+    config.detail.coarse_fit_steps = 0
+    config.detail.eval_photos = ""  # a folder of held-out photos: also report SfS on them
     config.detail.init_workdir = ""  # FineNet to start from
     config.fine = ml_collections.ConfigDict()
     config.fine.width = 16
