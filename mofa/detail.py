@@ -47,6 +47,8 @@ from mofa.render import Camera, render_face, sh
 _BROWS = np.arange(17, 27)
 _LEFT_EYE_OUTER, _RIGHT_EYE_OUTER = 36, 45
 _EYES = np.arange(36, 48)
+# Brows, eyes and lips: not skin.
+_NON_SKIN = np.concatenate([np.arange(17, 27), np.arange(36, 68)])
 # Mean of the groove profile (1 - |sin t|)^4 over a period, subtracted to centre it.
 _GROOVE_MEAN = float(np.mean((1.0 - np.abs(np.sin(np.linspace(0.0, np.pi, 4096, endpoint=False))))
                              ** 4))
@@ -114,6 +116,55 @@ def laplacian(x: jax.Array) -> jax.Array:
 # --- synthetic detail -----------------------------------------------------------
 
 
+def _pixel_grid(shape: tuple) -> tuple[jax.Array, jax.Array]:
+    """Pixel-centre coordinates (x, y), each (B, H, W), of images of `shape` (B, H, W)."""
+    _, height, width = shape
+    py, px = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) + 0.5,
+                          jnp.arange(width, dtype=jnp.float32) + 0.5, indexing="ij")
+    return jnp.broadcast_to(px, shape), jnp.broadcast_to(py, shape)
+
+
+def _eye_span(landmarks: jax.Array) -> jax.Array:
+    """Distance of the outer eye corners (B,) px: the face's size in the image."""
+    left, right = landmarks[:, _LEFT_EYE_OUTER], landmarks[:, _RIGHT_EYE_OUTER]
+    return jnp.maximum(jnp.linalg.norm(right - left, axis=-1), 1.0)
+
+
+def skin_weight(landmarks: jax.Array, mask: jax.Array) -> jax.Array:
+    """The face mask (B, H, W) without soft discs around the brow, eye and lip landmarks.
+
+    A fitted 3DMM albedo rarely matches brows, eyes and lips in a photo, and shape
+    from shading would turn the mismatch into geometry.
+    """
+    px, py = _pixel_grid(mask.shape)
+    points = landmarks[:, _NON_SKIN]  # (B, P, 2)
+    sigma = 0.08 * _eye_span(landmarks)
+    d2 = ((px[:, None] - points[..., 0, None, None]) ** 2
+          + (py[:, None] - points[..., 1, None, None]) ** 2)
+    near = jnp.max(jnp.exp(-0.5 * d2 / sigma[:, None, None, None] ** 2), axis=1)
+    return mask * (1.0 - near)
+
+
+def _local_mean(x: jax.Array, weight: jax.Array, size: int = 5) -> jax.Array:
+    """Weighted mean of x (B, H, W, C) over each size x size window (weights (B, H, W))."""
+    w = weight[..., None]
+    pool = functools.partial(nn.avg_pool, window_shape=(size, size), strides=(1, 1),
+                             padding="SAME")
+    return pool(x * w) / jnp.maximum(pool(jnp.broadcast_to(w, x.shape)), 1e-6)
+
+
+def shading_ratio(image: jax.Array, weight: jax.Array) -> jax.Array:
+    """image / its local (5 x 5, weighted) mean - 1, on the weight's support.
+
+    Where the albedo is smooth this is the high-frequency part of the shading alone:
+    free of the albedo and of the light's strength and colour.
+    """
+    # Linear RGB of dark skin is ~0.05: the safe-division epsilon stays well below.
+    local = _local_mean(image, weight)
+    ratio = (image - local) / (local + 1e-3)
+    return ratio * (weight[..., None] > 0)
+
+
 def _blob(px, py, centre, sigma):
     """Gaussian weight (B, H, W) around per-face centres (B, 2) with widths (B,)."""
     d2 = (px - centre[:, 0, None, None]) ** 2 + (py - centre[:, 1, None, None]) ** 2
@@ -145,13 +196,11 @@ def wrinkle_field(key: jax.Array, landmarks: jax.Array, mask: jax.Array
     outer corners and fine lines below the eyes. Amplitude 0.3-1.5 mm per face.
     Returns (detail, region weight), both 0 off the mask.
     """
-    batch, height, width = mask.shape
-    py, px = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) + 0.5,
-                          jnp.arange(width, dtype=jnp.float32) + 0.5, indexing="ij")
-    px, py = jnp.broadcast_to(px, mask.shape), jnp.broadcast_to(py, mask.shape)
+    batch = mask.shape[0]
+    px, py = _pixel_grid(mask.shape)
     k_amp, k_fore, k_eye_l, k_eye_r, k_under = jax.random.split(key, 5)
     left, right = landmarks[:, _LEFT_EYE_OUTER], landmarks[:, _RIGHT_EYE_OUTER]
-    eye_span = jnp.maximum(jnp.linalg.norm(right - left, axis=-1), 1.0)  # (B,) px
+    eye_span = _eye_span(landmarks)
     roll = jnp.arctan2(right[:, 1] - left[:, 1], right[:, 0] - left[:, 0])
     brows = jnp.mean(landmarks[:, _BROWS], axis=1)
     eyes = jnp.mean(landmarks[:, _EYES], axis=1)
@@ -222,7 +271,7 @@ def coarse_inputs(model: FaceModel, code: FaceCode, camera: Camera) -> dict:
     """What FineNet and the SfS loss need from a coarse code: depth, mask, albedo, light."""
     out = albedo_render(model, code, camera)
     return {"coarse_depth": out.depth, "mask": out.mask, "albedo": out.image,
-            "illumination": code.illumination}
+            "illumination": code.illumination, "landmarks": out.landmarks}
 
 
 # --- FineNet --------------------------------------------------------------------
@@ -276,10 +325,8 @@ def fine_features(image: jax.Array, coarse_depth: jax.Array, mask: jax.Array,
     # Relative depth in cm: scale- and distance-free, O(1) over a face.
     relative = (coarse_depth - mean) * mask / 10.0
     normals = normals_from_depth(coarse_depth, camera, mask)
-    # The detail shows as faint (~0.2%) high-frequency shading: hand it over as the
-    # amplified ratio to the local mean (albedo-free where the albedo is smooth).
-    blurred = nn.avg_pool(image, (5, 5), strides=(1, 1), padding="SAME")
-    high_pass = 50.0 * (image / (blurred + 1e-2) - 1.0) * mask[..., None]
+    # The detail shows as faint (~0.2%) high-frequency shading: hand it over amplified.
+    high_pass = 50.0 * shading_ratio(image, mask)
     return jnp.concatenate([image, high_pass, relative[..., None], normals, mask[..., None]], -1)
 
 
@@ -302,6 +349,9 @@ class DetailWeights:
     photometric: float = 0.0  # SfS: robust l2,1 of the re-shaded image
     fidelity: float = 0.0  # SfS: squared residual to the coarse depth, mm^2
     smoothness: float = 0.0  # SfS: squared Laplacian of the residual, mm^2
+    # SfS: robust l2,1 of the high-frequency shading (`shading_ratio`) on the skin
+    # (`skin_weight`): blind to smooth albedo and light errors, for photos.
+    shading_detail: float = 0.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "DetailWeights":
@@ -338,9 +388,12 @@ def detail_losses(params, apply_fn, batch: dict, camera: Camera, weights: Detail
                                       known)
         predicted = normals if known is mask else normals_from_depth(refined, camera, known)
         terms["normal"] = normal_angle_cost(predicted, target_normals, known)
-    if weights.photometric or weights.fidelity or weights.smoothness:
+    if weights.photometric or weights.fidelity or weights.smoothness or weights.shading_detail:
         shaded = shade(batch["albedo"], normals, batch["illumination"])
         terms["photometric"] = losses.photometric_dense(shaded, batch["image"], mask)
+        skin = skin_weight(batch["landmarks"], mask)
+        terms["shading_detail"] = losses.photometric_dense(
+            shading_ratio(shaded, skin), shading_ratio(batch["image"], skin), skin)
         terms["fidelity"] = _masked_mean(residual ** 2, mask)
         terms["smoothness"] = _masked_mean(laplacian(residual) ** 2, mask)
     total = sum(getattr(weights, name) * value for name, value in terms.items())
@@ -418,8 +471,10 @@ def evaluate_photos(model: FaceModel, apply_fn, params, path: str, coarse_codes:
 
     Per face: the photometric error (robust l2,1 over the coarse face) of the photo
     against the coarse code's albedo shaded under its SH light with the coarse depth's
-    normals ("coarse/photo_photometric") and with FineNet's ("fine/..."), and
-    FineNet's mean |depth change| (mm); means over the faces, and their number.
+    normals ("coarse/photo_photometric") and with FineNet's ("fine/..."), the same for
+    the high-frequency shading on the skin ("*/photo_shading_detail", the
+    `shading_detail` loss), and FineNet's mean |depth change| (mm); means over the
+    faces, and their number.
     """
     from mofa.data.folder import FolderDataset
 
@@ -432,11 +487,15 @@ def evaluate_photos(model: FaceModel, apply_fn, params, path: str, coarse_codes:
     def errors(image, coarse):
         mask = coarse["mask"]
         fine = apply_fine(apply_fn, params, image, coarse["coarse_depth"], mask, camera)
+        skin = skin_weight(coarse["landmarks"], mask)
+        target_ratio = shading_ratio(image, skin)
         result = {}
         for stage, depth in (("coarse", coarse["coarse_depth"]), ("fine", fine)):
             normals = normals_from_depth(depth, camera, mask)
             shaded = shade(coarse["albedo"], normals, coarse["illumination"])
             result[f"{stage}/photo_photometric"] = per_face_photometric(shaded, image, mask)
+            result[f"{stage}/photo_shading_detail"] = per_face_photometric(
+                shading_ratio(shaded, skin), target_ratio, skin)
         change = jnp.sum(jnp.abs(fine - coarse["coarse_depth"]) * mask, (1, 2))
         result["fine/photo_depth_change_mm"] = change / jnp.maximum(jnp.sum(mask, (1, 2)), 1.0)
         return result
@@ -585,7 +644,8 @@ class _CoarseSource:
                     **coarse_inputs(self.model, self.coarse_codes(photos), self.camera)}
         full = detailed_batch(self.model, key, batch_size, self.config.image_size)
         if self.encoder is None:  # the true code's render is already there
-            return {**{k: full[k] for k in ("image", "depth", "coarse_depth", "mask", "albedo")},
+            return {**{k: full[k] for k in ("image", "depth", "coarse_depth", "mask", "albedo",
+                                            "landmarks")},
                     "illumination": full["code"].illumination}
         coarse = coarse_inputs(self.model, self.encoder(full["image"]), self.camera)
         # The truth is known only where the true face is, too.

@@ -73,6 +73,38 @@ def test_normals_from_depth_gradients():
     check_grads(fn, (depth,), order=1, modes=("rev",), eps=1e-2, atol=2e-2, rtol=2e-2)
 
 
+def test_shading_ratio_ignores_a_smooth_albedo_and_the_light_colour():
+    y, x = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    shading = 0.5 + 0.05 * np.sin(1.3 * x) * np.cos(0.7 * y)  # fine detail
+    weight = jnp.ones((1, 16, 16))
+    image = jnp.asarray(np.repeat(shading[None, ..., None], 3, -1), jnp.float32)
+    ratio = detail.shading_ratio(image, weight)
+    assert float(jnp.max(jnp.abs(ratio))) > 0.05  # the detail is there ...
+    tinted = image * jnp.array([0.9, 0.6, 0.4])  # ... under any albedo colour or light
+    np.testing.assert_allclose(detail.shading_ratio(tinted, weight), ratio, atol=2e-3)
+    flat = jnp.full((1, 16, 16, 3), 0.3)
+    np.testing.assert_allclose(detail.shading_ratio(flat, weight), 0.0, atol=1e-6)
+    # Off the weight's support it is 0, and masked pixels do not enter the local mean.
+    half = weight.at[:, :, 8:].set(0.0)
+    spoiled = image.at[:, :, 8:].set(5.0)
+    masked = detail.shading_ratio(spoiled, half)
+    assert np.all(np.asarray(masked)[:, :, 8:] == 0.0)
+    np.testing.assert_allclose(masked[:, :, :8], detail.shading_ratio(image, half)[:, :, :8],
+                               atol=1e-6)
+
+
+def test_skin_weight_leaves_out_brows_eyes_and_lips(batch):
+    skin = np.asarray(detail.skin_weight(batch["landmarks"], batch["mask"]))
+    landmarks = np.asarray(batch["landmarks"])
+    mask = np.asarray(batch["mask"])
+    for i in range(len(skin)):
+        at = lambda k: skin[i, int(landmarks[i, k, 1]), int(landmarks[i, k, 0])]  # noqa: E731
+        for k in (19, 24, 37, 44, 51, 57, 62):  # brows, eyelids, lips
+            assert at(k) < 0.2, k
+        assert at(30) > 0.8  # the nose tip is skin
+    assert np.all(skin[mask == 0] == 0) and np.all(skin <= mask + 1e-6)
+
+
 @pytest.fixture(scope="module")
 def batch(builtin_model):
     return detail.detailed_batch(builtin_model, jax.random.key(3), 2, SIZE)
@@ -116,7 +148,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(builtin_model, batch, phas
               else batch["depth"] + 0.5 * batch["detail"])
     inputs = {"image": batch["image"], "coarse_depth": coarse, "mask": batch["mask"],
               "albedo": batch["albedo"], "illumination": batch["code"].illumination,
-              "depth": batch["depth"]}
+              "depth": batch["depth"], "landmarks": batch["landmarks"]}
     step = jax.jit(functools.partial(detail.train_step, weights=weights))
     # Plain SGD with a small step: descent is then guaranteed on a smooth loss (the
     # SfS step is inversely proportional to its loss scale).
@@ -127,6 +159,23 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(builtin_model, batch, phas
         losses_.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses_))
     assert losses_[2] < losses_[1] < losses_[0]
+
+
+@pytest.mark.parametrize("phase", ["supervised", "sfs"])
+def test_detail_loss_gradients(batch, phase):
+    """Finite differences of each phase's whole loss with respect to the depth residual."""
+    camera = detail.camera_for(SIZE)
+    config = (detail_supervised if phase == "supervised" else detail_sfs).get_config()
+    weights = detail.DetailWeights(**{name: 1.0 for name in config.loss})  # every term on
+    inputs = {"image": batch["image"], "coarse_depth": batch["coarse_depth"],
+              "mask": batch["mask"], "albedo": batch["albedo"], "depth": batch["depth"],
+              "illumination": batch["code"].illumination, "landmarks": batch["landmarks"]}
+    # A "network" whose output is its parameter: the residual itself.
+    apply_fn = lambda variables, features, mask: variables["params"]["residual"]  # noqa: E731
+    loss = lambda residual: detail.detail_losses(  # noqa: E731
+        {"residual": residual}, apply_fn, inputs, camera, weights)[0]
+    residual = 0.3 * jax.random.normal(jax.random.key(5), batch["mask"].shape) * batch["mask"]
+    check_grads(loss, (residual,), order=1, modes=("rev",), eps=1e-2, atol=5e-2, rtol=5e-2)
 
 
 def test_detail_mesh_exports_one_vertex_per_meshed_pixel(tmp_path, batch):

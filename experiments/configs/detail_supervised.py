@@ -30,6 +30,7 @@ def get_config():
     config.loss.photometric = 0.0
     config.loss.fidelity = 0.0
     config.loss.smoothness = 0.0
+    config.loss.shading_detail = 0.0
     config.batch_size = 8
     config.num_steps = 400
     config.learning_rate = 2e-3
