@@ -18,7 +18,7 @@ from mofa.render import Camera
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from experiments.configs import detail_sfs, detail_supervised  # noqa: E402
+from experiments.configs import detail_sfs, detail_sfs_photos, detail_supervised  # noqa: E402
 
 SIZE = 32
 
@@ -103,6 +103,19 @@ def test_skin_weight_leaves_out_brows_eyes_and_lips(batch):
             assert at(k) < 0.2, k
         assert at(30) > 0.8  # the nose tip is skin
     assert np.all(skin[mask == 0] == 0) and np.all(skin <= mask + 1e-6)
+
+
+def test_depth_errors_separate_distance_from_shape():
+    camera = Camera.from_fov(30.0, 8, 8)
+    truth, mask = jnp.full((2, 8, 8), 500.0), jnp.ones((2, 8, 8))
+    moved = detail.depth_normal_errors(truth + 5.0, truth, mask, camera)
+    assert float(moved["depth_mae_mm"]) == pytest.approx(5.0)
+    assert float(moved["shape_depth_mae_mm"]) == pytest.approx(0.0, abs=1e-4)
+    assert float(moved["normal_deg"]) < 0.1  # a fronto-parallel plane stays one
+    bumped = detail.depth_normal_errors(truth.at[:, 4, 4].add(2.0) + 5.0, truth, mask, camera)
+    # Off the bump |2/64|, on it |2 - 2/64|: the mean offset 5 + 2/64 is removed.
+    assert float(bumped["shape_depth_mae_mm"]) == pytest.approx(4.0 * 63 / 64 / 64, rel=1e-3)
+    assert float(bumped["normal_deg"]) > 0.1
 
 
 @pytest.fixture(scope="module")
@@ -271,13 +284,16 @@ def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tm
     faces = next(synthetic.synthetic_batches(builtin_model, 160, 3, jax.random.key(3)))
     for i, image in enumerate(images.to_uint8(images.linear_to_srgb(faces["image"]))):
         Image.fromarray(image).save(photos / f"face{i}.png")
-    config = detail_sfs.get_config()
+    config = detail_sfs_photos.get_config()
     config.image_size, config.batch_size, config.num_steps = SIZE, 2, 2
     config.fine.width, config.fine.depth = 4, 1
     config.log_every, config.checkpoint_every = 1, 1
     config.eval_batches, config.eval_batch_size = 0, 2
-    config.data.source, config.data.path = "folder", str(photos)
     workdir = tmp_path / "sfs"
+    with pytest.raises(ValueError, match="data.path"):
+        detail.train_detail(config, str(workdir))
+    config.data.path = str(photos)
+    config.detail.coarse_fit_steps = 0
     with pytest.raises(ValueError, match="coarse_fit_steps"):
         detail.train_detail(config, str(workdir))
     config.detail.coarse_fit_steps = 6
@@ -290,4 +306,4 @@ def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tm
     with np.load(workdir / "coarse_codes.npz") as saved:
         assert len(saved["keys"]) == 3  # each photo fitted once over training and evaluation
     log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2] and np.isfinite(log[-1]["loss/photometric"])
+    assert [r["step"] for r in log] == [1, 2] and log[-1]["loss/shading_detail"] > 0
