@@ -154,7 +154,7 @@ def _local_mean(x: jax.Array, weight: jax.Array, size: int = 5) -> jax.Array:
 
 
 def shading_ratio(image: jax.Array, weight: jax.Array) -> jax.Array:
-    """image / its local (5 x 5, weighted) mean - 1, on the weight's support.
+    """(image - its local mean) / the local mean (5 x 5, weighted), on the weight's support.
 
     Where the albedo is smooth this is the high-frequency part of the shading alone:
     free of the albedo and of the light's strength and colour.
@@ -555,14 +555,20 @@ class CoarseCodes:
     `reconstructor` (`reconstruct.Reconstructor`: the encoder's estimate and/or
     analysis-by-synthesis fitting) runs only on faces not seen before, keyed by the
     crop's content; the codes are saved to `path` (npz), so a resumed run or a later
-    evaluation of the same photos does not fit them again.
+    evaluation of the same photos does not fit them again. `settings` describes how
+    the codes are estimated: a saved file with other settings is not reused.
     """
 
-    def __init__(self, reconstructor, path: Optional[str] = None):
-        self.reconstructor, self.path = reconstructor, path
+    def __init__(self, reconstructor, path: Optional[str] = None, settings: str = ""):
+        self.reconstructor, self.path, self.settings = reconstructor, path, settings
         self.codes: dict[str, dict] = {}
         if path and os.path.exists(path):
             with np.load(path) as saved:
+                if str(saved["settings"]) != settings:
+                    logging.warning("%s holds coarse codes estimated with other settings "
+                                    "(%s, now %s): estimating them again", path,
+                                    saved["settings"], settings)
+                    return
                 for i, key in enumerate(saved["keys"]):
                     self.codes[str(key)] = {f: saved[f][i] for f in _CODE_FIELDS}
 
@@ -590,7 +596,7 @@ class CoarseCodes:
             return
         keys = list(self.codes)
         temporary = self.path + ".tmp.npz"
-        np.savez(temporary, keys=np.asarray(keys),
+        np.savez(temporary, keys=np.asarray(keys), settings=np.asarray(self.settings),
                  **{f: np.stack([self.codes[k][f] for k in keys]) for f in _CODE_FIELDS})
         os.replace(temporary, self.path)  # atomic: a killed run leaves the old file whole
 
@@ -628,8 +634,11 @@ class _CoarseSource:
             reconstructor = reconstruct.Reconstructor(
                 model, camera, batch_size=config.batch_size, fit_steps=max(fit_steps, 0),
                 encoder=self.encoder)
+            settings = (f"face_model={config.face_model} image_size={config.image_size} "
+                        f"encoder={coarse_workdir or None} fit_steps={max(fit_steps, 0)}")
             self.coarse_codes = CoarseCodes(
-                reconstructor, os.path.join(workdir, "coarse_codes.npz") if workdir else None)
+                reconstructor, os.path.join(workdir, "coarse_codes.npz") if workdir else None,
+                settings)
         if config.data.source != "synthetic_detail":
             from mofa.data import sources
             self.photo_codes()  # fails early, naming the settings

@@ -264,12 +264,16 @@ def test_coarse_codes_are_estimated_once_per_face_and_kept(builtin_model, tmp_pa
     assert reconstructor.faces == 3  # the repeated face is estimated once
     np.testing.assert_allclose(codes.rotation[:, 0], [0.1, 0.2, 0.1, 0.3], rtol=1e-6)
     assert codes.identity.shape == (4, builtin_model.num_identity)
-    # A new run over the same photos reads them back instead of fitting again.
+    # A new run over the same photos reads them back instead of fitting again ...
     again = _CountingReconstructor(builtin_model)
     restored = detail.CoarseCodes(again, path)(batch)
     assert again.faces == 0
     for field in ("rotation", "translation", "identity", "illumination"):
         np.testing.assert_array_equal(getattr(restored, field), getattr(codes, field))
+    # ... unless they were estimated otherwise (say, with more fitting steps).
+    changed = _CountingReconstructor(builtin_model)
+    detail.CoarseCodes(changed, path, settings="fit_steps=400")(batch)
+    assert changed.faces == 3
 
 
 def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tmp_path):
