@@ -678,39 +678,48 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
     coarse-vs-fine synthetic errors over config.eval_batches batches (also written to
     workdir/eval.json; none if 0).
     """
+    from tqdm import tqdm
+
+    from mofa import metrics
+
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    is_lead = jax.process_index() == 0
+    if is_lead:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
     weights = DetailWeights.from_config(config.loss)
     model = facemodel.load(config.face_model)
     camera = camera_for(config.image_size)
-    state = create_state(config, jax.random.key(config.seed))
+    parallel = train.DataParallel.create(config.batch_size)
+    state = jax.device_put(create_state(config, jax.random.key(config.seed)), parallel.replicated)
     checkpoints = train.checkpoint_manager(workdir, config)
     state, start_step = train.restore_latest(checkpoints, state)
     init_workdir = config.detail.get("init_workdir", "")
     if start_step == 0 and init_workdir:
         _, init_state, _ = load_detail(init_workdir)
-        state = state.replace(params=init_state.params)
+        state = state.replace(params=jax.device_put(init_state.params, parallel.replicated))
     source = _CoarseSource(config, model, camera, workdir)
     if (weights.depth or weights.normal) and source.photos is not None:
         raise ValueError("supervised detail losses need data.source='synthetic_detail'")
-    step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,))
-    log_path = os.path.join(workdir, "metrics.jsonl")
+    step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
+                      out_shardings=(parallel.replicated, parallel.replicated))
+    writer = metrics.MetricWriter(workdir, enabled=is_lead)
+    progress = tqdm(range(start_step, config.num_steps), initial=start_step,
+                    total=config.num_steps, desc="FineNet", unit="step",
+                    disable=not is_lead or not config.get("progress", True))
     tick = time.perf_counter()
-    with open(log_path, "a", encoding="utf-8") as log:
-        for step in range(start_step, config.num_steps):
-            batch = source.batch(step, config.batch_size)
-            state, step_metrics = step_fn(state, batch, camera)
-            values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            if not all(np.isfinite(v) for v in values.values()):
-                raise FloatingPointError(f"non-finite detail loss at step {step}: {values}")
-            if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-                values["elapsed_seconds"] = time.perf_counter() - tick
-                log.write(json.dumps({"step": step + 1, **values}) + "\n")
-                log.flush()
-                logging.info("detail step %d: %s", step + 1, values)
-            checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
+    for step in progress:
+        batch = parallel.shard(source.batch(step, config.batch_size))
+        state, step_metrics = step_fn(state, batch, camera)
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        if not all(np.isfinite(v) for v in values.values()):
+            raise FloatingPointError(f"non-finite detail loss at step {step}: {values}")
+        if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
+            writer.write_scalars(step + 1, {**values,
+                                            "elapsed_seconds": time.perf_counter() - tick})
+            progress.set_postfix(loss=f"{values['loss']:.4f}")
+        checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
     if checkpoints.latest_step() != config.num_steps:
         checkpoints.save(config.num_steps, args=ocp.args.StandardSave(state), force=True)
     checkpoints.wait_until_finished()
@@ -725,10 +734,11 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results.update(evaluate_photos(model, state.apply_fn, state.params, eval_photos,
                                        source.photo_codes(), config.image_size,
                                        config.eval_batch_size))
-    if not results:
-        return results
-    with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
+    if results and is_lead:
+        writer.write_scalars(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
+        with open(os.path.join(workdir, "eval.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    writer.close()
     return results
 
 

@@ -242,6 +242,34 @@ def contact_sheet(batch: dict, out: render.RenderOutput, max_rows: int = 8) -> n
     return images.grid(np.stack(tiles), columns=4)
 
 
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """SPMD data parallelism over every device (of every process): a 1-D "data" mesh,
+    parameters replicated, each batch split along its first axis."""
+
+    mesh: jax.sharding.Mesh
+
+    @classmethod
+    def create(cls, batch_size: int) -> "DataParallel":
+        num_devices = jax.device_count()
+        if batch_size % num_devices:
+            raise ValueError(f"config.batch_size={batch_size} must be divisible by the "
+                             f"{num_devices} devices")
+        return cls(jax.make_mesh((num_devices,), ("data",),
+                                 axis_types=(jax.sharding.AxisType.Auto,)))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def shard(self, batch):
+        """A global batch (the same on every process) -> arrays split over the devices;
+        each process contributes its slice."""
+        data = NamedSharding(self.mesh, P("data"))
+        local = jax.tree.map(lambda x: x[jax.process_index()::jax.process_count()], batch)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(data, x), local)
+
+
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.join(workdir, "checkpoints"),
@@ -319,13 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     weights = LossWeights.from_config(config.loss)
     decoder = make_decoder(config)
 
-    num_devices = jax.device_count()
-    if config.batch_size % num_devices:
-        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
-                         f"{num_devices} devices")
-    mesh = jax.make_mesh((num_devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    replicated = NamedSharding(mesh, P())
-    data_sharding = NamedSharding(mesh, P("data"))
+    parallel = DataParallel.create(config.batch_size)
+    replicated = parallel.replicated
 
     root_key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(root_key)
@@ -349,18 +372,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
                       out_shardings=(replicated, replicated))
 
-    def shard(batch):
-        local = jax.tree.map(lambda x: x[jax.process_index()::jax.process_count()], batch)
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(data_sharding, x),
-                            local)
-
     history = []
     progress = tqdm(range(start_step, config.num_steps), initial=start_step,
                     total=config.num_steps, disable=not is_lead or not config.get("progress", True),
                     desc="train", unit="step")
     tick, seen = time.perf_counter(), 0
     for step in progress:
-        batch = shard(source.batch(step, config.batch_size))
+        batch = parallel.shard(source.batch(step, config.batch_size))
         state, step_metrics = step_fn(state, batch, jax.random.fold_in(train_key, step), decoder)
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         _check_finite(step, values)

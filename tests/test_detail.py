@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 import sys
 
 import jax
@@ -217,7 +218,8 @@ def test_detail_mesh_exports_one_vertex_per_meshed_pixel(tmp_path, batch):
 def test_train_detail_runs_both_phases_and_resumes(tmp_path):
     def tiny(module, **extra):
         config = module.get_config()
-        config.image_size, config.batch_size, config.num_steps = SIZE, 2, 2
+        # Batches of 8: one face per (fake CPU) device.
+        config.image_size, config.batch_size, config.num_steps = SIZE, 8, 2
         config.fine.width, config.fine.depth = 4, 1
         config.log_every, config.checkpoint_every = 1, 1
         config.eval_batches, config.eval_batch_size = 1, 2
@@ -229,6 +231,17 @@ def test_train_detail_runs_both_phases_and_resumes(tmp_path):
     results = detail.train_detail(tiny(detail_supervised), first)
     assert results["coarse/depth_mae_mm"] > 0
     assert set(results) >= {"fine/depth_mae_mm", "fine/normal_deg"}
+    # A run stopped after step 2's checkpoint resumes to the very FineNet of step 3.
+    _, finished, _ = detail.load_detail(first)
+    first_results = dict(results)
+    shutil.rmtree(os.path.join(first, "checkpoints", "2"))
+    config = tiny(detail_supervised)
+    config.num_steps = 2
+    assert detail.train_detail(config, first) == first_results
+    _, resumed, step = detail.load_detail(first)
+    assert step == 2
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7),
+                 resumed.params, finished.params)
     second = str(tmp_path / "sfs")
     config = tiny(detail_sfs, init_workdir=first)
     config.num_steps, config.eval_batches = 1, 0
@@ -289,7 +302,7 @@ def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tm
     for i, image in enumerate(images.to_uint8(images.linear_to_srgb(faces["image"]))):
         Image.fromarray(image).save(photos / f"face{i}.png")
     config = detail_sfs_photos.get_config()
-    config.image_size, config.batch_size, config.num_steps = SIZE, 2, 2
+    config.image_size, config.batch_size, config.num_steps = SIZE, 8, 2
     config.fine.width, config.fine.depth = 4, 1
     config.log_every, config.checkpoint_every = 1, 1
     config.eval_batches, config.eval_batch_size = 0, 2
@@ -310,4 +323,6 @@ def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tm
     with np.load(workdir / "coarse_codes.npz") as saved:
         assert len(saved["keys"]) == 3  # each photo fitted once over training and evaluation
     log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2] and log[-1]["loss/shading_detail"] > 0
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and steps[-1]["loss/shading_detail"] > 0
+    assert log[-1]["eval/photo_faces"] == 3  # the evaluation is logged too
