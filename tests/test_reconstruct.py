@@ -176,7 +176,7 @@ def test_reconstruct_with_detail_writes_the_refined_depth_normals_and_mesh(rende
 
     def finenet(size):  # a FineNet trained for one step, saved the way training saves it
         config = detail_supervised.get_config()
-        config.image_size, config.batch_size, config.num_steps = size, 2, 1
+        config.image_size, config.batch_size, config.num_steps = size, 8, 1
         config.fine.width, config.fine.depth = 4, 1
         config.checkpoint_every, config.eval_batches = 1, 0
         workdir = str(tmp_path / f"fine{size}")
