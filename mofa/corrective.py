@@ -81,7 +81,8 @@ def render_face(model: facemodel.FaceModel, code, camera: render.Camera, space: 
     vertices_camera, albedo = apply(model, code, space, coefficients)
     return render.render_mesh(vertices_camera, albedo, model.triangles, camera,
                               code.illumination, background=background,
-                              landmark_indices=model.landmark_indices)
+                              landmark_indices=model.landmark_indices,
+                              vertex_weight=model.face_mask)
 
 
 # --- mesh operators -----------------------------------------------------------

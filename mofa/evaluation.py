@@ -3,6 +3,11 @@
   * per-vertex error after similarity alignment (mm): mean / median over the
     face region of the Euclidean distance between the reconstructed and true
     neutral-pose meshes, after the best scale + rotation + translation (Umeyama);
+  * separately, what an image can show: the identity shape error (neutral
+    expression, after similarity alignment), the expression deformation error
+    (mm), the albedo RMSE over the face region, and per-component R^2 over the
+    test set of the first 10 identity components and of jaw open, smile, blink
+    and brow raise;
   * landmark NME: mean 2D landmark error over the outer inter-ocular distance;
   * photometric error: mean per-pixel colour distance inside the face region;
   * pose error (degrees of the relative rotation) and illumination error
@@ -27,6 +32,35 @@ from mofa.render import camera as camera_lib
 from mofa.render import sh
 
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 36, 45
+# Expression components whose recovery evaluation reports (R^2), where a model has them.
+R2_EXPRESSIONS = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R",
+                  "browInnerUp_L", "browInnerUp_R", "browOuterUp_L", "browOuterUp_R")
+R2_IDENTITY_COMPONENTS = 10
+
+
+def r_squared(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Coefficient of determination per column (N, K) -> (K,): 1 - SSE / SST."""
+    residual = np.sum((predicted - truth) ** 2, 0)
+    total = np.sum((truth - truth.mean(0)) ** 2, 0)
+    return 1.0 - residual / np.maximum(total, 1e-12)
+
+
+def component_r_squared(model: facemodel.FaceModel, predicted: dict, truth: dict) -> dict:
+    """R^2 of the first identity components and of the named expressions over a test set.
+
+    predicted / truth: {"identity": (N, Ki), "expression": (N, Ke)} codes of N faces.
+    """
+    count = min(R2_IDENTITY_COMPONENTS, predicted["identity"].shape[1])
+    identity = r_squared(predicted["identity"][:, :count], truth["identity"][:, :count])
+    results = {f"r2/identity_{i}": float(v) for i, v in enumerate(identity)}
+    results[f"r2/identity_first{count}_mean"] = float(np.mean(identity))
+    names = list(model.expression_names or ())
+    for name in R2_EXPRESSIONS:
+        if name in names:
+            k = names.index(name)
+            results[f"r2/{name}"] = float(r_squared(predicted["expression"][:, k:k + 1],
+                                                    truth["expression"][:, k:k + 1])[0])
+    return results
 
 
 def similarity_transform(source: jax.Array, target: jax.Array, weights: jax.Array | None = None,
@@ -102,15 +136,38 @@ def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
     results = {}
     if vertex_errors:
         region = model.face_mask > 0.5
+        weight = region.astype(jnp.float32)
+
+        def region_mean(distance):
+            return jnp.sum(distance * weight, -1) / jnp.sum(weight)
+
         pred_shape = facemodel.shape(model, predicted.identity, predicted.expression)
         if shape_offset is not None:
             pred_shape = pred_shape + shape_offset
         true_shape = facemodel.shape(model, target.identity, target.expression)
-        aligned = similarity_align(pred_shape, true_shape, region.astype(jnp.float32))
+        aligned = similarity_align(pred_shape, true_shape, weight)
         distance = jnp.linalg.norm(aligned - true_shape, axis=-1)
         in_region = jnp.where(region, distance, jnp.nan)
         results["vertex_error_mm_mean"] = jnp.nanmean(in_region, -1)
         results["vertex_error_mm_median"] = jnp.nanmedian(in_region, -1)
+        # What an image can show, separately: the neutral identity shape after
+        # similarity alignment (size and distance are confounded), and the expression
+        # deformation (the expression bases carry no similarity motion).
+        zeros = jnp.zeros_like(target.expression)
+        pred_neutral = facemodel.shape(model, predicted.identity, zeros)
+        if shape_offset is not None:
+            pred_neutral = pred_neutral + shape_offset
+        true_neutral = facemodel.shape(model, target.identity, zeros)
+        aligned = similarity_align(pred_neutral, true_neutral, weight)
+        results["identity_shape_error_mm"] = region_mean(
+            jnp.linalg.norm(aligned - true_neutral, axis=-1))
+        deformation = lambda code: facemodel.shape(  # noqa: E731
+            model, jnp.zeros_like(code.identity), code.expression) - model.mean_shape
+        results["expression_error_mm"] = region_mean(
+            jnp.linalg.norm(deformation(predicted) - deformation(target), axis=-1))
+        albedo_diff = (facemodel.albedo(model, predicted.reflectance)
+                       - facemodel.albedo(model, target.reflectance))
+        results["albedo_rmse"] = jnp.sqrt(region_mean(jnp.mean(albedo_diff**2, -1)))
     interocular = jnp.linalg.norm(landmarks[:, RIGHT_EYE_OUTER] - landmarks[:, LEFT_EYE_OUTER],
                                   axis=-1)
     landmark_error = jnp.mean(jnp.linalg.norm(rendered.landmarks - landmarks, axis=-1), -1)
@@ -201,6 +258,7 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
     errors = jax.jit(functools.partial(reconstruction_errors, decoder.face_model, decoder.camera,
                                        vertex_errors=not cross_model))
     totals: dict = {}
+    codes: dict = {"predicted": {}, "truth": {}}
     for i in range(num_batches):
         batch = jax.tree.map(jnp.asarray, source.batch(i, batch_size))
         _, aux = step(state, batch, decoder)
@@ -212,6 +270,11 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
             target = batch_code(batch)
             values = errors(code, target, batch["image"], batch["landmarks"], out, offset)
             values["true_yaw_deg"] = jnp.degrees(jnp.abs(target.rotation[:, 1]))
+            if not cross_model:
+                for field in ("identity", "expression"):
+                    codes["predicted"].setdefault(field, []).append(
+                        np.asarray(getattr(code, field)))
+                    codes["truth"].setdefault(field, []).append(np.asarray(getattr(target, field)))
             if cross_model:
                 values.update(surface_errors(decoder.face_model, code, data_model, target,
                                              offset))
@@ -223,6 +286,11 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
     results = {k: np.concatenate(v)[:num_faces] for k, v in totals.items()}
     yaw = results.pop("true_yaw_deg", None)
     summary = {k: float(np.mean(v)) for k, v in results.items()}
+    if codes["truth"]:
+        summary.update(component_r_squared(
+            decoder.face_model,
+            *({k: np.concatenate(v)[:num_faces] for k, v in side.items()}
+              for side in (codes["predicted"], codes["truth"]))))
     if yaw_split_degrees is not None and yaw is not None:
         for name, keep in ((f"yaw<={yaw_split_degrees:g}", yaw <= yaw_split_degrees),
                            (f"yaw>{yaw_split_degrees:g}", yaw > yaw_split_degrees)):

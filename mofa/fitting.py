@@ -36,20 +36,33 @@ _STAGE_FIELDS = {
 }
 
 
+# The noise model (`losses.NoiseModel`) the fitting weights are derived from: the
+# photometric scale of training, and landmarks trusted to 0.6% of the crop (tighter
+# than training's 1.5%: a fit sees each face's landmarks directly, where an encoder
+# must generalize; the landmark-only stages then land within ~0.5 px of exact ones).
+FIT_NOISE = losses.NoiseModel(photometric_scale=0.05, independent_patches=100.0,
+                              landmark_sigma=0.006)
+_FIT_PHOTOMETRIC = 20.0
+_FIT_PRIOR = FIT_NOISE.prior_weight(_FIT_PHOTOMETRIC)  # 5e-3
+# `_landmark_term` is in percent of the image size squared (1e4 x `landmark_alignment`).
+_FIT_LANDMARK = FIT_NOISE.landmark_weight(_FIT_PHOTOMETRIC) / 1e4  # 0.94
+
+
 @dataclasses.dataclass(frozen=True)
 class FitOptions:
     """Loss weights, Adam step sizes (per field, in the field's units) and stage split.
 
     The landmark term is the mean squared distance in percent of the image
     size (1 px at 128 px = 0.61), the photometric term the robust l2,1 colour
-    distance in linear RGB, the priors the squared standardized codes.
+    distance in linear RGB over the face region's skin, the priors the squared
+    standardized codes; the weights are derived from `FIT_NOISE`.
     """
 
-    landmark: float = 1.0
-    photometric: float = 20.0
-    prior_identity: float = 5e-3
-    prior_expression: float = 5e-3
-    prior_reflectance: float = 2e-3
+    landmark: float = _FIT_LANDMARK
+    photometric: float = _FIT_PHOTOMETRIC
+    prior_identity: float = _FIT_PRIOR
+    prior_expression: float = _FIT_PRIOR
+    prior_reflectance: float = _FIT_PRIOR
     lr_rotation: float = 0.02  # rad
     lr_translation: float = 2.0  # mm
     lr_code: float = 0.05  # standardized units
@@ -130,8 +143,12 @@ def _landmark_term(model, camera, code, landmarks, weight):
     return 1e4 * losses.landmark_alignment(projected, landmarks, weight, float(camera.width))
 
 
-def _objective(model, camera, options, photometric, params, frozen, images, landmarks, weight):
-    code = FaceCode(**params, **frozen)
+def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional[jax.Array],
+              landmarks: jax.Array, weight: jax.Array, options: FitOptions = FitOptions()
+              ) -> jax.Array:
+    """The fitting objective of codes: landmarks + priors, and with `images` the
+    photometric term (the appearance stage's objective)."""
+    photometric = images is not None
     prior = losses.statistical_prior(code)
     geometry = model if photometric else landmark_geometry(model)
     total = (options.landmark * _landmark_term(geometry, camera, code, landmarks, weight)
@@ -139,9 +156,15 @@ def _objective(model, camera, options, photometric, params, frozen, images, land
              + options.prior_expression * prior["prior_expression"])
     if photometric:
         out = render_face(model, code, camera, background=images)
-        total += (options.photometric * losses.photometric_dense(out.image, images, out.mask)
+        total += (options.photometric * losses.photometric_dense(out.image, images, out.mask,
+                                                                 out.region)
                   + options.prior_reflectance * prior["prior_reflectance"])
     return total
+
+
+def _objective(model, camera, options, photometric, params, frozen, images, landmarks, weight):
+    return objective(model, camera, FaceCode(**params, **frozen),
+                     images if photometric else None, landmarks, weight, options)
 
 
 def _run_stage(model, camera, options, stage, steps, fixed, code, images, landmarks, weight):

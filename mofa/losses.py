@@ -10,11 +10,20 @@ All take batched arrays and return a scalar averaged over the batch:
     vertices to detected ones, in units of the image size;
   * `statistical_prior`: squared norms of the standardized codes, per field;
   * `model_space`: InverseFaceNet's loss for supervised synthetic data — the
-    distance of decoded posed geometry (mm) and albedo, not of raw parameters;
+    distance of decoded geometry (mm) and albedo, not of raw parameters, split
+    so no field dominates: pose-normalised shape, the vertex motion a rotation
+    error causes, the image-plane offset and apparent size a translation error
+    causes, albedo and light;
   * `parameter_space`: the plain parameter loss it is compared against.
+
+`NoiseModel` derives the default weights of the self-supervised objective (in
+training and in fitting) from the noise each term's observations carry; see
+its docstring for the derivation.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +33,49 @@ from mofa.code import FaceCode
 from mofa.render import camera as camera_lib
 
 _EPS = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseModel:
+    """The observation noise the self-supervised objective's weights are derived from.
+
+    The objective is read as a negative log posterior, written as 2 x NLL so that
+    the standardized N(0, I) prior is exactly `|code|^2` (`statistical_prior`):
+      * landmarks: 68 points with isotropic Gaussian detector noise of
+        `landmark_sigma` x image size per coordinate; `landmark_alignment` is the
+        mean squared distance in image sizes (L), so 2 NLL = 68 L / landmark_sigma^2;
+      * photometric: the l2,1 colour distance (P, the mean over the face-region
+        pixels) is a Laplace-like likelihood of scale `photometric_scale` (linear
+        RGB; image noise plus what the model cannot explain: hair strands, pores,
+        specularities) over `independent_patches` independent observations (the
+        residual is spatially correlated, so the face counts as that many
+        patches, whatever the resolution), so 2 NLL = 2 N P / b.
+    With the photometric weight fixed (MoFA's 1.92, which sets the overall scale
+    that the learning rate and gradient clipping were tuned for), the prior weight
+    is w_photo b / (2 N) and the landmark weight w_prior 68 / sigma^2.
+
+    Defaults: b = 0.05 (the residual a good fit leaves on photos is 0.05-0.1);
+    N = 90 (a correlation length of 1/16 of the crop over a face region covering
+    ~35% of it); sigma = 0.015 (a 68-point detector's typical error, NME ~0.05 of
+    the inter-ocular distance, which is ~0.3 of the crop width).
+    On rendered faces with pose, albedo and light at the truth, this makes the
+    objective lowest at the ground-truth code (`tests/test_losses.py`).
+    """
+
+    photometric_scale: float = 0.05
+    independent_patches: float = 90.0
+    landmark_sigma: float = 0.015
+
+    def prior_weight(self, photometric_weight: float) -> float:
+        return photometric_weight * self.photometric_scale / (2.0 * self.independent_patches)
+
+    def landmark_weight(self, photometric_weight: float) -> float:
+        return self.prior_weight(photometric_weight) * 68.0 / self.landmark_sigma**2
+
+
+PHOTOMETRIC_WEIGHT = 1.92  # MoFA's; the overall scale
+PRIOR_WEIGHT = NoiseModel().prior_weight(PHOTOMETRIC_WEIGHT)  # 5.3e-4
+LANDMARK_WEIGHT = NoiseModel().landmark_weight(PHOTOMETRIC_WEIGHT)  # 161
 
 
 def _robust_norm(x: jax.Array) -> jax.Array:
@@ -87,27 +139,54 @@ def statistical_prior(code: FaceCode) -> dict:
             for field in ("identity", "expression", "reflectance")}
 
 
-def _posed_vertices(model: facemodel.FaceModel, code: FaceCode) -> jax.Array:
-    vertices = facemodel.shape(model, code.identity, code.expression)
-    rotation = camera_lib.euler_to_matrix(code.rotation)
-    return camera_lib.rigid_transform(vertices, rotation, code.translation)
+def _region_mean(values: jax.Array, region: jax.Array) -> jax.Array:
+    """Mean over the vertices (..., V) weighted by the face region (V,)."""
+    return jnp.sum(values * region, -1) / jnp.maximum(jnp.sum(region), 1e-6)
 
 
 def model_space(model: facemodel.FaceModel, predicted: FaceCode, target: FaceCode,
-                geometry: float = 1.0, albedo: float = 100.0, illumination: float = 1.0
-                ) -> dict:
+                shape: float = 1.0, rotation: float = 1.0, translation: float = 1.0,
+                albedo: float = 100.0, illumination: float = 1.0) -> dict:
     """InverseFaceNet model-space loss: decoded-space distances, not parameter distances.
 
-    geometry: mean squared distance (mm^2 / 100, i.e. cm^2) of posed camera-space
-    vertices; albedo: mean squared per-vertex albedo difference; illumination:
-    squared SH difference. Returns the weighted terms and their sum in "total".
+    Every geometric term is a mean squared distance over the face region in cm^2
+    (mm^2 / 100) of the displacement that field's error causes, so no field
+    dominates the gradient and none is counted twice:
+      shape: pose-normalised (model-space) vertices of identity + expression;
+      rotation: the motion of the true face's (centred) vertices under the
+        rotation error;
+      translation: the image-plane offset (x/z, y/z) times the true distance, and
+        the apparent-size change (log distance ratio) times the face's RMS radius
+        (size and distance are confounded; only their ratio is seen);
+    albedo: mean squared per-vertex albedo difference over the face region;
+    illumination: squared SH difference. Returns the weighted terms and "total".
     """
-    geo = jnp.mean(jnp.sum((_posed_vertices(model, predicted)
-                            - _posed_vertices(model, target)) ** 2, -1)) / 100.0
-    alb = jnp.mean((facemodel.albedo(model, predicted.reflectance)
-                    - facemodel.albedo(model, target.reflectance)) ** 2)
-    light = jnp.mean(jnp.sum((predicted.illumination - target.illumination) ** 2, (-2, -1)))
-    terms = {"geometry": geometry * geo, "albedo": albedo * alb, "illumination": illumination * light}
+    region = model.face_mask
+    true_shape = facemodel.shape(model, target.identity, target.expression)
+    pred_shape = facemodel.shape(model, predicted.identity, predicted.expression)
+    geo = _region_mean(jnp.sum((pred_shape - true_shape) ** 2, -1), region)
+    centre = jnp.sum(true_shape * region[:, None], -2, keepdims=True) / jnp.maximum(
+        jnp.sum(region), 1e-6)
+    centred = true_shape - centre
+    delta_r = camera_lib.euler_to_matrix(predicted.rotation) - camera_lib.euler_to_matrix(
+        target.rotation)
+    rot = _region_mean(jnp.sum(jnp.einsum("...ij,...vj->...vi", delta_r, centred) ** 2, -1),
+                       region)
+    radius_sq = _region_mean(jnp.sum(centred**2, -1), region)
+    depth_p, depth_t = -predicted.translation[..., 2], -target.translation[..., 2]
+    safe = lambda d: jnp.maximum(d, 1.0)  # noqa: E731 (mm; faces are far in front)
+    lateral = (predicted.translation[..., :2] / safe(depth_p)[..., None]
+               - target.translation[..., :2] / safe(depth_t)[..., None]) * depth_t[..., None]
+    size = jnp.log(safe(depth_p) / safe(depth_t))
+    trans = jnp.sum(lateral**2, -1) + radius_sq * size**2
+    alb = _region_mean(jnp.mean((facemodel.albedo(model, predicted.reflectance)
+                                 - facemodel.albedo(model, target.reflectance)) ** 2, -1),
+                       region)
+    light = jnp.sum((predicted.illumination - target.illumination) ** 2, (-2, -1))
+    terms = {"shape": shape * geo / 100.0, "rotation": rotation * rot / 100.0,
+             "translation": translation * trans / 100.0, "albedo": albedo * alb,
+             "illumination": illumination * light}
+    terms = {k: jnp.mean(v) for k, v in terms.items()}
     terms["total"] = sum(terms.values())
     return terms
 

@@ -110,9 +110,11 @@ ENCODERS = {
 }
 
 
-# Output scaling: one unit of the raw head output moves each field by this much.
+# Output scaling: one unit of the raw head output moves each field by this much, about
+# the field's spread in training crops, so no field's outputs (and their gradients into
+# the shared backbone) are orders of magnitude larger than the others'.
 ROTATION_SCALE = 0.5  # radians
-TRANSLATION_SCALE = (100.0, 100.0, 300.0)  # mm
+TRANSLATION_SCALE = (10.0, 10.0, 50.0)  # mm: crop centring jitter, distance spread
 CODE_SCALE = 1.0  # standardized identity / expression / reflectance
 LIGHT_SCALE = 1.0  # SH radiance coefficients
 

@@ -59,12 +59,13 @@ def weights_from_config(cls, config: ml_collections.ConfigDict):
 class LossWeights:
     """Static loss weights (hashable, closed over by the jitted step)."""
 
-    photometric: float = 1.92
+    # Derived from the observation noise: `losses.NoiseModel`.
+    photometric: float = losses.PHOTOMETRIC_WEIGHT
     vertex_photometric: float = 0.0
-    landmark: float = 1.0
-    prior_identity: float = 2.9e-5 * 255
-    prior_expression: float = 2.9e-5 * 255
-    prior_reflectance: float = 2.9e-5 * 255
+    landmark: float = losses.LANDMARK_WEIGHT
+    prior_identity: float = losses.PRIOR_WEIGHT
+    prior_expression: float = losses.PRIOR_WEIGHT
+    prior_reflectance: float = losses.PRIOR_WEIGHT
     model_space: float = 0.0
     parameter: float = 0.0
     corrective_shape_smoothness: float = 0.0
@@ -95,25 +96,20 @@ def batch_code(batch: dict) -> FaceCode:
     return FaceCode(**{f.name: batch[f"code/{f.name}"] for f in dataclasses.fields(FaceCode)})
 
 
-def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weights: LossWeights,
-                   inputs=None, train: bool = True):
-    """Encodes, renders and scores a batch; returns (total, (terms, new_batch_stats, aux))."""
+def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeights,
+              space: dict | None = None, coefficients: dict | None = None) -> tuple:
+    """The training objective of codes (and corrective coefficients) on a batch.
+
+    Returns (total, terms, diagnostics, render output); `terms` are named like
+    their `LossWeights`, `diagnostics` (the model-space parts) are not summed.
+    """
     model = decoder.face_model
-    variables = {"params": params, "batch_stats": batch_stats}
-    inputs = batch["image"] if inputs is None else inputs
-    if train:
-        raw, updates = apply_fn(variables, inputs, train=True, mutable=["batch_stats"])
-        new_batch_stats = updates["batch_stats"]
-    else:
-        raw = apply_fn(variables, inputs, train=False)
-        new_batch_stats = batch_stats
-    space = params.get("corrective")  # the learned corrective bases, if the level is on
-    code, coefficients = networks.decode_outputs(raw, model, space)
     out = corrective.render_face(model, code, decoder.camera, space, coefficients,
                                  background=batch["image"])
     size = float(decoder.camera.width)
     terms = {
-        "photometric": losses.photometric_dense(out.image, batch["image"], out.mask),
+        # Only the face region's skin: hair, ears, neck and background are not modelled.
+        "photometric": losses.photometric_dense(out.image, batch["image"], out.mask, out.region),
         "vertex_photometric": losses.photometric_vertex(
             batch["image"], out.screen_vertices, out.vertex_colors, out.vertex_visibility,
             model.face_mask[None]),
@@ -121,9 +117,12 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
                                               batch["landmark_weight"], size),
         **losses.statistical_prior(code),
     }
+    diagnostics = {}
     if weights.model_space or weights.parameter:
         target = batch_code(batch)
-        terms["model_space"] = losses.model_space(model, code, target)["total"]
+        parts = losses.model_space(model, code, target)
+        terms["model_space"] = parts.pop("total")
+        diagnostics = {f"model_space_{k}": v for k, v in parts.items()}
         terms["parameter"] = losses.parameter_space(code, target)
     if space is not None:
         terms.update(corrective.regularizers(space, coefficients, decoder.mesh))
@@ -133,11 +132,29 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
         terms["identity_consistency"] = corrective.identity_consistency(
             identity, batch["person_id"])
     total = sum(getattr(weights, name) * value for name, value in terms.items())
+    return total, terms, diagnostics, out
+
+
+def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weights: LossWeights,
+                   inputs=None, train: bool = True):
+    """Encodes, renders and scores a batch; returns (total, (terms, new_batch_stats, aux))."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    inputs = batch["image"] if inputs is None else inputs
+    if train:
+        raw, updates = apply_fn(variables, inputs, train=True, mutable=["batch_stats"])
+        new_batch_stats = updates["batch_stats"]
+    else:
+        raw = apply_fn(variables, inputs, train=False)
+        new_batch_stats = batch_stats
+    space = params.get("corrective")  # the learned corrective bases, if the level is on
+    code, coefficients = networks.decode_outputs(raw, decoder.face_model, space)
+    total, terms, diagnostics, out = objective(code, batch, decoder, weights, space,
+                                               coefficients)
     landmark_px = jnp.sum(jnp.linalg.norm(out.landmarks - batch["landmarks"], axis=-1)
                           * batch["landmark_weight"]) / jnp.maximum(
                               jnp.sum(batch["landmark_weight"]), 1.0)
     aux = {"code": code, "corrective": coefficients, "render": out,
-           "landmark_error_px": landmark_px}
+           "landmark_error_px": landmark_px, "diagnostics": diagnostics}
     return total, (terms, new_batch_stats, aux)
 
 
@@ -155,7 +172,8 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, decoder: Decoder,
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics_ = {"loss": total, "grad_norm": optax.tree.norm(grads),
                 "landmark_error_px": aux["landmark_error_px"],
-                **{f"loss/{k}": v for k, v in terms.items()}}
+                **{f"loss/{k}": v for k, v in terms.items()},
+                **{f"loss/{k}": v for k, v in aux["diagnostics"].items()}}
     return new_state, metrics_
 
 

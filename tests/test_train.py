@@ -43,67 +43,6 @@ def tiny_config(**overrides):
     return config
 
 
-# --- losses -------------------------------------------------------------------
-
-
-def test_photometric_dense_is_the_mean_pixel_distance_in_the_mask():
-    rendered = jnp.zeros((2, 4, 4, 3))
-    target = rendered.at[:, :2].set(jnp.array([3.0, 4.0, 0.0]))  # distance 5 in the top half
-    mask = jnp.ones((2, 4, 4))
-    assert float(losses.photometric_dense(rendered, target, mask)) == pytest.approx(2.5, rel=1e-4)
-    top_only = mask.at[:, 2:].set(0.0)
-    assert float(losses.photometric_dense(rendered, target, top_only)) == pytest.approx(5.0, rel=1e-4)
-    assert float(losses.photometric_dense(rendered, target, mask, skin_mask=1.0 - top_only)) \
-        == pytest.approx(0.0, abs=1e-3)
-    grad = jax.grad(lambda r: losses.photometric_dense(r, r, mask))(rendered)
-    assert np.all(np.isfinite(grad))  # robust norm is differentiable at zero residual
-
-
-def test_bilinear_sampling_and_vertex_photometric():
-    ramp = jnp.broadcast_to(jnp.arange(8.0)[None, None, :, None], (1, 8, 8, 3))  # value = column
-    points = jnp.array([[[2.5, 3.5], [4.0, 1.5], [6.25, 6.5]]])  # pixel centre at +0.5
-    np.testing.assert_allclose(losses.bilinear_sample(ramp, points)[0, :, 0], [2.0, 3.5, 5.75],
-                               atol=1e-6)
-    colours = losses.bilinear_sample(ramp, points)
-    visible = jnp.array([[True, True, False]])
-    screen = jnp.concatenate([points, jnp.ones((1, 3, 1))], -1)
-    assert float(losses.photometric_vertex(ramp, screen, colours, visible)) == pytest.approx(
-        0.0, abs=1e-3)
-    shifted = colours + jnp.array([0.0, 0.0, 2.0])
-    assert float(losses.photometric_vertex(ramp, screen, shifted, visible)) == pytest.approx(
-        2.0, rel=1e-3)
-    # Gradient w.r.t. position follows the image gradient (1 per pixel along x).
-    grad = jax.grad(lambda s: jnp.sum(losses.bilinear_sample(ramp, s)[..., 0]))(points)
-    np.testing.assert_allclose(grad[0, :, 0], 1.0, atol=1e-5)
-
-
-def test_landmark_and_prior_terms(builtin_model):
-    predicted = jnp.zeros((2, 68, 2))
-    target = predicted.at[..., 0].set(6.4)
-    weight = jnp.ones((2, 68)).at[:, 34:].set(0.0)
-    assert float(losses.landmark_alignment(predicted, target, weight, 64.0)) == pytest.approx(0.01)
-    code = FaceCode.neutral(builtin_model, (2,))
-    code = code.replace(identity=code.identity.at[:, 0].set(2.0))
-    prior = losses.statistical_prior(code)
-    assert float(prior["prior_identity"]) == pytest.approx(4.0)
-    assert float(prior["prior_expression"]) == 0.0
-
-
-def test_model_space_loss_measures_decoded_geometry(builtin_model):
-    model = builtin_model
-    base = FaceCode.neutral(model, (1,))
-    moved = base.replace(translation=base.translation + jnp.array([3.0, 4.0, 0.0]))
-    terms = losses.model_space(model, moved, base)
-    assert float(terms["geometry"]) == pytest.approx(25.0 / 100.0, rel=1e-4)  # 5 mm -> cm^2
-    assert float(terms["albedo"]) == 0.0
-    # One std of the first identity component costs its std^2 / V in mm^2 (unit-norm basis).
-    shaped = base.replace(identity=base.identity.at[:, 0].set(1.0))
-    expected = float(model.identity_std[0]) ** 2 / model.num_vertices / 100.0
-    assert float(losses.model_space(model, shaped, base)["geometry"]) == pytest.approx(
-        expected, rel=1e-3)
-    assert float(losses.parameter_space(shaped, base)) == pytest.approx(1.0)
-
-
 def test_encoder_head_starts_at_the_neutral_code(builtin_model):
     model = builtin_model
     encoder = networks.FaceEncoder(backbone="resnet18", output_size=networks.code_size(model),

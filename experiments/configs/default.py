@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from mofa import losses
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -34,16 +36,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.corrective.shape_dim = 0
     config.corrective.albedo_dim = 0
 
-    # MoFA's loss: dense photometric + landmarks + statistical prior. MoFA weighs
-    # the photometric term 1.92 and the prior 2.9e-5 with colours in [0, 255]; our
-    # colours are in [0, 1], so the prior weight is scaled by 255 to keep the balance.
+    # MoFA's loss: dense photometric (face-region skin) + landmarks + statistical
+    # prior, weighted by the observation noise of each term (derivation:
+    # `mofa.losses.NoiseModel`): photometric 1.92, prior 5.3e-4, landmarks 161.
     config.loss = ml_collections.ConfigDict()
-    config.loss.photometric = 1.92
+    config.loss.photometric = losses.PHOTOMETRIC_WEIGHT
     config.loss.vertex_photometric = 0.0
-    config.loss.landmark = 1.0
-    config.loss.prior_identity = 2.9e-5 * 255
-    config.loss.prior_expression = 2.9e-5 * 255
-    config.loss.prior_reflectance = 2.9e-5 * 255
+    config.loss.landmark = losses.LANDMARK_WEIGHT
+    config.loss.prior_identity = losses.PRIOR_WEIGHT
+    config.loss.prior_expression = losses.PRIOR_WEIGHT
+    config.loss.prior_reflectance = losses.PRIOR_WEIGHT
     config.loss.model_space = 0.0
     config.loss.parameter = 0.0
     # Corrective-level regularizers and identity consistency across images of a person.

@@ -15,7 +15,6 @@ def get_config():
     config.num_steps = 1400
     config.learning_rate = 1e-3
     config.warmup_steps = 50
-    config.loss.landmark = 50.0
     config.log_every = 25
     config.image_every = 350
     config.checkpoint_every = 350

@@ -26,6 +26,9 @@ class RenderOutput:
     vertex_visibility: jax.Array  # (B, V) bool: in the image, front-facing, passes the z-test
     landmarks: Optional[jax.Array]  # (B, L, 2) pixel positions of the landmark vertices
     triangle_id: jax.Array  # (B, H, W) int32, -1 on background
+    # (B, H, W) the interpolated per-vertex `vertex_weight` (e.g. a face model's skin
+    # region) where the mesh covers the pixel, 0 elsewhere; equal to `mask` without one.
+    region: Optional[jax.Array] = None
 
 
 def vertex_visibility(screen_vertices, normals_camera, vertices_camera, depth_map, mask,
@@ -47,10 +50,12 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
                 camera: camera_lib.Camera, illumination: jax.Array,
                 background: Optional[jax.Array] = None,
                 landmark_indices: Optional[jax.Array] = None,
-                slots_per_pixel: float = 2.0) -> RenderOutput:
+                slots_per_pixel: float = 2.0,
+                vertex_weight: Optional[jax.Array] = None) -> RenderOutput:
     """Renders a batch of camera-space meshes (B, V, 3) with per-vertex albedo (B, V, 3).
 
-    illumination: (B, 9, 3) SH radiance; background: (B, H, W, 3), (3,) or None (black).
+    illumination: (B, 9, 3) SH radiance; background: (B, H, W, 3), (3,) or None (black);
+    vertex_weight: (V,) or (B, V) weights interpolated into `RenderOutput.region`.
     """
     if vertices_camera.ndim != 3 or vertices_camera.shape[-1] != 3:
         raise ValueError(f"vertices have shape {tuple(vertices_camera.shape)}, expected (B, V, 3)")
@@ -68,7 +73,11 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
                                  slots_per_pixel=slots_per_pixel)
     tri_id = fragments.triangle_id
     bary = raster.barycentrics(screen, triangles, tri_id)
-    attributes = jnp.concatenate([albedo, normals, screen[..., 2:]], axis=-1)
+    if vertex_weight is None:
+        vertex_weight = jnp.ones(vertices_camera.shape[:2], vertices_camera.dtype)
+    vertex_weight = jnp.broadcast_to(vertex_weight, vertices_camera.shape[:2])
+    attributes = jnp.concatenate([albedo, normals, screen[..., 2:], vertex_weight[..., None]],
+                                 axis=-1)
     pixels = raster.interpolate(attributes, triangles, tri_id, bary)
     mask = (tri_id >= 0).astype(vertices_camera.dtype)
     pixel_normals = facemodel.safe_normalize(pixels[..., 3:6]) * mask[..., None]
@@ -85,7 +94,8 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
     return RenderOutput(image=image, mask=mask, depth=depth, normals=pixel_normals,
                         screen_vertices=screen, vertex_colors=vertex_colors,
                         vertex_visibility=visibility,
-                        landmarks=landmarks, triangle_id=tri_id)
+                        landmarks=landmarks, triangle_id=tri_id,
+                        region=jax.lax.stop_gradient(pixels[..., 7]) * mask)
 
 
 def face_geometry(model: FaceModel, code) -> tuple[jax.Array, jax.Array]:
@@ -106,4 +116,4 @@ def render_face(model: FaceModel, code, camera: camera_lib.Camera,
     vertices_camera, albedo = face_geometry(model, code)
     return render_mesh(vertices_camera, albedo, model.triangles, camera, code.illumination,
                        background=background, landmark_indices=model.landmark_indices,
-                       slots_per_pixel=slots_per_pixel)
+                       slots_per_pixel=slots_per_pixel, vertex_weight=model.face_mask)
