@@ -4,9 +4,21 @@ import os
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from mofa import facemodel
 from mofa.facemodel import builtin
+from mofa.facemodel.model import (
+    nonrigid_rms,
+    remove_similarity,
+    similarity_fields,
+    similarity_share,
+)
+
+# ICT-FaceKit's identity space, measured by benchmarks/identity_spectrum.py: RMS per-vertex
+# displacement (mm) over its face mask of a random identity after removing its similarity
+# part. The builtin model is scaled to match it.
+ICT_NONRIGID_RMS = 4.06
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +105,20 @@ def test_expression_magnitudes(builtin_model, arrays):
     fields = arrays["expression_basis"] * arrays["expression_std"][:, None, None]
     jaw = fields[names.index("jawOpen")]
     chin = np.argmin(arrays["mean_shape"][:, 1] + 1e3 * np.abs(arrays["mean_shape"][:, 0]))
-    assert 8.0 < np.linalg.norm(jaw[chin]) < 20.0 and jaw[chin, 1] < 0  # chin drops
+    # Relative to the nose tip: the similarity part of the jaw rotation (about half of
+    # it: the upper face counter-rotates) was removed, so the chin alone moves less.
+    tip = np.asarray(builtin_model.landmark_indices)[30]
+    drop = jaw[chin] - jaw[tip]
+    assert 8.0 < np.linalg.norm(drop) < 20.0 and drop[1] < 0  # chin drops
+    lips = np.asarray(builtin_model.landmark_indices)[[62, 66]]
+    assert 6.0 < jaw[lips[0], 1] - jaw[lips[1], 1] < 15.0  # the mouth opens
     blink = fields[names.index("eyeBlink_L")]
     assert blink[:, 1].min() < -6.0  # the upper lid comes down over the eye
-    moved = np.linalg.norm(blink, axis=1) > 0.1
-    assert np.all(arrays["mean_shape"][moved, 0] > 0)  # left eye only
+    # Left eye only; the rest of the head moves by the small similarity transform that
+    # was removed from the designed field (a few tenths of a millimetre).
+    moved = np.linalg.norm(blink, axis=1) > 1.0
+    assert np.all(arrays["mean_shape"][moved, 0] > 0)
+    assert np.linalg.norm(blink[arrays["mean_shape"][:, 0] < 0], axis=1).max() < 0.5
 
 
 def test_nose_tip_normal_points_forward(builtin_model):
@@ -178,3 +199,109 @@ def test_load_uses_cache(builtin_model):
     np.testing.assert_array_equal(np.asarray(again.mean_shape),
                                   np.asarray(builtin_model.mean_shape))
     assert again.expression_names == builtin_model.expression_names
+
+
+# ---------------------------------------------------------------------------
+# Similarity transforms: the part of a shape change that looks like pose and distance.
+
+
+def _cloud(seed=0, n=300):
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(n, 3)) * np.array([60.0, 80.0, 40.0]) + np.array([5.0, -3.0, 20.0])
+    weights = rng.uniform(0.0, 1.0, n)
+    weights[: n // 5] = 0.0  # the removal must also act where the weight is 0
+    return rng, points, weights
+
+
+def _weighted_inner(a, b, weights):
+    return np.einsum("...vc,v,...vc->...", a, weights, b)
+
+
+def test_similarity_fields_are_first_order_similarity_transforms():
+    _, p, w = _cloud()
+    s = similarity_fields(p, w)
+    assert s.shape == (7,) + p.shape
+    c = (w @ p) / w.sum()
+    eps = 1e-6
+    for axis in range(3):
+        np.testing.assert_allclose(s[axis], np.broadcast_to(np.eye(3)[axis], p.shape))
+        angles = np.zeros(3)
+        angles[axis] = eps
+        rot = Rotation.from_rotvec(angles).as_matrix()
+        moved = (p - c) @ rot.T + c
+        np.testing.assert_allclose(s[3 + axis], (moved - p) / eps, atol=1e-3)
+    np.testing.assert_allclose(s[6], p - c)
+
+
+def test_remove_similarity_analytic():
+    rng, p, w = _cloud()
+    s = similarity_fields(p, w)
+    # A pure similarity field (any combination of the 7) is removed entirely.
+    pure = np.einsum("a,avc->vc", rng.normal(size=7) * [3, 3, 3, 0.05, 0.05, 0.05, 0.02], s)
+    assert np.abs(remove_similarity(pure, p, w)).max() < 1e-9 * np.abs(pure).max() + 1e-9
+    # A field weighted-orthogonal to all 7 directions is unchanged.
+    g = rng.normal(size=p.shape)
+    gram = np.einsum("avc,v,bvc->ab", s, w, s)
+    orthogonal = g - np.einsum("a,avc->vc", np.linalg.solve(gram, _weighted_inner(s, g, w)), s)
+    np.testing.assert_allclose(_weighted_inner(s, orthogonal, w), 0.0, atol=1e-8)
+    np.testing.assert_allclose(remove_similarity(orthogonal, p, w), orthogonal, atol=1e-9)
+    # Any field: the result is weighted-orthogonal to the 7 directions, and what was
+    # removed is one similarity field at every vertex, the zero-weight ones included.
+    fields = rng.normal(size=(4,) + p.shape) + pure
+    kept = remove_similarity(fields, p, w)
+    assert kept.shape == fields.shape
+    inner = np.einsum("kvc,v,avc->ka", kept, w, s)
+    assert np.abs(inner).max() < 1e-9 * np.abs(np.einsum("kvc,v,avc->ka", fields, w, s)).max()
+    removed = (fields - kept).reshape(4, -1)
+    coeffs = np.linalg.lstsq(s.reshape(7, -1).T, removed.T, rcond=None)[0]
+    np.testing.assert_allclose(coeffs.T @ s.reshape(7, -1), removed, atol=1e-9)
+    # Shares: all similarity, none, and in between.
+    assert similarity_share(pure[None], None, p, w) == pytest.approx(1.0, abs=1e-9)
+    assert similarity_share(orthogonal[None], [2.0], p, w) == pytest.approx(0.0, abs=1e-9)
+    mixed = np.stack([pure, orthogonal])
+    energy = _weighted_inner(mixed, mixed, w)
+    assert similarity_share(mixed, None, p, w) == pytest.approx(energy[0] / energy.sum())
+    expected = np.sqrt(4.0 * energy[1] / w.sum())
+    assert nonrigid_rms(mixed, [1.0, 2.0], p, w) == pytest.approx(expected)
+
+
+def _share(arrays, space):
+    return similarity_share(arrays[f"{space}_basis"], arrays[f"{space}_std"],
+                            arrays["mean_shape"], arrays["face_mask"])
+
+
+def test_identity_space_has_no_similarity_part(arrays):
+    """Rigid motion and scale of the face are pose and distance, not identity (was ~78%)."""
+    assert _share(arrays, "identity") < 0.01
+
+
+def test_expression_bases_have_no_similarity_part(builtin_model, arrays):
+    assert _share(arrays, "expression") < 0.01
+    for k, name in enumerate(builtin_model.expression_names):
+        one = {"expression_basis": arrays["expression_basis"][k:k + 1],
+               "expression_std": arrays["expression_std"][k:k + 1]}
+        assert _share({**arrays, **one}, "expression") < 0.01, name
+
+
+def test_identity_nonrigid_spread_like_ict(arrays):
+    """A random identity moves the face like ICT-FaceKit's does, and its leading
+    components are large (mm at one std, somewhere on the face)."""
+    spread = nonrigid_rms(arrays["identity_basis"], arrays["identity_std"],
+                          arrays["mean_shape"], arrays["face_mask"])
+    assert 0.8 < spread / ICT_NONRIGID_RMS < 1.25
+    fields = arrays["identity_basis"][:6] * arrays["identity_std"][:6, None, None]
+    on_face = arrays["face_mask"] > 0.5
+    assert np.all(np.linalg.norm(fields[:, on_face], axis=2).max(1) > 3.0)
+
+
+def test_ict_reference_spread(builtin_model, ict_dir, arrays):
+    """ICT_NONRIGID_RMS is what ICT-FaceKit measures, about half of whose face-region
+    identity variance is similarity transform."""
+    ict = facemodel.load(f"ict:{ict_dir}")
+    args = [np.asarray(a, np.float64) for a in
+            (ict.identity_basis, ict.identity_std, ict.mean_shape, ict.face_mask)]
+    assert nonrigid_rms(*args) == pytest.approx(ICT_NONRIGID_RMS, abs=0.05)
+    assert 0.3 < similarity_share(*args) < 0.7
+    spread = nonrigid_rms(arrays["identity_basis"], arrays["identity_std"],
+                          arrays["mean_shape"], arrays["face_mask"])
+    assert 0.8 < spread / nonrigid_rms(*args) < 1.25

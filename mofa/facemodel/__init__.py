@@ -1,6 +1,7 @@
 """Face models: one `FaceModel` pytree for every source, loaded by `load(SPEC)`.
 
-SPEC is one of `builtin`, `ict:PATH`, `bfm2009:PATH`, `bfm2017:PATH`, `flame:PATH`.
+SPEC is one of `builtin`, `ict:PATH`, `bfm2009:PATH`, `bfm2017:PATH`, `flame:PATH`, or
+`npz:PATH` for a model saved with `save_npz` (e.g. a converted or cut-down model).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mofa.facemodel.model import (
     vertex_normals,
 )
 
-KINDS = ("builtin", "ict", "bfm2009", "bfm2017", "flame")
+KINDS = ("builtin", "ict", "bfm2009", "bfm2017", "flame", "npz")
 
 
 def cache_dir() -> str:
@@ -59,6 +60,8 @@ def load(spec: str, **options) -> FaceModel:
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"face model {kind}: no such file or folder: {path}")
+    if kind == "npz":
+        return load_npz(path)
     if kind == "ict":
         from mofa.facemodel import ict
         return ict.load(path, **options)

@@ -3,11 +3,16 @@
 The mean face is a regular (u, v) grid mapped onto a superquadric head and
 sculpted with smooth analytic features (brow ridge, eye sockets with eyeballs
 and lids, nose, lips, chin, cheekbones, jaw line). The identity space is a
-Gaussian-process morphable model (Luethi et al. 2017): a multi-scale,
-mirror-symmetric, spatially weighted RBF kernel whose leading eigenfunctions
-are computed on a subsample and Nystroem-interpolated to every vertex.
-Expressions are hand-made localized displacement fields with ARKit-like names;
-albedo components cover skin tone, regional colour and smooth spatial variation.
+Gaussian-process morphable model (Luethi et al. 2017): a sum of multi-scale,
+mirror-symmetric, spatially weighted RBF kernels (one over the head, one per
+facial feature) whose leading eigenfunctions are computed on a subsample and
+Nystroem-interpolated to every vertex. Expressions are hand-made localized
+displacement fields with ARKit-like names; albedo components cover skin tone,
+regional colour and smooth spatial variation.
+
+Neither identity nor expression components contain a similarity transform
+(rigid motion or uniform scale) of the face mask: that is head pose and camera
+distance, which an image cannot tell from shape (model.remove_similarity).
 
 Every basis row (V, 3) has unit Frobenius norm, so a component's std is the
 Frobenius norm (mm, or linear-RGB units for albedo) of its field at code 1.
@@ -21,9 +26,9 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.linalg import eigh
 
-from mofa.facemodel.model import FaceModel, from_numpy, load_npz, save_npz
+from mofa.facemodel.model import FaceModel, from_numpy, load_npz, remove_similarity, save_npz
 
-VERSION = "2"
+VERSION = "3"
 
 _NU, _NV = 121, 101  # grid columns (azimuth) x rows (height): 12,221 vertices
 _THETA_MAX = np.deg2rad(105.0)  # past the jaw angle towards the ears
@@ -260,6 +265,8 @@ class _Face:
         ellipse = np.hypot(self.x / 66.0, (self.y - 5.0) / 94.0)
         self.face_region = _smoothstep(1.0, 0.8, ellipse) * self.front * self.above_jaw
         self.skin = 1.0 - self.eyeball
+        # The model's face_mask: skin of the face region, not the eyeballs or mouth slit.
+        self.mask = self.face_region * self.skin * (1.0 - self.mouth_line)
 
     def mirrored(self, field):
         """The mirror image of a (V, 3) field: M f(mirror(p))."""
@@ -269,10 +276,49 @@ class _Face:
 # ---------------------------------------------------------------------------
 # Identity: a Gaussian-process morphable model.
 
-# (length mm, std mm); lengths halve so every kernel is a power of the widest one.
-_ID_SCALES = ((80.0, 4.0), (40.0, 2.0), (20.0, 1.2), (10.0, 0.6))
-_ID_AXIS_STD = np.array([1.0, 0.9, 1.15])  # depth varies most, height least
+# The identity covariance is a sum of independent Gaussian processes (Luethi et al.
+# 2017): one over the whole head for the proportions of the face, and one per
+# anatomical feature, weighted by a smooth bump around it, so that the strongest
+# components are the shape changes that tell people apart (face width, nose,
+# chin, cheekbones, brow ridge, jaw) rather than a smooth wobble of everything.
+# Per term: (length mm, std mm) scales, each length half the previous one so every
+# kernel is a power of the widest; per-axis std factors (x, y, z); eigenfields per
+# axis. Amplitudes are set so that a random identity moves the face-mask vertices
+# by ~4 mm RMS after removing its similarity part, like ICT-FaceKit's identity
+# space (4.1 mm; benchmarks/identity_spectrum.py).
+_ID_TERMS = {
+    "head": (((80.0, 2.3), (40.0, 1.4), (20.0, 0.5), (10.0, 0.2)), (1.0, 0.9, 1.15), 60),
+    "nose": (((20.0, 6.0), (10.0, 1.2)), (0.9, 0.7, 1.3), 15),
+    "chin": (((40.0, 6.0), (20.0, 1.2)), (0.6, 1.0, 1.2), 12),
+    "cheekbones": (((40.0, 5.5), (20.0, 1.2)), (0.9, 0.6, 1.2), 12),
+    "brow_ridge": (((40.0, 4.5), (20.0, 1.0)), (0.4, 0.7, 1.2), 12),
+    "jaw": (((40.0, 6.5), (20.0, 1.5)), (1.2, 0.8, 0.8), 12),
+    "lips": (((20.0, 3.0), (10.0, 0.8)), (0.7, 0.8, 1.0), 12),
+}
 _ID_COMPONENTS = 100
+_ID_RIM = 0.15  # identity variation at the rim and behind the jaw, relative to the face
+
+
+def _identity_weights(face):
+    """{term: (V,) amplitude weight} of the identity GP terms (all mirror symmetric)."""
+    ax, y = np.abs(face.x), face.y
+    front = _smoothstep(0.0, 0.5, np.cos(face.theta))
+    deg = np.rad2deg(np.abs(face.theta))
+    return {
+        # Full variation on the face, about a third of it at the rim and behind the jaw.
+        "head": 0.35 + 0.65 * _smoothstep(0.0, 0.8, face.face_region + 0.3 * face.front),
+        "nose": _gauss(face.x, 11.0) * _gauss(y + 2.0, 20.0) * front,
+        "chin": _gauss(face.x, 22.0) * _gauss(y + 78.0, 13.0) * front,
+        "cheekbones": _gauss(ax - 46.0, 13.0) * _gauss(y - 8.0, 13.0) * front,
+        "brow_ridge": _gauss(face.x, 34.0) * _gauss(y - 45.0, 9.0) * front,
+        "jaw": _gauss(deg - 68.0, 16.0) * _gauss(y + 64.0, 18.0),
+        "lips": _gauss(face.x, 20.0) * _gauss(y - _MOUTH_Y, 9.0) * front,
+    }
+
+
+def _identity_fade(face):
+    """1 over the face region, falling to _ID_RIM at the rim of the mesh."""
+    return _ID_RIM + (1.0 - _ID_RIM) * _smoothstep(0.0, 0.5, face.face_region)
 
 
 def _rbf(a, b, scales):
@@ -332,18 +378,28 @@ def _orthonormal_components(fields, count):
 
 
 def _identity(face):
-    """Orthonormal identity basis (100, V, 3) and std: the leading 60 eigenfields per
-    displacement axis (more than the ~35 per axis that survive) re-diagonalized."""
-    # Full variation on the face, about a third of it at the rim and behind the jaw.
-    weight = 0.35 + 0.65 * _smoothstep(0.0, 0.8, face.face_region + 0.3 * face.front)
-    eig = _symmetric_eigenfields(face, weight, _ID_SCALES, 60)
+    """Orthonormal identity basis (100, V, 3) and std: the leading eigenfields of every
+    term per displacement axis (x odd, y and z even in x, so every identity is
+    left/right symmetric), their similarity part removed, re-diagonalized."""
+    weights = _identity_weights(face)
     fields = []
-    for axis, sign in ((0, -1.0), (1, 1.0), (2, 1.0)):
-        lam, ext = eig[sign]
-        f = np.zeros((lam.size, face.v.shape[0], 3))
-        f[:, :, axis] = (ext * (_ID_AXIS_STD[axis] * np.sqrt(lam))).T
-        fields.append(f)
-    return _orthonormal_components(np.concatenate(fields), _ID_COMPONENTS)
+    for term, (scales, axis_std, rank) in _ID_TERMS.items():
+        eig = _symmetric_eigenfields(face, weights[term], scales, rank)
+        for axis, sign in ((0, -1.0), (1, 1.0), (2, 1.0)):
+            lam, ext = eig[sign]
+            f = np.zeros((lam.size, face.v.shape[0], 3))
+            f[:, :, axis] = (ext * (axis_std[axis] * np.sqrt(lam))).T
+            fields.append(f)
+    # Rigid motion and uniform scale of the face are pose and distance to a camera,
+    # not identity: keep only what is left after the best similarity transform of
+    # the face mask. Off the face that leaves the transform's lever arm (a degree
+    # of pitch moves the back of the head by millimetres), so the remainder fades
+    # out there, and a second, now small, removal makes the fields exactly
+    # similarity-free over the mask again.
+    fields = remove_similarity(np.concatenate(fields), face.v, face.mask)
+    fields *= _identity_fade(face)[None, :, None]
+    fields = remove_similarity(fields, face.v, face.mask)
+    return _orthonormal_components(fields, _ID_COMPONENTS)
 
 
 # ---------------------------------------------------------------------------
@@ -469,7 +525,7 @@ def _expressions(face):
     for name, field in _left_expressions(face).items():
         names += [f"{name}_L", f"{name}_R"]
         fields += [field, face.mirrored(field)]
-    fields = np.stack(fields)
+    fields = remove_similarity(np.stack(fields), face.v, face.mask)
     std = np.linalg.norm(fields.reshape(len(names), -1), axis=1)
     return tuple(names), fields / std[:, None, None], std
 
@@ -624,12 +680,11 @@ def build() -> FaceModel:
     al_basis, al_std = _albedo_space(face, regions, mean_albedo)
     rows, cols = np.divmod(np.arange(_NV * _NU), _NU)
     uv = np.stack([cols / (_NU - 1), rows / (_NV - 1)], 1)
-    mask = face.face_region * face.skin * (1.0 - face.mouth_line)
     return from_numpy(
         mean_shape=face.v, identity_basis=id_basis, identity_std=id_std,
         expression_basis=ex_basis, expression_std=ex_std,
         albedo_mean=mean_albedo, albedo_basis=al_basis, albedo_std=al_std,
-        triangles=face.triangles, landmark_indices=_landmarks(face), face_mask=mask,
+        triangles=face.triangles, landmark_indices=_landmarks(face), face_mask=face.mask,
         uv_coords=uv, uv_triangles=face.triangles, name="builtin",
         license="Apache-2.0 (generated by mofa)", units="mm", expression_names=names)
 

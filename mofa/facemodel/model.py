@@ -237,3 +237,99 @@ def from_numpy(**fields) -> FaceModel:
 
 def replace(model: FaceModel, **changes) -> FaceModel:
     return dataclasses.replace(model, **changes)
+
+
+# ---------------------------------------------------------------------------
+# Similarity transforms in displacement spaces: the part of a shape change that
+# an image cannot tell from head pose and camera distance.
+
+SIMILARITY_NAMES = ("translate_x", "translate_y", "translate_z",
+                    "rotate_x", "rotate_y", "rotate_z", "scale")
+
+
+def similarity_fields(points, weights) -> np.ndarray:
+    """The 7 infinitesimal similarity transforms of `points` (V, 3) as fields (7, V, 3).
+
+    In the order of SIMILARITY_NAMES: unit translations along x, y, z; rotations
+    omega x (p - c) about the x, y, z axes through c; and the uniform scale p - c,
+    where c is the centroid of `points` weighted by `weights` (V,). To first order
+    every rigid motion plus uniform scaling of the mesh is a combination of them.
+    (Numpy, float64: this is for building and analysing models, not for training.)
+    """
+    p = np.asarray(points, np.float64)
+    w = np.asarray(weights, np.float64)
+    if p.ndim != 2 or p.shape[1] != 3 or w.shape != p.shape[:1]:
+        raise ValueError(f"points {p.shape} and weights {w.shape}: expected (V, 3) and (V,)")
+    q = p - (w @ p) / w.sum()
+    out = np.zeros((7,) + p.shape)
+    for axis in range(3):
+        out[axis, :, axis] = 1.0
+        omega = np.zeros(3)
+        omega[axis] = 1.0
+        out[3 + axis] = np.cross(omega, q)
+    out[6] = q
+    return out
+
+
+def _similarity_projection(fields, points, weights):
+    """Weighted least-squares coefficients (K, 7) of `fields` (K, V, 3) on the 7
+    similarity fields, and those fields (7, V, 3)."""
+    sim = similarity_fields(points, weights)
+    w = np.asarray(weights, np.float64)
+    gram = np.einsum("avc,v,bvc->ab", sim, w, sim)
+    rhs = np.einsum("kvc,v,avc->ka", fields, w, sim)
+    return np.linalg.lstsq(gram, rhs.T, rcond=1e-10)[0].T, sim
+
+
+def remove_similarity(fields, points, weights) -> np.ndarray:
+    """`fields` (K, V, 3) or (V, 3) minus their similarity-transform part.
+
+    Each field f is projected on the 7 fields of `similarity_fields(points, weights)`
+    by weighted least squares, minimising sum_v weights_v |f_v - s_v|^2 over
+    similarity fields s; that best-fitting s is then subtracted at every vertex
+    (also where the weight is 0). The result is orthogonal to every similarity
+    field in the inner product <f, g> = sum_v weights_v f_v . g_v, so it is the
+    shape change that is left after the best rigid motion and uniform scaling of
+    the weighted region.
+    """
+    f = np.asarray(fields, np.float64)
+    single = f.ndim == 2
+    f = f[None] if single else f
+    coeffs, sim = _similarity_projection(f, points, weights)
+    out = f - np.einsum("ka,avc->kvc", coeffs, sim)
+    return out[0] if single else out
+
+
+def _weighted_energy(fields, std, weights):
+    """sum_k std_k^2 sum_v weights_v |fields_kv|^2 (the weighted variance of the space)."""
+    f = np.asarray(fields, np.float64)
+    s = np.ones(f.shape[0]) if std is None else np.asarray(std, np.float64)
+    per = np.einsum("kvc,v,kvc->k", f, np.asarray(weights, np.float64), f)
+    return per * s * s
+
+
+def similarity_share(fields, std, points, weights) -> float:
+    """Fraction of a linear space's weighted variance that is similarity transform.
+
+    The space is the random field sum_k z_k std_k fields_k with z ~ N(0, I); its
+    expected weighted squared norm sum_v weights_v |d_v|^2 splits into the part
+    that `remove_similarity` removes and the part it keeps. Returns removed / total.
+    `std` may be None for fields already scaled to one standard deviation.
+    """
+    f = np.asarray(fields, np.float64)
+    total = _weighted_energy(f, std, weights).sum()
+    kept = _weighted_energy(remove_similarity(f, points, weights), std, weights).sum()
+    return float(1.0 - kept / total)
+
+
+def nonrigid_rms(fields, std, points, weights) -> float:
+    """RMS per-vertex displacement (mm) of a random sample after removing its similarity part.
+
+    For d = sum_k z_k std_k fields_k with z ~ N(0, I), the square root of the expected
+    weighted mean sum_v weights_v |R(d)_v|^2 / sum_v weights_v, where R is
+    `remove_similarity` (linear, so this is exact, not sampled). With weights = a
+    model's face_mask this is the spread of face shapes that an image can see.
+    """
+    f = remove_similarity(np.asarray(fields, np.float64), points, weights)
+    energy = _weighted_energy(f, std, weights).sum()
+    return float(np.sqrt(energy / np.sum(np.asarray(weights, np.float64))))
