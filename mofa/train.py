@@ -382,6 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         initial = evaluation.evaluate_state(config, state, decoder, weights)
         if is_lead:
             evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
+            writer.write_scalars(0, {f"eval/{k}": v for k, v in initial.items()})
 
     if source is None:
         data_model = (facemodel.load(config.data.face_model) if config.data.get("face_model")
@@ -414,6 +415,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
         checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
+        eval_every = config.get("eval_every", 0)
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < config.num_steps:
+            # Learning curves of the test-set metrics (metrics.jsonl, "eval/...").
+            interim = evaluation.evaluate_state(config, state, decoder, weights)
+            writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in interim.items()})
     if checkpoints.latest_step() != config.num_steps:
         checkpoints.save(config.num_steps, args=ocp.args.StandardSave(state), force=True)
     checkpoints.wait_until_finished()

@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_every = 1_000
     config.checkpoint_every = 1_000
     config.checkpoint_keep = 3
+    config.eval_every = 0  # > 0: also evaluate every that many steps (learning curves)
     config.eval_batches = 8
     config.eval_batch_size = 32
     config.progress = True

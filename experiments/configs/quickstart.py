@@ -18,6 +18,7 @@ def get_config():
     config.log_every = 25
     config.image_every = 350
     config.checkpoint_every = 350
+    config.eval_every = 350
     config.eval_batches = 4
     config.eval_batch_size = 32
     return config

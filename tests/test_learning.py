@@ -1,0 +1,109 @@
+"""Training learns the face: short runs on a cut-down builtin model must recover what the
+images show (tests that fail when training is broken, not smoke tests).
+
+The models keep the builtin mesh but only a few large components, so that a run of a
+minute or two at 32-48 px sees them: the point is that the gradient reaches every field
+and the encoder learns it, not the benchmark numbers (README has those).
+"""
+
+import os
+import sys
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mofa import facemodel, metrics, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from experiments.configs import quickstart, synthetic_supervised  # noqa: E402
+
+
+def _cut_down(model, path, identity=(), identity_scale=1.0, expressions=(),
+              expression_scale=1.0, albedo=4):
+    """The builtin model with the given identity components / named expressions only."""
+    identity = list(identity)
+    names = list(model.expression_names)
+    keep = [names.index(n) for n in expressions]
+    small = model.replace(
+        identity_basis=model.identity_basis[jnp.asarray(identity, jnp.int32)],
+        identity_std=model.identity_std[jnp.asarray(identity, jnp.int32)] * identity_scale,
+        expression_basis=model.expression_basis[jnp.asarray(keep, jnp.int32)],
+        expression_std=model.expression_std[jnp.asarray(keep, jnp.int32)] * expression_scale,
+        expression_names=tuple(expressions),
+        albedo_basis=model.albedo_basis[:albedo], albedo_std=model.albedo_std[:albedo])
+    facemodel.save_npz(small, str(path))
+    return f"npz:{path}"
+
+
+# Near-frontal faces at one distance: a minute of training can not yet tell a face's size
+# from its distance, nor a few-mm shape change from a pose change.
+_STEADY = {"max_yaw_degrees": 5.0, "max_pitch_degrees": 3.0, "max_roll_degrees": 2.0,
+           "min_distance_mm": 1000.0, "max_distance_mm": 1000.0}
+
+
+def _short_run(config, size, steps, batch_size=16):
+    config.image_size = size
+    config.encoder.width = 16
+    config.batch_size = batch_size
+    config.num_steps = steps
+    config.warmup_steps = 20
+    config.learning_rate = 1e-3
+    config.log_every = 25
+    config.image_every = 10**6
+    config.checkpoint_every = 10**6
+    config.eval_every = 0
+    config.eval_batches = 2
+    config.eval_batch_size = 32
+    config.progress = False
+    return config
+
+
+def _initial_and_final(workdir):
+    import json
+
+    with open(os.path.join(workdir, "eval_initial.json"), encoding="utf-8") as f:
+        initial = json.load(f)
+    with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as f:
+        return initial, json.load(f)
+
+
+@pytest.mark.slow
+def test_self_supervised_training_learns_expression_and_landmarks(builtin_model, tmp_path):
+    """Photometric + landmarks + prior, no ground truth: the expression error and the
+    landmark error fall well below the untrained encoder's (the neutral mean face)."""
+    config = _short_run(quickstart.get_config(), size=48, steps=250)
+    config.face_model = _cut_down(builtin_model, tmp_path / "model.npz", identity=(1,),
+                                  expressions=("jawOpen", "mouthSmile_L", "mouthSmile_R"),
+                                  expression_scale=3.0)
+    config.data.framing = ml_collections.ConfigDict({**_STEADY, "expression_scale": 1.0})
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+    initial, final = _initial_and_final(str(tmp_path / "work"))
+    # Measured (250 steps): expression 7.6 -> 4.5 mm, NME 0.130 -> 0.094, jawOpen R^2 0.79.
+    assert final["expression_error_mm"] < 0.75 * initial["expression_error_mm"], (initial, final)
+    assert final["landmark_nme"] < 0.85 * initial["landmark_nme"], (initial, final)
+    assert final["r2/jawOpen"] > 0.5, final
+
+
+@pytest.mark.slow
+def test_supervised_training_recovers_the_leading_identity_components(builtin_model, tmp_path):
+    """The model-space loss alone recovers identity components (R^2 over the test faces)."""
+    config = _short_run(synthetic_supervised.get_config(), size=32, steps=200)
+    config.data.source = "synthetic"
+    # Components 1, 5 and 7: in-plane shape (width, height, jaw) that a frontal view shows.
+    config.face_model = _cut_down(builtin_model, tmp_path / "model.npz", identity=(1, 5, 7),
+                                  identity_scale=10.0, expressions=("jawOpen",))
+    config.data.framing = ml_collections.ConfigDict(_STEADY)
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+    initial, final = _initial_and_final(str(tmp_path / "work"))
+    # Measured (200 steps): R^2 of the leading component 0.53 (the next two, which need
+    # longer, ~0), identity shape error 16.4 -> 13.9 mm.
+    assert abs(initial["r2/identity_0"]) < 0.05  # the mean face explains nothing
+    assert final["r2/identity_0"] > 0.3, final
+    assert final["identity_shape_error_mm"] < 0.92 * initial["identity_shape_error_mm"]
+    log = metrics.read_jsonl(str(tmp_path / "work" / "metrics.jsonl"))
+    shape = [r["loss/model_space_shape"] for r in log if "loss/model_space_shape" in r]
+    assert np.mean(shape[-3:]) < 0.8 * shape[0], shape
