@@ -138,7 +138,9 @@ def skin_weight(landmarks: jax.Array, mask: jax.Array) -> jax.Array:
     """
     px, py = _pixel_grid(mask.shape)
     points = landmarks[:, _NON_SKIN]  # (B, P, 2)
-    sigma = 0.08 * _eye_span(landmarks)
+    # At least 1.5 px: a smaller disc misses the pixel a landmark falls in (its centre
+    # can be 0.7 px away) at low resolution.
+    sigma = jnp.maximum(0.08 * _eye_span(landmarks), 1.5)
     d2 = ((px[:, None] - points[..., 0, None, None]) ** 2
           + (py[:, None] - points[..., 1, None, None]) ** 2)
     near = jnp.max(jnp.exp(-0.5 * d2 / sigma[:, None, None, None] ** 2), axis=1)

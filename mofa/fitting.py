@@ -249,13 +249,15 @@ def fit(model: FaceModel, camera: Camera, images: jax.Array, landmarks: jax.Arra
 @jax.jit
 def fit_errors(model: FaceModel, camera: Camera, code: FaceCode, landmarks: jax.Array,
                weight: jax.Array, images: Optional[jax.Array] = None) -> dict:
-    """Per-face errors (B,): landmark_px (weighted mean distance) and, with images, photometric."""
+    """Per-face errors (B,): landmark_px (weighted mean distance) and, with images,
+    photometric (over the face region's skin)."""
     projected = project_landmarks(landmark_geometry(model), camera, code)
     distance = jnp.linalg.norm(projected - landmarks, axis=-1)
     errors = {"landmark_px": jnp.sum(distance * weight, 1) / jnp.maximum(jnp.sum(weight, 1), 1.0)}
     if images is not None:
         out = render_face(model, code, camera, background=images)
+        # Over the face region's skin, the pixels the objective scores.
         errors["photometric"] = jax.vmap(
-            lambda r, t, m: losses.photometric_dense(r[None], t[None], m[None]))(
-                out.image, images, out.mask)
+            lambda r, t, m, w: losses.photometric_dense(r[None], t[None], m[None], w[None]))(
+                out.image, images, out.mask, out.region)
     return errors

@@ -174,7 +174,7 @@ def test_training_objective_is_lowest_at_the_truth(name, builtin_model):
 
     config = importlib.import_module(f"experiments.configs.{name}").get_config()
     weights = train.LossWeights.from_config(config.loss)
-    size = min(config.image_size, 128)  # the terms are resolution-independent
+    size = min(config.image_size, 64)  # the terms are resolution-independent
     camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
     decoder = train.Decoder(face_model=builtin_model, camera=camera)
     truth, batch = _faces(builtin_model, size)
