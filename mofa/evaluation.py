@@ -270,14 +270,14 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
             target = batch_code(batch)
             values = errors(code, target, batch["image"], batch["landmarks"], out, offset)
             values["true_yaw_deg"] = jnp.degrees(jnp.abs(target.rotation[:, 1]))
-            if not cross_model:
+            if cross_model:
+                values.update(surface_errors(decoder.face_model, code, data_model, target,
+                                             offset))
+            else:  # codes of one model: per-component R^2 over the whole test set
                 for field in ("identity", "expression"):
                     codes["predicted"].setdefault(field, []).append(
                         np.asarray(getattr(code, field)))
                     codes["truth"].setdefault(field, []).append(np.asarray(getattr(target, field)))
-            if cross_model:
-                values.update(surface_errors(decoder.face_model, code, data_model, target,
-                                             offset))
         else:
             values = {"photometric_error": losses.photometric_dense(out.image, batch["image"],
                                                                     out.mask)[None]}
