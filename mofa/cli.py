@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser(
         "sample", help="render random faces of a face model into one image grid")
     sample.add_argument("--face-model", default="builtin",
-                        help="builtin | ict:PATH | bfm2009:PATH | bfm2017:PATH | flame:PATH")
+                        help="builtin | ict | ict:PATH | bfm2009:PATH | bfm2017:PATH | flame:PATH")
     sample.add_argument("--n", type=int, default=16, help="number of faces")
     sample.add_argument("--size", type=int, default=224, help="image size in pixels")
     sample.add_argument("--fov", type=float, default=12.6, help="horizontal field of view, degrees")

@@ -1,6 +1,7 @@
 """Face models: one `FaceModel` pytree for every source, loaded by `load(SPEC)`.
 
-SPEC is one of `builtin`, `ict:PATH`, `bfm2009:PATH`, `bfm2017:PATH`, `flame:PATH`, or
+SPEC is one of `builtin`, `ict` (ICT-FaceKit downloaded at a pinned commit on first
+use, `ict.fetch`), `ict:PATH` (a clone of it), `bfm2009:PATH`, `bfm2017:PATH`, `flame:PATH`, or
 `npz:PATH` for a model saved with `save_npz` (e.g. a converted or cut-down model).
 """
 
@@ -55,6 +56,9 @@ def load(spec: str, **options) -> FaceModel:
             raise ValueError(f"face model spec {spec!r}: 'builtin' takes no path")
         from mofa.facemodel import builtin
         return builtin.load(**options)
+    if kind == "ict" and not path:  # downloaded at a pinned commit on first use
+        from mofa.facemodel import ict
+        return ict.load(ict.fetch(), **options)
     if not path:
         raise ValueError(f"face model spec {spec!r}: '{kind}' needs a path, as {kind}:PATH")
     path = os.path.expanduser(path)

@@ -1,4 +1,5 @@
-"""ICT-FaceKit (ICT Face Model Light) read from a clone of the public repository.
+"""ICT-FaceKit (ICT Face Model Light) read from a clone of the public repository,
+or from the files `fetch` downloads at a pinned commit (`facemodel.load("ict")`).
 
 Layout read (https://github.com/ICT-VGL/ICT-FaceKit, folder FaceXModel/):
   * generic_neutral_mesh.obj: 26,719 vertices, mostly quads, `vt` UVs, `f v/vt ...`;
@@ -20,13 +21,20 @@ geometric correspondence (mofa.facemodel.transfer).
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
 import os
 import re
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
 
 import numpy as np
 
-from mofa.facemodel import cache_path
+from mofa.facemodel import cache_dir, cache_path
 from mofa.facemodel import transfer
 from mofa.facemodel.model import FaceModel, from_numpy, load_npz, save_npz
 
@@ -223,6 +231,106 @@ def _convert(folder: str, region: str):
         expression_names=tuple(names),
     )
     return model, transferred
+
+
+# The ICT-FaceKit commit `fetch` downloads (master on 2020-12-01, the latest commit;
+# its FaceXModel files are those of ../shared/data and of ict_manifest.SHA256).
+ICT_COMMIT = "da5f95a607f5e6b37755b38d3385d7f2853732e5"
+ICT_URL = f"https://github.com/ICT-VGL/ICT-FaceKit/archive/{ICT_COMMIT}.tar.gz"
+URL_ENV = "MOFA_ICT_URL"  # overrides ICT_URL (a mirror, or a local server in tests)
+
+
+def fetch(url: str | None = None, manifest: dict | None = None, progress: bool = True) -> str:
+    """The ICT-FaceKit files mofa reads, downloaded once into the cache; returns the folder.
+
+    Downloads the repository archive at the pinned commit (`ICT_URL`, or
+    $MOFA_ICT_URL, or `url`), extracts the files named in `manifest` (default:
+    ict_manifest.SHA256), checks each one's SHA-256, and only then moves the folder
+    into place in one rename: an interrupted or corrupt download leaves no partial
+    cache behind (its temporary files are removed; a killed process's are removed
+    by the next call).
+    """
+    from mofa.facemodel import ict_manifest
+
+    url = url or os.environ.get(URL_ENV) or ICT_URL
+    manifest = ict_manifest.SHA256 if manifest is None else manifest
+    stamp = hashlib.sha256(json.dumps(sorted(manifest.items())).encode()).hexdigest()[:12]
+    root = os.path.join(cache_dir(), "ict-facekit")
+    final = os.path.join(root, stamp)
+    if os.path.isfile(os.path.join(final, _NEUTRAL)):
+        return final
+    os.makedirs(root, exist_ok=True)
+    for stale in os.listdir(root):  # left by a killed download
+        if stale.startswith(".partial-"):
+            shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
+    work = tempfile.mkdtemp(prefix=".partial-", dir=root)
+    try:
+        archive = os.path.join(work, "archive")
+        _download(url, archive, progress)
+        folder = os.path.join(work, "ict-facekit")
+        _extract(archive, folder, manifest, url)
+        os.remove(archive)
+        try:
+            os.replace(folder, final)
+        except OSError:  # another process finished first
+            if not os.path.isfile(os.path.join(final, _NEUTRAL)):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def _download(url: str, path: str, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    offline = (f"ICT-FaceKit: could not download {url}: {{}}. Without network, clone "
+               "https://github.com/ICT-VGL/ICT-FaceKit yourself and pass --face-model "
+               "ict:PATH (facemodel.load('ict:PATH')).")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            received = 0
+            with tqdm(total=total, unit="B", unit_scale=True, desc="ICT-FaceKit",
+                      disable=not progress) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        if total is not None and received != total:
+            raise OSError(f"connection closed after {received} of {total} bytes")
+    except (OSError, ValueError, http.client.HTTPException) as err:
+        reason = getattr(err, "reason", None) or err
+        raise OSError(offline.format(reason)) from err
+
+
+def _extract(archive: str, folder: str, manifest: dict, url: str) -> None:
+    """Extracts the manifest's files (under the archive's single top folder) and checks them."""
+    try:
+        with tarfile.open(archive) as tar:
+            members = {}
+            for member in tar:
+                top, _, rest = member.name.partition("/")
+                if rest in manifest and member.isfile():
+                    members[rest] = member
+            missing = sorted(set(manifest) - set(members))
+            if missing:
+                raise ValueError(f"ICT-FaceKit: the archive from {url} lacks {len(missing)} "
+                                 f"of the files mofa reads, e.g. {missing[0]}")
+            for name, member in members.items():
+                target = os.path.join(folder, name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                digest = hashlib.sha256()
+                with tar.extractfile(member) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+                if digest.hexdigest() != manifest[name]:
+                    raise ValueError(
+                        f"ICT-FaceKit: {name} from {url} has SHA-256 {digest.hexdigest()}, "
+                        f"expected {manifest[name]} (commit {ICT_COMMIT}); the download is "
+                        "corrupt or not that commit, nothing was cached")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ValueError(f"ICT-FaceKit: {url} is not a readable archive: {err}") from err
 
 
 def load(path: str, region: str = "face") -> FaceModel:
