@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mofa import export, facemodel, images, reconstruct, render, scan_eval
+from mofa import export, facemodel, fitting, images, reconstruct, render, scan_eval
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode, random_code
 
 SIZE = 224
@@ -64,14 +64,14 @@ def sample_codes(model: facemodel.FaceModel, key: jax.Array, n: int) -> FaceCode
                        max_roll_degrees=8.0, distance_mm=1500.0, shift_mm=25.0)
     distance = jax.random.uniform(keys[1], (n,), minval=1300.0, maxval=1700.0)
     translation = code.translation.at[:, 2].set(-distance)
-    # 0-4 blendshapes at weights 0-0.8 (ICT expression code = 2 x weight).
+    # 0-4 blendshapes at weights 0-0.8 (ICT's expression code is the weight).
     count = jax.random.randint(keys[2], (n,), 0, 5)
     order = jax.vmap(lambda k: jax.random.permutation(k, model.num_expression))(
         jax.random.split(keys[3], n))
     weights = jax.random.uniform(keys[4], (n, model.num_expression), maxval=0.8)
     active = jnp.zeros((n, model.num_expression), bool).at[
         jnp.arange(n)[:, None], order[:, :4]].set(jnp.arange(4)[None] < count[:, None])
-    expression = jnp.where(active, 2.0 * weights, 0.0)
+    expression = jnp.where(active, weights, 0.0)
     return code.replace(translation=translation, expression=expression)
 
 
@@ -125,7 +125,7 @@ def make(args) -> None:
         truth[stem] = {"yaw_degrees": float(np.degrees(code.rotation[i, 1])),
                        "pitch_degrees": float(np.degrees(code.rotation[i, 0])),
                        "occluded": occluded,
-                       "expression_weights": {n: round(float(w) / 2, 3) for n, w in zip(
+                       "expression_weights": {n: round(float(w), 3) for n, w in zip(
                            face.expression_names, np.asarray(code.expression[i])) if w > 0}}
     with open(os.path.join(args.out, "truth.json"), "w") as f:
         json.dump(truth, f, indent=1)
@@ -144,8 +144,11 @@ def _write_mean(model: facemodel.FaceModel, stems: list, out: str) -> None:
 
 
 def _score(predictions: str, scans: str, truth: dict) -> dict:
-    result = scan_eval.evaluate_scans(predictions, scans, crop_radius=CROP_RADIUS_MM)
+    result = scan_eval.evaluate_scans(predictions, scans, crop_radius=CROP_RADIUS_MM,
+                                      skip_missing=True)
     rows = {"all": (result["median_mm"], result["mean_mm"], result["num_scans"])}
+    if result["missing"]:
+        print(f"no prediction (no face detected) for {result['missing']}", file=sys.stderr)
     per = result["scans"]
     for lo, hi in zip(YAW_BINS[:-1], YAW_BINS[1:]):
         stems = [s for s in per if lo <= abs(truth[s]["yaw_degrees"]) < hi]
@@ -160,12 +163,46 @@ def _score(predictions: str, scans: str, truth: dict) -> dict:
     return rows
 
 
+class CachedDetector:
+    """MediaPipe, run once per image: every variant sees the same detections, and
+    faces/s then measures crop + reconstruction + writing (detection is timed apart)."""
+
+    def __init__(self):
+        from mofa.data import faces as faces_lib
+        self.detector = faces_lib.MediaPipeDetector(max_faces=8)
+        self.cache, self.seconds = {}, 0.0
+
+    def __call__(self, image):
+        key = hash(image.tobytes())
+        if key not in self.cache:
+            start = time.perf_counter()
+            self.cache[key] = self.detector(image)
+            self.seconds += time.perf_counter() - start
+        return self.cache[key]
+
+
+def _subset(scans: str, stems: list, folder: str) -> str:
+    """A folder of links to the first scans (scan_eval scores every scan of a folder)."""
+    os.makedirs(folder, exist_ok=True)
+    for stem in stems:
+        for ext in (".obj", ".txt"):
+            link = os.path.join(folder, stem + ext)
+            if not os.path.exists(link):
+                os.symlink(os.path.join(scans, stem + ext), link)
+    return folder
+
+
 def run(args) -> None:
     with open(os.path.join(args.out, "truth.json")) as f:
         truth = json.load(f)
     scans = os.path.join(args.out, "scans")
     photos = os.path.join(args.out, "images")
-    stems = sorted(truth)
+    stems = sorted(truth)[:args.limit]
+    truth = {s: truth[s] for s in stems}
+    scans = _subset(scans, stems, os.path.join(args.out, f"scans_{len(stems)}"))
+    detector = CachedDetector()
+    options = fitting.FitOptions(**{k: float(v) for k, v in (
+        kv.split("=") for kv in args.options.split(",") if kv)})
     models = {"ict": _ict(args.ict, "face"), "builtin": facemodel.load("builtin")}
     table = {}
     for variant in args.variants.split(","):
@@ -180,12 +217,14 @@ def run(args) -> None:
             camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, args.image_size, args.image_size)
             steps = 0 if kind == "placed" else args.fit_steps
             rec = reconstruct.Reconstructor(model, camera, batch_size=args.batch_size,
-                                            fit_steps=steps)
+                                            fit_steps=steps, options=options,
+                                            contour=not args.no_contour)
+            paths = [os.path.join(photos, f"{s}.png") for s in stems]
             # Warm-up compile on the first batch, so faces/s is the steady state.
-            reconstruct.run([os.path.join(photos, f"{s}.png") for s in stems[:args.batch_size]],
-                            predictions, rec, texture_size=64, progress=False)
+            reconstruct.run(paths[:args.batch_size], predictions, rec, detector,
+                            texture_size=64, progress=False)
             start = time.perf_counter()
-            summary = reconstruct.run([photos], predictions, rec, texture_size=64,
+            summary = reconstruct.run(paths, predictions, rec, detector, texture_size=64,
                                       progress=False)
             seconds = time.perf_counter() - start
             if summary["skipped"]:
@@ -216,6 +255,9 @@ def main(argv=None) -> None:
     r.add_argument("--image-size", type=int, default=128)
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--tag", default="default")
+    r.add_argument("--no-contour", action="store_true", help="fixed jaw landmark vertices")
+    r.add_argument("--limit", type=int, default=None, help="the first N faces only")
+    r.add_argument("--options", default="", help="FitOptions overrides, k=v,k=v")
     args = parser.parse_args(argv)
     {"make": make, "run": run}[args.command](args)
 

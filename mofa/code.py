@@ -61,8 +61,9 @@ class FaceCode:
         batch_shape = tuple(batch_shape)
         zeros = lambda n: jnp.zeros(batch_shape + (n,), jnp.float32)  # noqa: E731
         translation = zeros(3).at[..., 2].set(-distance_mm)
+        rest = model.expression_bounds[0] if model.blendshapes else 0.0  # no blendshape active
         return cls(rotation=zeros(3), translation=translation, identity=zeros(model.num_identity),
-                   expression=zeros(model.num_expression), reflectance=zeros(model.num_albedo),
+                   expression=zeros(model.num_expression) + rest, reflectance=zeros(model.num_albedo),
                    illumination=sh.ambient_light(1.0, batch_shape))
 
 
@@ -87,12 +88,18 @@ def random_code(model: FaceModel, key: jax.Array, batch_shape=(), *,
     tint = 1.0 + 0.04 * jax.random.normal(keys[5], batch_shape + (1, 3))
     illumination = (ambient[..., None] / sh.Y00 * (jnp.arange(sh.NUM_SH) == 0)[:, None]
                     + light_strength * strength[..., None] * lobe[..., None]) * tint
-    ids = jax.random.split(keys[6], 3)
+    ids = jax.random.split(keys[6], 4)
+    expression = normal(ids[1], model.num_expression, expression_scale)
+    if model.blendshapes:  # sparse weights: each blendshape active with probability 0.1
+        low, high = model.expression_bounds
+        active = jax.random.bernoulli(ids[3], 0.1, expression.shape)
+        level = jax.random.uniform(ids[1], expression.shape, maxval=min(expression_scale, 1.0))
+        expression = low + (high - low) * jnp.where(active, level, 0.0)
     return FaceCode(
         rotation=rotation,
         translation=translation,
         identity=normal(ids[0], model.num_identity, shape_scale),
-        expression=normal(ids[1], model.num_expression, expression_scale),
+        expression=expression,
         reflectance=normal(ids[2], model.num_albedo, shape_scale),
         illumination=illumination,
     )

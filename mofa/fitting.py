@@ -20,11 +20,12 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mofa import facemodel, losses
 from mofa.code import DEFAULT_DISTANCE_MM, FaceCode
-from mofa.facemodel import FaceModel
+from mofa.facemodel import NUM_LANDMARKS, FaceModel
 from mofa.render import Camera, render_face
 from mofa.render import camera as camera_lib
 
@@ -120,10 +121,53 @@ def initial_code(model: FaceModel, camera: Camera, landmarks: jax.Array,
     return neutral.replace(translation=translation)
 
 
-def landmark_geometry(model: FaceModel) -> FaceModel:
-    """The model cut to its 68 landmark vertices: landmark-only steps skip the other
-    thousands of vertices (its albedo and triangles are not meaningful)."""
+# The 17 jaw-line landmarks (Multi-PIE 0-16) lie on the occluding contour in a photo,
+# not on fixed vertices; the chin (8) and its neighbours stay fixed.
+CONTOUR_LANDMARKS = tuple(i for i in range(17) if i not in (7, 8, 9))
+CONTOUR_CANDIDATES = 12
+
+
+def contour_candidates(model: FaceModel, count: int = CONTOUR_CANDIDATES,
+                       band_mm: float = 4.0) -> np.ndarray:
+    """(len(CONTOUR_LANDMARKS), count) vertex indices: for each jaw landmark, vertices
+    of the mean face along its horizontal line around the cheek, from the landmark's
+    own vertex (first) backwards to the mesh's edge, evenly spaced by angle.
+
+    The fit's landmark term then matches each detected jaw point to the candidate
+    that projects nearest to it (landmark marching, as in 3DDFA and eos's contour
+    fitting): on a turned face that is the silhouette, which is where a 2D detector
+    puts the jaw line. Computed once per model, outside jit.
+    """
+    mean = np.asarray(model.mean_shape, np.float64)
+    landmarks = np.asarray(model.landmark_indices)
+    centre = mean[landmarks].mean(0)
+    rows = []
+    for j in CONTOUR_LANDMARKS:
+        p = mean[landmarks[j]]
+        side = 1.0 if p[0] > centre[0] else -1.0
+        # Angle around the vertical axis through the face centre, 0 at the front.
+        angle = lambda v: np.arctan2(side * (v[..., 0] - centre[0]), v[..., 2] - centre[2])  # noqa: E731
+        start = angle(p)
+        # At most 75 degrees further round: the jaw, not the neck below it.
+        band = ((np.abs(mean[:, 1] - p[1]) < band_mm) & (angle(mean) > start)
+                & (angle(mean) < start + np.radians(75.0)))
+        line = np.nonzero(band)[0]
+        if not len(line):
+            rows.append(np.full(count, landmarks[j]))
+            continue
+        line = line[np.argsort(angle(mean[line]))]
+        picks = np.linspace(0, len(line) - 1, count - 1).round().astype(int)
+        rows.append(np.concatenate([[landmarks[j]], line[picks]]))
+    return np.asarray(rows, np.int32)
+
+
+def landmark_geometry(model: FaceModel, contour: Optional[jax.Array] = None) -> FaceModel:
+    """The model cut to its 68 landmark vertices (then the `contour` candidates, if given):
+    landmark-only steps skip the other thousands of vertices (its albedo and
+    triangles are not meaningful)."""
     idx = model.landmark_indices
+    if contour is not None:
+        idx = jnp.concatenate([idx, jnp.asarray(contour).reshape(-1)])
     return model.replace(mean_shape=model.mean_shape[idx],
                          identity_basis=model.identity_basis[:, idx],
                          expression_basis=model.expression_basis[:, idx],
@@ -138,20 +182,38 @@ def project_landmarks(model: FaceModel, camera: Camera, code: FaceCode) -> jax.A
         camera_lib.rigid_transform(vertices, rotation, code.translation), camera)[..., :2]
 
 
-def _landmark_term(model, camera, code, landmarks, weight):
-    projected = project_landmarks(model, camera, code)
+def fitted_landmarks(model: FaceModel, camera: Camera, code: FaceCode, landmarks: jax.Array,
+                     contour: Optional[jax.Array] = None) -> jax.Array:
+    """(B, 68, 2) the model's landmarks as the fit scores them against `landmarks`: with
+    `contour` (`contour_candidates`), each jaw landmark is the candidate vertex that
+    projects nearest to its detected point (the choice carries no gradient)."""
+    geometry = landmark_geometry(model, contour)
+    projected = project_landmarks(geometry, camera, code)
+    fixed = projected[:, :NUM_LANDMARKS]
+    if contour is None:
+        return fixed
+    jaw = jnp.asarray(CONTOUR_LANDMARKS)
+    candidates = projected[:, NUM_LANDMARKS:].reshape(projected.shape[0], *contour.shape, 2)
+    distance = jnp.sum((candidates - landmarks[:, jaw, None]) ** 2, -1)
+    choice = jnp.argmin(jax.lax.stop_gradient(distance), -1)
+    chosen = jnp.take_along_axis(candidates, choice[..., None, None], axis=2)[:, :, 0]
+    return fixed.at[:, jaw].set(chosen)
+
+
+def _landmark_term(model, camera, code, landmarks, weight, contour=None):
+    projected = fitted_landmarks(model, camera, code, landmarks, contour)
     return 1e4 * losses.landmark_alignment(projected, landmarks, weight, float(camera.width))
 
 
 def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional[jax.Array],
-              landmarks: jax.Array, weight: jax.Array, options: FitOptions = FitOptions()
-              ) -> jax.Array:
-    """The fitting objective of codes: landmarks + priors, and with `images` the
-    photometric term (the appearance stage's objective)."""
+              landmarks: jax.Array, weight: jax.Array, options: FitOptions = FitOptions(),
+              contour: Optional[jax.Array] = None) -> jax.Array:
+    """The fitting objective of codes: landmarks (jaw points sliding along `contour`
+    candidates where given) + priors, and with `images` the photometric term (the
+    appearance stage's objective)."""
     photometric = images is not None
-    prior = losses.statistical_prior(code)
-    geometry = model if photometric else landmark_geometry(model)
-    total = (options.landmark * _landmark_term(geometry, camera, code, landmarks, weight)
+    prior = losses.statistical_prior(code, model.expression_bounds)
+    total = (options.landmark * _landmark_term(model, camera, code, landmarks, weight, contour)
              + options.prior_identity * prior["prior_identity"]
              + options.prior_expression * prior["prior_expression"])
     if photometric:
@@ -162,12 +224,14 @@ def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional
     return total
 
 
-def _objective(model, camera, options, photometric, params, frozen, images, landmarks, weight):
+def _objective(model, camera, options, photometric, params, frozen, images, landmarks, weight,
+               contour):
     return objective(model, camera, FaceCode(**params, **frozen),
-                     images if photometric else None, landmarks, weight, options)
+                     images if photometric else None, landmarks, weight, options, contour)
 
 
-def _run_stage(model, camera, options, stage, steps, fixed, code, images, landmarks, weight):
+def _run_stage(model, camera, options, stage, steps, fixed, code, images, landmarks, weight,
+               contour=None):
     """`steps` Adam steps (cosine-decayed) on the stage's free fields, as one scan."""
     if steps == 0:
         return code
@@ -184,9 +248,12 @@ def _run_stage(model, camera, options, stage, steps, fixed, code, images, landma
 
     def step(carry, _):
         params, opt_state = carry
-        updates, opt_state = tx.update(grad(params, frozen, images, landmarks, weight),
-                                       opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
+        updates, opt_state = tx.update(grad(params, frozen, images, landmarks, weight,
+                                            contour), opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if "expression" in params and model.blendshapes:  # projected: weights stay in range
+            params["expression"] = jnp.clip(params["expression"], *model.expression_bounds)
+        return (params, opt_state), None
 
     (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
     return FaceCode(**params, **frozen)
@@ -208,12 +275,15 @@ def _check_inputs(camera, landmarks, weight, images=None):
 @functools.partial(jax.jit, static_argnames=("steps", "options", "fixed"))
 def fit_landmarks(model: FaceModel, camera: Camera, landmarks: jax.Array, weight: jax.Array,
                   steps: int = 300, init_code: Optional[FaceCode] = None,
-                  options: FitOptions = FitOptions(), fixed: tuple = ()) -> FaceCode:
+                  options: FitOptions = FitOptions(), fixed: tuple = (),
+                  contour: Optional[jax.Array] = None) -> FaceCode:
     """Pose, identity and expression of B faces from 2D landmarks (B, 68, 2) in pixels.
 
     weight: (B, 68) per-landmark confidence (0 ignores a point). Without
     `init_code` the fit starts from `initial_code`. `fixed` names FaceCode
     fields kept at their initial value (e.g. ("identity",) for video frames).
+    contour: `contour_candidates(model)` to let the jaw landmarks slide onto the
+    silhouette (for detected landmarks); None keeps fixed vertices.
     """
     _check_inputs(camera, landmarks, weight)
     if init_code is None:
@@ -222,18 +292,20 @@ def fit_landmarks(model: FaceModel, camera: Camera, landmarks: jax.Array, weight
     code = init_code
     for stage in ("rigid", "shape"):
         code = _run_stage(model, camera, options, stage, split[stage], fixed, code, None,
-                          landmarks, weight)
+                          landmarks, weight, contour)
     return code
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "options", "fixed"))
 def fit(model: FaceModel, camera: Camera, images: jax.Array, landmarks: jax.Array,
         landmark_weight: jax.Array, init_code: Optional[FaceCode] = None, steps: int = 200,
-        options: FitOptions = FitOptions(), fixed: tuple = ()) -> FaceCode:
+        options: FitOptions = FitOptions(), fixed: tuple = (),
+        contour: Optional[jax.Array] = None) -> FaceCode:
     """Fits B faces to linear-RGB images (B, H, W, 3) and their 68 landmarks (pixels).
 
     Rigid and shape stages on the landmarks, then all fields with the dense
-    photometric term (see the module docstring); `steps` is the total.
+    photometric term (see the module docstring); `steps` is the total; `contour`
+    as in `fit_landmarks`.
     """
     _check_inputs(camera, landmarks, landmark_weight, images)
     if init_code is None:
@@ -242,16 +314,18 @@ def fit(model: FaceModel, camera: Camera, images: jax.Array, landmarks: jax.Arra
     code = init_code
     for stage in ("rigid", "shape", "appearance"):
         code = _run_stage(model, camera, options, stage, split[stage], fixed, code, images,
-                          landmarks, landmark_weight)
+                          landmarks, landmark_weight, contour)
     return code
 
 
 @jax.jit
 def fit_errors(model: FaceModel, camera: Camera, code: FaceCode, landmarks: jax.Array,
-               weight: jax.Array, images: Optional[jax.Array] = None) -> dict:
-    """Per-face errors (B,): landmark_px (weighted mean distance) and, with images,
-    photometric (over the face region's skin)."""
-    projected = project_landmarks(landmark_geometry(model), camera, code)
+               weight: jax.Array, images: Optional[jax.Array] = None,
+               contour: Optional[jax.Array] = None) -> dict:
+    """Per-face errors (B,): landmark_px (weighted mean distance; jaw points on the
+    `contour` as the fit scores them) and, with images, photometric (over the face
+    region's skin)."""
+    projected = fitted_landmarks(model, camera, code, landmarks, contour)
     distance = jnp.linalg.norm(projected - landmarks, axis=-1)
     errors = {"landmark_px": jnp.sum(distance * weight, 1) / jnp.maximum(jnp.sum(weight, 1), 1.0)}
     if images is not None:

@@ -133,10 +133,27 @@ def landmark_alignment(predicted: jax.Array, target: jax.Array, weight: jax.Arra
     return _weighted_mean(squared, weight)
 
 
-def statistical_prior(code: FaceCode) -> dict:
-    """Squared norms of the standardized (N(0, I) prior) codes, batch means, by field."""
-    return {f"prior_{field}": jnp.mean(jnp.sum(getattr(code, field) ** 2, -1))
-            for field in ("identity", "expression", "reflectance")}
+# Blendshape weights (in [0, 1], mostly near 0 on any one face) get an exponential
+# prior of this mean weight: sparse and non-negative, where N(0, 1) would favour many
+# small negative-and-positive activations.
+BLENDSHAPE_PRIOR_MEAN = 0.1
+
+
+def statistical_prior(code: FaceCode, expression_bounds: tuple = ()) -> dict:
+    """2 x the negative log prior of the codes, batch means, by field.
+
+    Standardized (N(0, I)) codes: their squared norms. Blendshape expressions
+    (`expression_bounds` = (low, high), see `FaceModel.expression_bounds`): the
+    exponential prior 2 sum(w) / BLENDSHAPE_PRIOR_MEAN on the weights w = (code - low)
+    / (high - low), which keeps a fit sparse (its gradient does not vanish at 0).
+    """
+    prior = {f"prior_{field}": jnp.mean(jnp.sum(getattr(code, field) ** 2, -1))
+             for field in ("identity", "expression", "reflectance")}
+    if expression_bounds:
+        low, high = expression_bounds
+        weights = (code.expression - low) / (high - low)
+        prior["prior_expression"] = jnp.mean(2.0 * jnp.sum(weights, -1) / BLENDSHAPE_PRIOR_MEAN)
+    return prior
 
 
 def _region_mean(values: jax.Array, region: jax.Array) -> jax.Array:

@@ -123,6 +123,18 @@ def code_size(model: FaceModel) -> int:
     return 6 + model.num_identity + model.num_expression + model.num_albedo + sh.NUM_SH * 3
 
 
+# Blendshape weights from the head: low + (high - low) sigmoid(raw + offset); the offset
+# makes zero outputs a near-neutral face (weights 0.05), like the PCA spaces' zero code.
+BLENDSHAPE_OFFSET = -3.0
+
+
+def _expression(raw: jax.Array, model: FaceModel) -> jax.Array:
+    if not model.blendshapes:
+        return CODE_SCALE * raw
+    low, high = model.expression_bounds
+    return low + (high - low) * jax.nn.sigmoid(raw + BLENDSHAPE_OFFSET)
+
+
 def decode_head(raw: jax.Array, model: FaceModel,
                 distance_mm: float = DEFAULT_DISTANCE_MM) -> FaceCode:
     """Raw head outputs (B, code_size) -> FaceCode; zeros give the neutral code."""
@@ -135,7 +147,7 @@ def decode_head(raw: jax.Array, model: FaceModel,
         rotation=ROTATION_SCALE * parts[0],
         translation=neutral.translation + jnp.asarray(TRANSLATION_SCALE) * parts[1],
         identity=CODE_SCALE * parts[2],
-        expression=CODE_SCALE * parts[3],
+        expression=_expression(parts[3], model),
         reflectance=CODE_SCALE * parts[4],
         illumination=neutral.illumination
         + LIGHT_SCALE * parts[5].reshape(raw.shape[:-1] + (sh.NUM_SH, 3)),

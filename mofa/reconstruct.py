@@ -80,6 +80,14 @@ class Reconstructor:
     fit_steps: int = 200
     encoder: Optional[Callable] = None  # images (B, S, S, 3) linear -> FaceCode
     detail: Optional[Callable] = None  # `detail.load_refiner`: per-face FineNet refinement
+    options: fitting.FitOptions = fitting.FitOptions()
+    # Jaw landmarks slide onto the model's silhouette (`fitting.contour_candidates`):
+    # a detector puts them on the occluding contour, not on fixed vertices.
+    contour: bool = True
+
+    def __post_init__(self):
+        self._contour = (jnp.asarray(fitting.contour_candidates(self.model)) if self.contour
+                         else None)
 
     @property
     def image_size(self) -> int:
@@ -110,10 +118,12 @@ class Reconstructor:
             code = start_code
             if steps > 0 and landmarks_only:
                 code = fitting.fit_landmarks(self.model, self.camera, lm, weight, steps=steps,
-                                             init_code=start_code, fixed=fixed)
+                                             init_code=start_code, options=self.options,
+                                             fixed=fixed, contour=self._contour)
             elif steps > 0:
                 code = fitting.fit(self.model, self.camera, pixels, lm, weight, start_code,
-                                   steps=steps, fixed=fixed)
+                                   steps=steps, options=self.options, fixed=fixed,
+                                   contour=self._contour)
             parts.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], code))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
@@ -206,7 +216,8 @@ class Run:
         errors = jax.device_get(fitting.fit_errors(
             self.rec.model, self.rec.camera, jax.tree.map(jnp.asarray, code),
             jnp.asarray(np.stack([p["landmarks"] for p in pending])),
-            jnp.asarray(np.stack([p["landmark_weight"] for p in pending]))))
+            jnp.asarray(np.stack([p["landmark_weight"] for p in pending])),
+            contour=self.rec._contour))
         for i, face in enumerate(pending):
             folder = os.path.join(self.out_dir, face["name"])
             out = {k: v[i] for k, v in outs.items()}
@@ -253,6 +264,9 @@ class Run:
             "landmark_error_px_crop": landmark_px, "depth_png_range_mm": [near, far],
             "pixel_convention": "original image pixels, x right, y down",
         }
+        if model.expression_names:  # the expression code by name (blendshapes: ARKit weights)
+            extra["expressions"] = {name: float(v) for name, v in zip(
+                model.expression_names, np.asarray(code["expression"]))}
         export.write_code(os.path.join(folder, "code"), {
             **code, "landmarks": to_image(out["landmarks"]),
             "landmarks_detected": face["detected"],

@@ -266,14 +266,19 @@ def _mesh_landmarks(folder: str, vertices: np.ndarray, face_model: str) -> np.nd
 
 
 def evaluate_scans(predictions: str, scans: str, crop_radius: float = CROP_RADIUS_MM,
-                   refine: bool = True, face_model: str = "builtin") -> dict:
+                   refine: bool = True, face_model: str = "builtin",
+                   skip_missing: bool = False) -> dict:
     """NoW-style scan-to-mesh errors of every scan in `scans` (`<stem>.obj|.ply` +
-    `<stem>.txt|.npy|.pp`) against the prediction `<stem>_face0/mesh.obj|.ply`."""
+    `<stem>.txt|.npy|.pp`) against the prediction `<stem>_face0/mesh.obj|.ply`.
+
+    skip_missing: scans without a prediction (e.g. no face detected) are listed
+    under "missing" instead of raising.
+    """
     stems = sorted({os.path.splitext(f)[0] for f in os.listdir(scans)
                     if f.lower().endswith(MESH_SUFFIXES)})
     if not stems:
         raise FileNotFoundError(f"no .obj / .ply scans in {scans}")
-    per_scan, distances = {}, []
+    per_scan, distances, missing = {}, [], []
     for stem in stems:
         scan_path = _find(scans, stem, MESH_SUFFIXES)
         landmark_path = _find(scans, stem, LANDMARK_SUFFIXES)
@@ -284,6 +289,9 @@ def evaluate_scans(predictions: str, scans: str, crop_radius: float = CROP_RADIU
         faces_found = prediction_faces(predictions, stem)
         folder = faces_found[0] if faces_found else os.path.join(predictions, f"{stem}_face0")
         mesh_path = _find(folder, "mesh", MESH_SUFFIXES)
+        if mesh_path is None and skip_missing:
+            missing.append(stem)
+            continue
         if mesh_path is None:
             raise FileNotFoundError(f"no prediction for scan {scan_path}: expected "
                                     f"{os.path.join(folder, 'mesh.obj')}")
@@ -307,6 +315,7 @@ def evaluate_scans(predictions: str, scans: str, crop_radius: float = CROP_RADIU
                     f"nose tip, rigid ICP refinement {'on' if refine else 'off'}, "
                     "scan-to-mesh-surface distance (mm)",
         "num_scans": len(per_scan),
+        "missing": missing,
         "median_mm": float(np.median(everything)),
         "mean_mm": float(np.mean(everything)),
         "std_mm": float(np.std(everything)),

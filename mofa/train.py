@@ -115,7 +115,7 @@ def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeight
             model.face_mask[None]),
         "landmark": losses.landmark_alignment(out.landmarks, batch["landmarks"],
                                               batch["landmark_weight"], size),
-        **losses.statistical_prior(code),
+        **losses.statistical_prior(code, model.expression_bounds),
     }
     diagnostics = {}
     if weights.model_space or weights.parameter:

@@ -171,7 +171,7 @@ def test_ict_identity_matches_the_obj_files(ict_face, ict_dir):
     np.testing.assert_allclose(field, (ident - neutral) * 10.0, atol=1e-3)
     smile = ict.read_vertices(os.path.join(folder, "mouthSmile_L.obj"))[:9409]
     k = ict_face.expression_names.index("mouthSmile_L")
-    field = 2.0 * np.asarray(ict_face.expression_std)[k] * np.asarray(ict_face.expression_basis)[k]
+    field = np.asarray(ict_face.expression_std)[k] * np.asarray(ict_face.expression_basis)[k]
     np.testing.assert_allclose(field, (smile - neutral) * 10.0, atol=1e-3)
 
 

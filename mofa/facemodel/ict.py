@@ -38,7 +38,7 @@ from mofa.facemodel import cache_dir, cache_path
 from mofa.facemodel import transfer
 from mofa.facemodel.model import FaceModel, from_numpy, load_npz, save_npz
 
-VERSION = "1"
+VERSION = "2"  # 2: expression codes are the blendshape weights, bounded to [0, 1]
 CM_TO_MM = 10.0
 
 # Vertex index ranges of the regions (inclusive last index), from the ICT-FaceKit
@@ -201,11 +201,9 @@ def _convert(folder: str, region: str):
     # ICT's order is kept (only nearly decreasing after the regional crop) so an ICT
     # identity coefficient vector is directly our standardized identity code.
     identity_basis, identity_std = transfer.standardize(id_fields, sort=False)
-    # Blendshape weights live in [0, 1], not N(0, 1): half the full activation as one
-    # std maps the weight range onto codes [0, 2] (weight = 0.5 * code) while keeping
-    # the N(0, 1) prior of a standardized code meaningful.
-    expression_basis, full = transfer.standardize(ex_fields, sort=False)
-    expression_std = 0.5 * full
+    # Blendshapes: the expression code is the ARKit weight itself, in [0, 1]
+    # (`expression_bounds`), with a sparse prior instead of N(0, 1).
+    expression_basis, expression_std = transfer.standardize(ex_fields, sort=False)
 
     triangles = transfer.orient_outwards(mean, triangles)
     albedo_mean, albedo_basis, albedo_std, transferred = transfer.albedo_from_source(
@@ -229,6 +227,7 @@ def _convert(folder: str, region: str):
                 "albedo transferred from the mofa built-in model",
         units="mm",
         expression_names=tuple(names),
+        expression_bounds=(0.0, 1.0),
     )
     return model, transferred
 

@@ -41,7 +41,7 @@ _ARRAY_FIELDS = (
     "uv_coords",
     "uv_triangles",
 )
-_STATIC_FIELDS = ("name", "license", "units", "expression_names")
+_STATIC_FIELDS = ("name", "license", "units", "expression_names", "expression_bounds")
 
 
 @flax.struct.dataclass
@@ -65,6 +65,15 @@ class FaceModel:
     license: str = flax.struct.field(pytree_node=False, default="unknown")
     units: str = flax.struct.field(pytree_node=False, default="mm")
     expression_names: tuple = flax.struct.field(pytree_node=False, default=())
+    # (low, high) of every expression code where the expressions are blendshapes (ICT's
+    # ARKit set: (0, 1), the code is the weight); () for PCA-like spaces with a N(0, 1)
+    # prior. Fitting projects onto the box, the encoder's head maps into it, sampling
+    # draws sparse weights inside it, and the prior is sparse (`losses.statistical_prior`).
+    expression_bounds: tuple = flax.struct.field(pytree_node=False, default=())
+
+    @property
+    def blendshapes(self) -> bool:
+        return bool(self.expression_bounds)
 
     @property
     def num_vertices(self) -> int:
@@ -126,6 +135,10 @@ class FaceModel:
             raise ValueError(
                 f"FaceModel{where}: {len(self.expression_names)} expression_names for "
                 f"{self.num_expression} expression components")
+        if self.expression_bounds and (len(self.expression_bounds) != 2
+                                       or not self.expression_bounds[0] < self.expression_bounds[1]):
+            raise ValueError(f"FaceModel{where}: expression_bounds must be (low, high) with "
+                             f"low < high, got {self.expression_bounds}")
         return self
 
 
@@ -193,6 +206,7 @@ def save_npz(model: FaceModel, path: str) -> None:
             arrays[field] = np.asarray(value)
     meta = {f: getattr(model, f) for f in _STATIC_FIELDS}
     meta["expression_names"] = list(meta["expression_names"])
+    meta["expression_bounds"] = list(meta["expression_bounds"])
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.npz"
@@ -217,6 +231,7 @@ def load_npz(path: str) -> FaceModel:
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{path} is not a mofa face-model .npz file: {err}") from err
     meta["expression_names"] = tuple(meta.get("expression_names", ()))
+    meta["expression_bounds"] = tuple(meta.get("expression_bounds", ()))
     return FaceModel(**kwargs, **meta).validate(path)
 
 
@@ -230,8 +245,9 @@ def from_numpy(**fields) -> FaceModel:
             kwargs[name] = jnp.asarray(arr)
         else:
             kwargs[name] = value
-    if "expression_names" in kwargs:
-        kwargs["expression_names"] = tuple(kwargs["expression_names"])
+    for name in ("expression_names", "expression_bounds"):
+        if name in kwargs:
+            kwargs[name] = tuple(kwargs[name])
     return FaceModel(**kwargs).validate(kwargs.get("name", ""))
 
 
