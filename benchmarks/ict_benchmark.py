@@ -125,6 +125,8 @@ def make(args) -> None:
         truth[stem] = {"yaw_degrees": float(np.degrees(code.rotation[i, 1])),
                        "pitch_degrees": float(np.degrees(code.rotation[i, 0])),
                        "occluded": occluded,
+                       # The true 68 landmark vertices, projected (for --oracle runs).
+                       "landmarks": np.round(np.asarray(out.landmarks[0]), 3).tolist(),
                        "expression_weights": {n: round(float(w), 3) for n, w in zip(
                            face.expression_names, np.asarray(code.expression[i])) if w > 0}}
     with open(os.path.join(args.out, "truth.json"), "w") as f:
@@ -181,6 +183,21 @@ class CachedDetector:
         return self.cache[key]
 
 
+class OracleDetector:
+    """The true projected landmark vertices instead of a detector: isolates what the
+    fit recovers from what the detector's landmark semantics cost."""
+
+    def __init__(self, truth: dict, photos: str):
+        self.by_image = {}
+        for stem, face in truth.items():
+            image = np.asarray(Image.open(os.path.join(photos, stem + ".png")).convert("RGB"))
+            self.by_image[hash(image.tobytes())] = np.asarray(face["landmarks"], np.float32)
+        self.seconds = 0.0
+
+    def __call__(self, image):
+        return [self.by_image[hash(image.tobytes())]]
+
+
 def _subset(scans: str, stems: list, folder: str) -> str:
     """A folder of links to the first scans (scan_eval scores every scan of a folder)."""
     os.makedirs(folder, exist_ok=True)
@@ -200,7 +217,7 @@ def run(args) -> None:
     stems = sorted(truth)[:args.limit]
     truth = {s: truth[s] for s in stems}
     scans = _subset(scans, stems, os.path.join(args.out, f"scans_{len(stems)}"))
-    detector = CachedDetector()
+    detector = (OracleDetector(truth, photos) if args.oracle_landmarks else CachedDetector())
     options = fitting.FitOptions(**{k: float(v) for k, v in (
         kv.split("=") for kv in args.options.split(",") if kv)})
     models = {"ict": _ict(args.ict, "face"), "builtin": facemodel.load("builtin")}
@@ -255,6 +272,8 @@ def main(argv=None) -> None:
     r.add_argument("--image-size", type=int, default=128)
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--tag", default="default")
+    r.add_argument("--oracle-landmarks", action="store_true",
+                   help="fit to the true projected landmarks instead of MediaPipe's")
     r.add_argument("--no-contour", action="store_true", help="fixed jaw landmark vertices")
     r.add_argument("--limit", type=int, default=None, help="the first N faces only")
     r.add_argument("--options", default="", help="FitOptions overrides, k=v,k=v")

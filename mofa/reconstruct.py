@@ -84,10 +84,26 @@ class Reconstructor:
     # Jaw landmarks slide onto the model's silhouette (`fitting.contour_candidates`):
     # a detector puts them on the occluding contour, not on fixed vertices.
     contour: bool = True
+    # The detector's landmarks as measured model vertices, inverse-variance weighted
+    # (`landmark_calibration`), where the model has a shipped table.
+    calibrated_landmarks: bool = True
 
     def __post_init__(self):
-        self._contour = (jnp.asarray(fitting.contour_candidates(self.model)) if self.contour
-                         else None)
+        from mofa import landmark_calibration
+
+        table = (landmark_calibration.table_for(self.model) if self.calibrated_landmarks
+                 else None)
+        # The model the fit sees: the detector's landmark vertices; outputs keep the
+        # model's own landmark definition.
+        self.fit_model = self.model if table is None else self.model.replace(
+            landmark_indices=jnp.asarray(table.vertices, jnp.int32))
+        self._landmark_weights = None if table is None else jnp.asarray(table.weights())
+        self._contour = (jnp.asarray(fitting.contour_candidates(self.fit_model))
+                         if self.contour else None)
+
+    def landmark_weights(self, weight: jax.Array) -> jax.Array:
+        """Detector confidences (B, 68) times the calibrated per-landmark weights."""
+        return weight if self._landmark_weights is None else weight * self._landmark_weights
 
     @property
     def image_size(self) -> int:
@@ -106,7 +122,8 @@ class Reconstructor:
             chunk = crops[start:start + self.batch_size]
             stack = lambda k: jnp.asarray(_pad(np.stack([c[k] for c in chunk]),  # noqa: E731
                                                self.batch_size))
-            pixels, lm, weight = stack("image"), stack("landmarks"), stack("landmark_weight")
+            pixels, lm = stack("image"), stack("landmarks")
+            weight = self.landmark_weights(stack("landmark_weight"))
             if init is not None:
                 start_code = jax.tree.map(
                     lambda x: jnp.asarray(_pad(np.asarray(x[start:start + len(chunk)]),
@@ -114,14 +131,14 @@ class Reconstructor:
             elif self.encoder is not None:
                 start_code = self.encoder(pixels)
             else:
-                start_code = fitting.initial_code(self.model, self.camera, lm, weight)
+                start_code = fitting.initial_code(self.fit_model, self.camera, lm, weight)
             code = start_code
             if steps > 0 and landmarks_only:
-                code = fitting.fit_landmarks(self.model, self.camera, lm, weight, steps=steps,
+                code = fitting.fit_landmarks(self.fit_model, self.camera, lm, weight, steps=steps,
                                              init_code=start_code, options=self.options,
                                              fixed=fixed, contour=self._contour)
             elif steps > 0:
-                code = fitting.fit(self.model, self.camera, pixels, lm, weight, start_code,
+                code = fitting.fit(self.fit_model, self.camera, pixels, lm, weight, start_code,
                                    steps=steps, options=self.options, fixed=fixed,
                                    contour=self._contour)
             parts.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], code))
@@ -214,7 +231,7 @@ class Run:
         code = self.rec.codes(pending)
         outs = self.rec.render(code, pending)
         errors = jax.device_get(fitting.fit_errors(
-            self.rec.model, self.rec.camera, jax.tree.map(jnp.asarray, code),
+            self.rec.fit_model, self.rec.camera, jax.tree.map(jnp.asarray, code),
             jnp.asarray(np.stack([p["landmarks"] for p in pending])),
             jnp.asarray(np.stack([p["landmark_weight"] for p in pending])),
             contour=self.rec._contour))

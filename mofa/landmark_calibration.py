@@ -1,0 +1,171 @@
+"""Which model vertex a 2D detector's landmark is, measured on renders of the model.
+
+A 68-point detector's landmark is a semantic point ("the jaw below the mouth
+corner", "the top of the brow arc"); a model's `landmark_indices` are one
+author's reading of the same semantics. Where the two disagree by a few
+millimetres, a fit bends identity and expression to reconcile them and the
+shape gets worse than the mean face. `calibrate` renders random near-frontal
+faces of the model, runs the detector on them, and for every landmark picks the
+vertex near the model's own whose projection tracks the detections best
+(least mean squared distance over the faces, in inter-ocular units), and the
+residual spread of each landmark. The fit then uses those vertices, and weights
+each landmark by its inverse residual variance (`LandmarkTable.weights`), so the
+detector's loose jaw and brow points count less than its eye corners.
+
+Near-frontal views (|yaw| <= 12 deg) keep the jaw points off the occluding
+contour, which `fitting.contour_candidates` handles on turned faces. Tables for
+the shipped models and the MediaPipe detector are in `landmark_tables.py`,
+written by `python -m mofa.landmark_calibration` (see `main`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from mofa import render
+from mofa.code import DEFAULT_FOV_DEGREES, random_code
+from mofa.facemodel import NUM_LANDMARKS, FaceModel
+
+EYE_CORNERS = (36, 45)  # outer eye corners: the inter-ocular unit
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkTable:
+    """A detector's 68 landmarks as model vertices, with their residual spread."""
+
+    vertices: tuple  # (68,) vertex indices
+    sigma: tuple  # (68,) RMS detector-to-vertex distance, inter-ocular units
+    num_vertices: int  # of the model the table was measured on (checked on use)
+
+    def weights(self) -> np.ndarray:
+        """(68,) inverse-variance landmark weights, mean 1 (the overall landmark weight
+        stays the fit's calibrated one; only the share between landmarks changes)."""
+        w = 1.0 / np.square(np.asarray(self.sigma, np.float64))
+        return (w / w.mean()).astype(np.float32)
+
+    def applies_to(self, model: FaceModel) -> bool:
+        return model.num_vertices == self.num_vertices
+
+
+def detect_on_renders(model: FaceModel, detector: Callable, faces: int = 160, seed: int = 0,
+                      image_size: int = 224, render_model: Optional[FaceModel] = None,
+                      batch: int = 16) -> tuple:
+    """Renders `faces` random near-frontal faces and detects them.
+
+    Returns (detections (N, 68, 2), projected vertices (N, V, 2), vertex visibility
+    (N, V)) for the faces the detector found; vertices are those of `model` (the
+    first V of `render_model`, e.g. a larger region of the same mesh, if given).
+    """
+    from mofa import images
+    from mofa.data import synthetic
+
+    shown = render_model or model
+    camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, image_size, image_size)
+    draw = jax.jit(render.render_face)
+    key = jax.random.key(seed)
+    detections, projected, visible = [], [], []
+    for start in range(0, faces, batch):
+        k_code, k_bg, k_dist = jax.random.split(jax.random.fold_in(key, start), 3)
+        code = random_code(shown, k_code, (batch,), max_yaw_degrees=12.0, max_pitch_degrees=10.0,
+                           max_roll_degrees=5.0, expression_scale=0.5, shift_mm=15.0)
+        distance = jax.random.uniform(k_dist, (batch,), minval=1300.0, maxval=1700.0)
+        code = code.replace(translation=code.translation.at[:, 2].set(-distance))
+        background = synthetic.random_backgrounds(k_bg, batch, image_size, image_size)
+        out = draw(shown, code, camera, background=background)
+        photos = images.to_uint8(images.linear_to_srgb(np.clip(np.asarray(out.image), 0, 1)))
+        n = model.num_vertices
+        for i in range(batch):
+            found = detector(photos[i])
+            if len(found) != 1:
+                continue
+            detections.append(np.asarray(found[0], np.float32)[:, :2])
+            projected.append(np.asarray(out.screen_vertices[i, :n, :2]))
+            visible.append(np.asarray(out.vertex_visibility[i, :n]) > 0.5)
+    if not detections:
+        raise ValueError("the detector found no face on any render")
+    return np.stack(detections), np.stack(projected), np.stack(visible)
+
+
+def calibrate(model: FaceModel, detections: np.ndarray, projected: np.ndarray,
+              visible: np.ndarray, radius_mm: float = 20.0,
+              min_visible: float = 0.9) -> LandmarkTable:
+    """The best vertex of each landmark near the model's own, and its spread.
+
+    detections (N, 68, 2), projected (N, V, 2), visible (N, V): `detect_on_renders`.
+    Candidates: vertices within `radius_mm` of the model's landmark vertex on the
+    mean face, visible in at least `min_visible` of the faces. Distances are in
+    units of each face's inter-ocular distance (detected outer eye corners); the
+    worst 5% of faces per landmark are trimmed (detector failures).
+    """
+    if detections.shape[1:] != (NUM_LANDMARKS, 2) or len(projected) != len(detections):
+        raise ValueError(f"detections have shape {detections.shape}, projected "
+                         f"{projected.shape}: expected (N, 68, 2) and (N, V, 2)")
+    mean = np.asarray(model.mean_shape)
+    own = np.asarray(model.landmark_indices)
+    iod = np.linalg.norm(detections[:, EYE_CORNERS[0]] - detections[:, EYE_CORNERS[1]], axis=-1)
+    seen = visible.mean(0) >= min_visible
+    vertices, sigma = [], []
+    for l in range(NUM_LANDMARKS):
+        near = np.nonzero((np.linalg.norm(mean - mean[own[l]], axis=-1) <= radius_mm) & seen)[0]
+        if not len(near):
+            near = np.asarray([own[l]])
+        squared = np.sum((projected[:, near] - detections[:, l, None]) ** 2, -1) / iod[:, None] ** 2
+        keep = np.sort(squared, axis=0)[: max(1, int(np.ceil(0.95 * len(squared))))]
+        cost = keep.mean(0)
+        best = int(np.argmin(cost))
+        vertices.append(int(near[best]))
+        sigma.append(float(np.sqrt(cost[best])))
+    return LandmarkTable(tuple(vertices), tuple(sigma), model.num_vertices)
+
+
+def table_for(model: FaceModel) -> Optional[LandmarkTable]:
+    """The shipped MediaPipe table of a model (by name), if it matches the model."""
+    from mofa import landmark_tables
+
+    entry = landmark_tables.TABLES.get(model.name)
+    if entry is None:
+        return None
+    table = LandmarkTable(tuple(entry["vertices"]), tuple(entry["sigma"]), entry["num_vertices"])
+    return table if table.applies_to(model) else None
+
+
+def main(argv=None) -> None:
+    """Measures the MediaPipe table of a face model and prints it as a landmark_tables entry.
+
+      python -m mofa.landmark_calibration --face-model builtin
+      python -m mofa.landmark_calibration --face-model ict:PATH --render-region face_and_head
+    """
+    import argparse
+    import json
+
+    from mofa import facemodel
+    from mofa.data import faces as faces_lib
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--face-model", default="builtin")
+    parser.add_argument("--render-region", default=None,
+                        help="ICT: render this larger region (e.g. face_and_head) of the mesh")
+    parser.add_argument("--faces", type=int, default=160)
+    parser.add_argument("--seed", type=int, default=101)
+    args = parser.parse_args(argv)
+    model = facemodel.load(args.face_model)
+    shown = (facemodel.load(args.face_model, region=args.render_region) if args.render_region
+             else None)
+    detections, projected, visible = detect_on_renders(
+        model, faces_lib.MediaPipeDetector(max_faces=1), args.faces, args.seed,
+        render_model=shown)
+    table = calibrate(model, detections, projected, visible)
+    before = calibrate(model.replace(), detections, projected, visible, radius_mm=0.0)
+    print(f"# {len(detections)} faces; median sigma (inter-ocular): model's own vertices "
+          f"{np.median(before.sigma):.4f}, calibrated {np.median(table.sigma):.4f}")
+    print(json.dumps({model.name: {"vertices": list(table.vertices),
+                                   "sigma": [round(s, 4) for s in table.sigma],
+                                   "num_vertices": table.num_vertices}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Landmark calibration: a detector's landmarks as measured model vertices."""
+
+import jax
+import numpy as np
+import pytest
+
+from mofa import fitting, landmark_calibration, reconstruct, render
+from mofa.code import DEFAULT_FOV_DEGREES, random_code
+from tests import fixtures_facemodels as fx
+
+
+def _projected_vertices(model, n, seed):
+    camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, 224, 224)
+    code = random_code(model, jax.random.key(seed), (n,), max_yaw_degrees=12.0,
+                       max_pitch_degrees=10.0, distance_mm=1500.0)
+    every = model.replace(landmark_indices=np.arange(model.num_vertices, dtype=np.int32))
+    return np.asarray(fitting.project_landmarks(every, camera, code))
+
+
+def test_calibration_recovers_the_detectors_vertices_and_spread():
+    """A fake detector that reports other vertices than the model's landmarks, with
+    per-landmark noise: calibration finds those vertices and ranks the noise."""
+    model = fx.synthetic_model()
+    mean = np.asarray(model.mean_shape)
+    own = np.asarray(model.landmark_indices)
+    rng = np.random.default_rng(0)
+    # The detector's vertex for each landmark: a different vertex 3-8 mm from the model's.
+    truth = []
+    for v in own:
+        distance = np.linalg.norm(mean - mean[v], axis=-1)
+        ring = np.nonzero((distance > 3.0) & (distance < 8.0))[0]
+        truth.append(rng.choice(ring))
+    truth = np.asarray(truth)
+    projected = _projected_vertices(model, 64, seed=1)
+    iod = np.linalg.norm(projected[:, truth[36]] - projected[:, truth[45]], axis=-1)
+    noise_level = np.where(np.arange(68) < 17, 0.06, 0.01)  # a loose jaw, tight rest
+    detections = (projected[:, truth]
+                  + rng.normal(size=(64, 68, 2)) * (noise_level[None, :, None] * iod[:, None, None]))
+    visible = np.ones(projected.shape[:2], bool)
+
+    table = landmark_calibration.calibrate(model, detections, projected, visible)
+    found = np.asarray(table.vertices)
+    tight = np.arange(17, 68)
+    assert np.mean(found[tight] == truth[tight]) > 0.9
+    assert np.linalg.norm(mean[found] - mean[truth], axis=-1).max() < 3.0
+    sigma = np.asarray(table.sigma)
+    assert sigma[:17].min() > 2.0 * sigma[17:].max()  # the jaw's spread is seen
+    np.testing.assert_allclose(np.median(sigma[17:]), 0.01 * np.sqrt(2), rtol=0.35)
+    weights = table.weights()
+    assert abs(weights.mean() - 1.0) < 1e-5 and weights[:17].max() < weights[17:].min()
+    # The model's own vertices fit these detections far worse.
+    own_table = landmark_calibration.calibrate(model, detections, projected, visible,
+                                               radius_mm=0.0)
+    assert np.median(own_table.sigma) > 3.0 * np.median(sigma)
+
+
+def test_bad_shapes_are_named():
+    model = fx.synthetic_model()
+    with pytest.raises(ValueError, match="expected \\(N, 68, 2\\)"):
+        landmark_calibration.calibrate(model, np.zeros((3, 5, 2)), np.zeros((3, 10, 2)),
+                                       np.ones((3, 10), bool))
+
+
+def test_shipped_tables_match_their_models(builtin_model):
+    """The builtin table applies to today's builtin model (a regenerated model with a
+    different mesh must come with a regenerated table) and moves the fit's landmarks."""
+    table = landmark_calibration.table_for(builtin_model)
+    assert table is not None, "regenerate: python -m mofa.landmark_calibration"
+    rec = reconstruct.Reconstructor(builtin_model, render.Camera.from_fov(
+        DEFAULT_FOV_DEGREES, 64, 64), fit_steps=0)
+    np.testing.assert_array_equal(np.asarray(rec.fit_model.landmark_indices), table.vertices)
+    np.testing.assert_array_equal(np.asarray(rec.model.landmark_indices),
+                                  np.asarray(builtin_model.landmark_indices))
+    assert landmark_calibration.table_for(builtin_model.replace(name="another")) is None
+    fewer = builtin_model.replace(mean_shape=builtin_model.mean_shape[:-1])
+    assert landmark_calibration.table_for(fewer) is None  # vertex count checked
