@@ -218,8 +218,8 @@ def run(args) -> None:
     truth = {s: truth[s] for s in stems}
     scans = _subset(scans, stems, os.path.join(args.out, f"scans_{len(stems)}"))
     detector = (OracleDetector(truth, photos) if args.oracle_landmarks else CachedDetector())
-    options = fitting.FitOptions(**{k: float(v) for k, v in (
-        kv.split("=") for kv in args.options.split(",") if kv)})
+    options = (fitting.FitOptions(**{k: float(v) for k, v in (
+        kv.split("=") for kv in args.options.split(",") if kv)}) if args.options else None)
     models = {"ict": _ict(args.ict, "face"), "builtin": facemodel.load("builtin")}
     table = {}
     for variant in args.variants.split(","):

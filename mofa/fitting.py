@@ -69,7 +69,19 @@ class FitOptions:
     lr_code: float = 0.05  # standardized units
     lr_illumination: float = 0.02
     rigid_fraction: float = 0.25  # of the steps; the rest is split below
-    shape_fraction: float = 0.35  # of `fit`'s steps (fit_landmarks gives it the rest)
+    # Of `fit`'s steps (fit_landmarks gives it the rest). Short: with calibrated
+    # landmark weights the shape comes mostly from the photometric stage.
+    shape_fraction: float = 0.15
+
+    def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0
+                            ) -> "FitOptions":
+        """These options with the landmark weight derived (`FIT_NOISE`) for detector noise
+        of `sigma` x crop size per coordinate, of which `independent_fraction` of the
+        136 coordinates are independent (a calibrated detector's,
+        `landmark_calibration.LandmarkTable`): correlated errors carry less evidence."""
+        noise = dataclasses.replace(FIT_NOISE, landmark_sigma=sigma)
+        weight = noise.landmark_weight(self.photometric) / 1e4 * independent_fraction
+        return dataclasses.replace(self, landmark=weight)
 
     def learning_rates(self) -> dict:
         return {"rotation": self.lr_rotation, "translation": self.lr_translation,
@@ -324,10 +336,10 @@ def fit_errors(model: FaceModel, camera: Camera, code: FaceCode, landmarks: jax.
                contour: Optional[jax.Array] = None) -> dict:
     """Per-face errors (B,): landmark_px (weighted mean distance; jaw points on the
     `contour` as the fit scores them) and, with images, photometric (over the face
-    region's skin)."""
+    region's skin); and "landmarks" (B, 68, 2), the fitted face's landmarks so scored."""
     projected = fitted_landmarks(model, camera, code, landmarks, contour)
     distance = jnp.linalg.norm(projected - landmarks, axis=-1)
-    errors = {"landmark_px": jnp.sum(distance * weight, 1) / jnp.maximum(jnp.sum(weight, 1), 1.0)}
+    errors = {"landmarks": projected, "landmark_px": jnp.sum(distance * weight, 1) / jnp.maximum(jnp.sum(weight, 1), 1.0)}
     if images is not None:
         out = render_face(model, code, camera, background=images)
         # Over the face region's skin, the pixels the objective scores.

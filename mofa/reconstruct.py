@@ -80,7 +80,9 @@ class Reconstructor:
     fit_steps: int = 200
     encoder: Optional[Callable] = None  # images (B, S, S, 3) linear -> FaceCode
     detail: Optional[Callable] = None  # `detail.load_refiner`: per-face FineNet refinement
-    options: fitting.FitOptions = fitting.FitOptions()
+    # None: `fitting.FitOptions()` with the landmark weight derived from the calibrated
+    # detector noise where the model has a landmark table.
+    options: Optional[fitting.FitOptions] = None
     # Jaw landmarks slide onto the model's silhouette (`fitting.contour_candidates`):
     # a detector puts them on the occluding contour, not on fixed vertices.
     contour: bool = True
@@ -98,6 +100,10 @@ class Reconstructor:
         self.fit_model = self.model if table is None else self.model.replace(
             landmark_indices=jnp.asarray(table.vertices, jnp.int32))
         self._landmark_weights = None if table is None else jnp.asarray(table.weights())
+        if self.options is None:
+            self.options = (fitting.FitOptions() if table is None
+                            else fitting.FitOptions().with_landmark_noise(
+                                table.crop_sigma(), table.independent_fraction()))
         self._contour = (jnp.asarray(fitting.contour_candidates(self.fit_model))
                          if self.contour else None)
 
@@ -237,7 +243,9 @@ class Run:
             contour=self.rec._contour))
         for i, face in enumerate(pending):
             folder = os.path.join(self.out_dir, face["name"])
-            out = {k: v[i] for k, v in outs.items()}
+            # The fitted face's 68 landmarks as the fit matched them to the detector's
+            # (calibrated vertices, jaw on the silhouette), not the model's own vertices.
+            out = {**{k: v[i] for k, v in outs.items()}, "landmarks": errors["landmarks"][i]}
             self._write_face(folder, face, _code_arrays(code, i), out,
                              float(errors["landmark_px"][i]))
             self.faces.append({"source": face["source"], "output": folder})

@@ -48,6 +48,14 @@ def test_calibration_recovers_the_detectors_vertices_and_spread():
     np.testing.assert_allclose(np.median(sigma[17:]), 0.01 * np.sqrt(2), rtol=0.35)
     weights = table.weights()
     assert abs(weights.mean() - 1.0) < 1e-5 and weights[:17].max() < weights[17:].min()
+    # Independent noise: (nearly) all 136 coordinates count.
+    assert table.independent > 100, table.independent
+    # A detector whose jaw line shifts as one (one offset per face for all 17 points)
+    # has far fewer independent coordinates.
+    shift = rng.normal(size=(64, 1, 2)) * 0.06 * iod[:, None, None]
+    correlated = detections.copy()
+    correlated[:, :17] = projected[:, truth[:17]] + shift
+    assert landmark_calibration.calibrate(model, correlated, projected, visible).independent < 80
     # The model's own vertices fit these detections far worse.
     own_table = landmark_calibration.calibrate(model, detections, projected, visible,
                                                radius_mm=0.0)
