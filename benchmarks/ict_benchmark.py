@@ -35,6 +35,7 @@ bin, and faces/s. Variants:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -145,9 +146,9 @@ def _write_mean(model: facemodel.FaceModel, stems: list, out: str) -> None:
             "landmarks_3d": np.asarray(model.mean_shape)[np.asarray(model.landmark_indices)]})
 
 
-def _score(predictions: str, scans: str, truth: dict) -> dict:
+def _score(predictions: str, scans: str, truth: dict, stride: int = 1) -> dict:
     result = scan_eval.evaluate_scans(predictions, scans, crop_radius=CROP_RADIUS_MM,
-                                      skip_missing=True)
+                                      skip_missing=True, point_stride=stride)
     rows = {"all": (result["median_mm"], result["mean_mm"], result["num_scans"])}
     if result["missing"]:
         print(f"no prediction (no face detected) for {result['missing']}", file=sys.stderr)
@@ -218,8 +219,7 @@ def run(args) -> None:
     truth = {s: truth[s] for s in stems}
     scans = _subset(scans, stems, os.path.join(args.out, f"scans_{len(stems)}"))
     detector = (OracleDetector(truth, photos) if args.oracle_landmarks else CachedDetector())
-    options = (fitting.FitOptions(**{k: float(v) for k, v in (
-        kv.split("=") for kv in args.options.split(",") if kv)}) if args.options else None)
+    overrides = {k: float(v) for k, v in (kv.split("=") for kv in args.options.split(",") if kv)}
     models = {"ict": _ict(args.ict, "face"), "builtin": facemodel.load("builtin")}
     table = {}
     for variant in args.variants.split(","):
@@ -234,8 +234,9 @@ def run(args) -> None:
             camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, args.image_size, args.image_size)
             steps = 0 if kind == "placed" else args.fit_steps
             rec = reconstruct.Reconstructor(model, camera, batch_size=args.batch_size,
-                                            fit_steps=steps, options=options,
-                                            contour=not args.no_contour)
+                                            fit_steps=steps, contour=not args.no_contour,
+                                            calibrated_landmarks=not args.no_calibration)
+            rec.options = dataclasses.replace(rec.options, **overrides)
             paths = [os.path.join(photos, f"{s}.png") for s in stems]
             # Warm-up compile on the first batch, so faces/s is the steady state.
             reconstruct.run(paths[:args.batch_size], predictions, rec, detector,
@@ -246,12 +247,17 @@ def run(args) -> None:
             seconds = time.perf_counter() - start
             if summary["skipped"]:
                 print(f"{variant}: skipped {summary['skipped']}", file=sys.stderr)
-        rows = _score(predictions, scans, truth)
+        rows = _score(predictions, scans, truth, args.scan_stride)
         table[variant] = {"rows": rows, "faces_per_second":
                           None if seconds is None else len(stems) / seconds}
         line = "  ".join(f"{k}: {m:.2f}/{a:.2f} (n={n})" for k, (m, a, n) in rows.items())
         speed = "" if seconds is None else f"  {len(stems) / seconds:.2f} faces/s"
         print(f"{variant:16s} median/mean mm  {line}{speed}", flush=True)
+        if seconds is not None:
+            print(f"{variant:16s} options {rec.options}", flush=True)
+    if detector.seconds:
+        print(f"detection: {detector.seconds:.1f} s for {len(stems)} photos "
+              f"({len(stems) / detector.seconds:.1f} faces/s)", flush=True)
     with open(os.path.join(args.out, f"results_{args.tag}.json"), "w") as f:
         json.dump(table, f, indent=1)
 
@@ -274,6 +280,10 @@ def main(argv=None) -> None:
     r.add_argument("--tag", default="default")
     r.add_argument("--oracle-landmarks", action="store_true",
                    help="fit to the true projected landmarks instead of MediaPipe's")
+    r.add_argument("--no-calibration", action="store_true",
+                   help="the model's own landmark vertices, unweighted")
+    r.add_argument("--scan-stride", type=int, default=1,
+                   help="score every n-th ground-truth vertex (quicker ablations)")
     r.add_argument("--no-contour", action="store_true", help="fixed jaw landmark vertices")
     r.add_argument("--limit", type=int, default=None, help="the first N faces only")
     r.add_argument("--options", default="", help="FitOptions overrides, k=v,k=v")

@@ -267,12 +267,12 @@ def _mesh_landmarks(folder: str, vertices: np.ndarray, face_model: str) -> np.nd
 
 def evaluate_scans(predictions: str, scans: str, crop_radius: float = CROP_RADIUS_MM,
                    refine: bool = True, face_model: str = "builtin",
-                   skip_missing: bool = False) -> dict:
+                   skip_missing: bool = False, point_stride: int = 1) -> dict:
     """NoW-style scan-to-mesh errors of every scan in `scans` (`<stem>.obj|.ply` +
     `<stem>.txt|.npy|.pp`) against the prediction `<stem>_face0/mesh.obj|.ply`.
 
     skip_missing: scans without a prediction (e.g. no face detected) are listed
-    under "missing" instead of raising.
+    under "missing" instead of raising. point_stride: score every n-th scan point.
     """
     stems = sorted({os.path.splitext(f)[0] for f in os.listdir(scans)
                     if f.lower().endswith(MESH_SUFFIXES)})
@@ -296,6 +296,7 @@ def evaluate_scans(predictions: str, scans: str, crop_radius: float = CROP_RADIU
             raise FileNotFoundError(f"no prediction for scan {scan_path}: expected "
                                     f"{os.path.join(folder, 'mesh.obj')}")
         scan_points, _ = read_mesh(scan_path, need_faces=False)
+        scan_points = scan_points[::point_stride]
         scan_landmarks = read_landmarks(landmark_path, 3)
         if len(scan_landmarks) not in (7, 68):
             raise ValueError(f"{landmark_path}: {len(scan_landmarks)} landmarks, expected 7 "

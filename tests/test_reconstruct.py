@@ -209,3 +209,43 @@ def test_reconstruct_with_detail_writes_the_refined_depth_normals_and_mesh(rende
     capsys.readouterr()
     assert cli.main(args + ["--detail", finenet(32)]) == 1  # sizes must match
     assert "works at 32 px" in capsys.readouterr().err
+
+
+def test_reconstruction_recovers_shape_better_than_the_placed_mean_face(renders, builtin_model):
+    """Detector -> crop -> default fit on rendered faces of known shape: the fitted face
+    is closer to the truth than the mean face placed from the landmarks (what the
+    calibrated landmarks, the sliding contour and the photometric stage are for)."""
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
+    from mofa import evaluation, facemodel, reconstruct, render
+    from mofa.code import DEFAULT_FOV_DEGREES
+    from mofa.data import faces as faces_lib
+
+    model = builtin_model
+    batch = next(synthetic.synthetic_batches(model, 224, 8, jax.random.key(23)))
+    truth = synthetic.code_from_batch(batch)
+    photos = images.to_uint8(images.linear_to_srgb(batch["image"]))
+    detector = faces_lib.MediaPipeDetector(max_faces=1)
+    crops, found = [], []
+    for i, photo in enumerate(photos):
+        faces = detector(photo)
+        if faces:
+            crops.append(reconstruct.crop_face(photo, faces[0], 128))
+            found.append(i)
+    assert len(found) >= 6, found
+    camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, 128, 128)
+    mask = np.asarray(model.face_mask) > 0.5
+    true_shape = np.asarray(facemodel.shape(model, truth.identity, truth.expression))[found]
+
+    def shape_error(code):
+        shapes = np.asarray(facemodel.shape(model, jnp.asarray(code.identity),
+                                            jnp.asarray(code.expression)))
+        return np.mean([np.linalg.norm(np.asarray(evaluation.similarity_align(
+            jnp.asarray(a[mask]), jnp.asarray(b[mask]))) - b[mask], axis=-1).mean()
+            for a, b in zip(shapes, true_shape)])
+
+    placed = shape_error(reconstruct.Reconstructor(model, camera, fit_steps=0).codes(crops))
+    rec = reconstruct.Reconstructor(model, camera)
+    assert rec.options.landmark < 0.1  # derived from the calibrated table, not 0.94
+    fitted = shape_error(rec.codes(crops))
+    print(f"shape error: placed mean face {placed:.2f} mm, fitted {fitted:.2f} mm")
+    assert fitted < 0.8 * placed, (fitted, placed)
