@@ -88,11 +88,11 @@ def random_code(model: FaceModel, key: jax.Array, batch_shape=(), *,
     tint = 1.0 + 0.04 * jax.random.normal(keys[5], batch_shape + (1, 3))
     illumination = (ambient[..., None] / sh.Y00 * (jnp.arange(sh.NUM_SH) == 0)[:, None]
                     + light_strength * strength[..., None] * lobe[..., None]) * tint
-    ids = jax.random.split(keys[6], 4)
+    ids = jax.random.split(keys[6], 3)
     expression = normal(ids[1], model.num_expression, expression_scale)
     if model.blendshapes:  # sparse weights: each blendshape active with probability 0.1
         low, high = model.expression_bounds
-        active = jax.random.bernoulli(ids[3], 0.1, expression.shape)
+        active = jax.random.bernoulli(jax.random.fold_in(ids[1], 1), 0.1, expression.shape)
         level = jax.random.uniform(ids[1], expression.shape, maxval=min(expression_scale, 1.0))
         expression = low + (high - low) * jnp.where(active, level, 0.0)
     return FaceCode(
