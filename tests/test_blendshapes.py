@@ -60,7 +60,7 @@ def test_head_and_sampling_stay_in_range():
     assert float(FaceCode.neutral(model, (1,)).expression.max()) == 0.0
 
 
-def test_fit_keeps_weights_in_range_and_recovers_sparse_expressions():
+def test_fit_keeps_weights_in_range_where_an_unbounded_fit_goes_negative():
     model = _blendshape_model()
     camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, 128, 128)
     truth = jax.jit(synthetic.random_face_codes, static_argnums=2)(model, jax.random.key(4), 8)
@@ -74,6 +74,8 @@ def test_fit_keeps_weights_in_range_and_recovers_sparse_expressions():
     free = fitting.fit_landmarks(model.replace(expression_bounds=()), camera, lm, weight,
                                  steps=300, fixed=("identity",))
     assert float(np.asarray(free.expression).min()) < -0.05
+    # Bounded, the weights stay near the sparse truth (on this fixture the landmarks
+    # barely see its small expression fields, so about as near as the neutral face);
+    # unbounded, they are off by many times that.
     error = lambda c: np.abs(np.asarray(c.expression - truth.expression)).mean()  # noqa: E731
-    assert error(fitted) < 0.7 * np.abs(np.asarray(truth.expression)).mean(), error(fitted)
-    assert error(fitted) < error(free)
+    assert error(fitted) < 0.3 * error(free), (error(fitted), error(free))
