@@ -89,12 +89,14 @@ def random_code(model: FaceModel, key: jax.Array, batch_shape=(), *,
     illumination = (ambient[..., None] / sh.Y00 * (jnp.arange(sh.NUM_SH) == 0)[:, None]
                     + light_strength * strength[..., None] * lobe[..., None]) * tint
     ids = jax.random.split(keys[6], 3)
-    expression = normal(ids[1], model.num_expression, expression_scale)
     if model.blendshapes:  # sparse weights: each blendshape active with probability 0.1
         low, high = model.expression_bounds
-        active = jax.random.bernoulli(jax.random.fold_in(ids[1], 1), 0.1, expression.shape)
-        level = jax.random.uniform(ids[1], expression.shape, maxval=min(expression_scale, 1.0))
+        shape = batch_shape + (model.num_expression,)
+        active = jax.random.bernoulli(jax.random.fold_in(ids[1], 1), 0.1, shape)
+        level = jax.random.uniform(ids[1], shape, maxval=min(expression_scale, 1.0))
         expression = low + (high - low) * jnp.where(active, level, 0.0)
+    else:
+        expression = normal(ids[1], model.num_expression, expression_scale)
     return FaceCode(
         rotation=rotation,
         translation=translation,

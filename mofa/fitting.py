@@ -159,15 +159,15 @@ def contour_candidates(model: FaceModel, count: int = CONTOUR_CANDIDATES,
         side = 1.0 if p[0] > centre[0] else -1.0
         # Angle around the vertical axis through the face centre, 0 at the front.
         angle = lambda v: np.arctan2(side * (v[..., 0] - centre[0]), v[..., 2] - centre[2])  # noqa: E731
-        start = angle(p)
+        start, around = angle(p), angle(mean)
         # At most 75 degrees further round: the jaw, not the neck below it.
-        band = ((np.abs(mean[:, 1] - p[1]) < band_mm) & (angle(mean) > start)
-                & (angle(mean) < start + np.radians(75.0)))
+        band = ((np.abs(mean[:, 1] - p[1]) < band_mm) & (around > start)
+                & (around < start + np.radians(75.0)))
         line = np.nonzero(band)[0]
         if not len(line):
             rows.append(np.full(count, landmarks[j]))
             continue
-        line = line[np.argsort(angle(mean[line]))]
+        line = line[np.argsort(around[line])]
         picks = np.linspace(0, len(line) - 1, count - 1).round().astype(int)
         rows.append(np.concatenate([[landmarks[j]], line[picks]]))
     return np.asarray(rows, np.int32)

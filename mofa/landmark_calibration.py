@@ -187,7 +187,7 @@ def main(argv=None) -> None:
         model, faces_lib.MediaPipeDetector(max_faces=1), args.faces, args.seed,
         render_model=shown)
     table = calibrate(model, detections, projected, visible)
-    before = calibrate(model.replace(), detections, projected, visible, radius_mm=0.0)
+    before = calibrate(model, detections, projected, visible, radius_mm=0.0)
     print(f"# {len(detections)} faces; median sigma (inter-ocular): model's own vertices "
           f"{np.median(before.sigma):.4f}, calibrated {np.median(table.sigma):.4f}; "
           f"independent coordinates {table.independent:.1f} of 136")

@@ -107,6 +107,14 @@ class Reconstructor:
         self._contour = (jnp.asarray(fitting.contour_candidates(self.fit_model))
                          if self.contour else None)
 
+    def fit_errors(self, code: FaceCode, crops: list[dict]) -> dict:
+        """`fitting.fit_errors` of codes on their crops, with the fit's own landmark
+        vertices and contour (so "landmarks" are the points the fit matched)."""
+        stack = lambda k: jnp.asarray(np.stack([c[k] for c in crops]))  # noqa: E731
+        return jax.device_get(fitting.fit_errors(
+            self.fit_model, self.camera, jax.tree.map(jnp.asarray, code), stack("landmarks"),
+            stack("landmark_weight"), contour=self._contour))
+
     def landmark_weights(self, weight: jax.Array) -> jax.Array:
         """Detector confidences (B, 68) times the calibrated per-landmark weights."""
         return weight if self._landmark_weights is None else weight * self._landmark_weights
@@ -236,11 +244,7 @@ class Run:
             return
         code = self.rec.codes(pending)
         outs = self.rec.render(code, pending)
-        errors = jax.device_get(fitting.fit_errors(
-            self.rec.fit_model, self.rec.camera, jax.tree.map(jnp.asarray, code),
-            jnp.asarray(np.stack([p["landmarks"] for p in pending])),
-            jnp.asarray(np.stack([p["landmark_weight"] for p in pending])),
-            contour=self.rec._contour))
+        errors = self.rec.fit_errors(code, pending)
         for i, face in enumerate(pending):
             folder = os.path.join(self.out_dir, face["name"])
             # The fitted face's 68 landmarks as the fit matched them to the detector's

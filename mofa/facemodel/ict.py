@@ -29,7 +29,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import urllib.error
 import urllib.request
 
 import numpy as np
