@@ -162,3 +162,36 @@ def write_code(stem: str, arrays: dict, extra: dict | None = None) -> None:
     np.savez(f"{stem}.npz", **arrays)
     with open(f"{stem}.json", "w", encoding="utf-8") as f:
         json.dump(_jsonable({**(extra or {}), **arrays}), f, indent=1)
+
+
+def expression_weights(model, expression) -> dict:
+    """{name: weight} of one expression code: for blendshape models (ICT's ARKit set) the
+    weights in [0, 1]; for PCA models their standardized components (named where the model
+    names them, else `expression_<k>`)."""
+    expression = np.asarray(expression, np.float64).reshape(-1)
+    names = model.expression_names or tuple(f"expression_{k}" for k in range(len(expression)))
+    return {name: float(v) for name, v in zip(names, expression)}
+
+
+def head_pose_degrees(rotation) -> dict:
+    """{pitch, yaw, roll} in degrees of a FaceCode rotation (radians, pitch about x, yaw
+    about y, roll about z; R = Rz(roll) Ry(yaw) Rx(pitch), camera looking down -z)."""
+    pitch, yaw, roll = np.degrees(np.asarray(rotation, np.float64).reshape(3))
+    return {"pitch": float(pitch), "yaw": float(yaw), "roll": float(roll)}
+
+
+def write_blendshapes(path: str, model, expression, rotation) -> None:
+    """`blendshapes.json`: the expression as named weights plus the head pose, the file
+    animation tools and scripts read (no arrays, no model internals)."""
+    bounds = model.expression_bounds if model.blendshapes else None
+    document = {
+        "face_model": model.name,
+        "kind": "blendshapes" if model.blendshapes else "pca_components",
+        "range": list(bounds) if bounds else None,
+        "weights": expression_weights(model, expression),
+        "head_pose_degrees": head_pose_degrees(rotation),
+        "pose_convention": "R = Rz(roll) Ry(yaw) Rx(pitch); x right, y up, camera looks down -z",
+    }
+    _folder_of(path)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=1)

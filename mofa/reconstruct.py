@@ -39,22 +39,38 @@ _LIGHT = np.array([0.3, 0.4, 0.85])
 _render = jax.jit(render.render_face)
 
 
-def collect_inputs(paths: list[str]) -> tuple[list[str], list[str], list[tuple]]:
-    """(image files, video files, skipped (path, reason)); folders are walked recursively."""
-    image_paths, videos, skipped = [], [], []
+def collect_inputs(paths: list[str]) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """(images, videos, skipped): images and videos as (path, output stem), skipped as
+    (path, reason); folders are walked recursively.
+
+    Output stems never collide: an image found in a folder keeps its path relative to
+    that folder (`a/IMG_1.jpg` -> `a/IMG_1`), a file named directly its base name, and
+    a stem already taken gets `-2`, `-3`, ... (two folders holding the same layout).
+    """
+    images_, videos, skipped, taken = [], [], [], set()
+
+    def unique(stem: str) -> str:
+        candidate, k = stem, 1
+        while candidate.lower() in taken:  # case-insensitive file systems too
+            k += 1
+            candidate = f"{stem}-{k}"
+        taken.add(candidate.lower())
+        return candidate
+
     for path in paths:
         if os.path.isdir(path):
             found = folder_lib.find_images(path)
             if not found:
                 skipped.append((path, "folder holds no image files"))
-            image_paths.extend(found)
+            images_.extend((f, unique(os.path.splitext(os.path.relpath(f, path))[0]))
+                           for f in found)
         elif not os.path.exists(path):
             skipped.append((path, "file not found"))
-        elif os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
-            videos.append(path)
         else:
-            image_paths.append(path)
-    return image_paths, videos, skipped
+            stem = unique(os.path.splitext(os.path.basename(path))[0])
+            is_video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+            (videos if is_video else images_).append((path, stem))
+    return images_, videos, skipped
 
 
 def crop_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
@@ -223,8 +239,9 @@ class Run:
 
     # -- images ---------------------------------------------------------------
 
-    def image(self, path: str) -> list[dict]:
-        """Detected, cropped faces of one photo (pending reconstruction), or [] if skipped."""
+    def image(self, path: str, stem: str) -> list[dict]:
+        """Detected, cropped faces of one photo (pending reconstruction), or [] if skipped;
+        they are written to `<out>/<stem>_face<k>/`."""
         try:
             photo = faces_lib.load_rgb8(path)
         except faces_lib.ImageError as err:
@@ -234,7 +251,6 @@ class Run:
         if reason:
             self.skip(path, reason)
             return []
-        stem = os.path.splitext(os.path.basename(path))[0]
         return [dict(crop_face(photo, lm, self.rec.image_size), source=path, photo=photo,
                      name=f"{stem}_face{k}") for k, lm in enumerate(found)]
 
@@ -294,8 +310,9 @@ class Run:
             "pixel_convention": "original image pixels, x right, y down",
         }
         if model.expression_names:  # the expression code by name (blendshapes: ARKit weights)
-            extra["expressions"] = {name: float(v) for name, v in zip(
-                model.expression_names, np.asarray(code["expression"]))}
+            extra["expressions"] = export.expression_weights(model, code["expression"])
+        export.write_blendshapes(os.path.join(folder, "blendshapes.json"), model,
+                                 code["expression"], code["rotation"])
         export.write_code(os.path.join(folder, "code"), {
             **code, "landmarks": to_image(out["landmarks"]),
             "landmarks_detected": face["detected"],
@@ -304,8 +321,9 @@ class Run:
 
     # -- videos ---------------------------------------------------------------
 
-    def video(self, path: str) -> int:
-        """Reconstructs the largest face of every frame; returns the number of faces."""
+    def video(self, path: str, stem: str) -> int:
+        """Reconstructs the largest face of every frame (outputs `<out>/<stem>_...`);
+        returns the number of faces."""
         import imageio.v3 as iio
         from scipy.ndimage import gaussian_filter1d
 
@@ -342,7 +360,8 @@ class Run:
                                                         mode="nearest")
                                    for f in ("rotation", "translation", "expression")})
         outs = self.rec.render(code, crops)
-        stem = os.path.join(self.out_dir, os.path.splitext(os.path.basename(path))[0])
+        stem = os.path.join(self.out_dir, stem)
+        os.makedirs(os.path.dirname(stem), exist_ok=True)
         overlay_frames = [f.copy() for f in frames]
         landmarks = []
         for i, (crop, index) in enumerate(zip(crops, indices)):
@@ -393,18 +412,20 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
 
     detector = detector or faces_lib.MediaPipeDetector(max_faces=max_faces)
     job = Run(rec, out_dir, detector, max_faces, texture_size, smooth)
-    image_paths, videos, skipped = collect_inputs(paths)
+    image_inputs, video_inputs, skipped = collect_inputs(paths)
     for source, reason in skipped:
         job.skip(source, reason)
     start = time.perf_counter()
     count = 0
     pending: list[dict] = []
-    bar = tqdm(image_paths + videos, desc="reconstructing", unit="input", disable=not progress)
-    for path in bar:
+    videos = {path for path, _ in video_inputs}
+    bar = tqdm(image_inputs + video_inputs, desc="reconstructing", unit="input",
+               disable=not progress)
+    for path, stem in bar:
         if path in videos:
-            count += job.video(path)
+            count += job.video(path, stem)
         else:
-            pending += job.image(path)
+            pending += job.image(path, stem)
             if len(pending) >= rec.batch_size:
                 job.finish_images(pending)
                 count, pending = count + len(pending), []
@@ -414,7 +435,8 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
     bar.close()
     seconds = time.perf_counter() - start
     summary = {
-        "inputs": list(paths), "images": image_paths, "videos": job.videos,
+        "inputs": list(paths), "images": [path for path, _ in image_inputs],
+        "videos": job.videos,
         "faces": job.faces, "num_faces": count,
         "skipped": [{"source": s, "reason": r} for s, r in job.skipped],
         "seconds": seconds, "faces_per_second": count / max(seconds, 1e-9),

@@ -64,8 +64,13 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
     assert summary["num_faces"] == 3 + 6 and summary["faces_per_second"] > 0
 
     # Every face of the photos: meshes, texture, codes in original-image pixels.
-    shifts = {"one_face0": [(0, 0.0)], "two_face0": [(1, 0.0), (2, SIZE)],
-              "two_face1": [(1, 0.0), (2, SIZE)]}
+    # Folder inputs keep their layout below the folder (`more/two.jpg` -> `more/two_face0`).
+    shifts = {"one_face0": [(0, 0.0)], "more/two_face0": [(1, 0.0), (2, SIZE)],
+              "more/two_face1": [(1, 0.0), (2, SIZE)]}
+    outputs = {os.path.relpath(f["output"], out): os.path.relpath(f["source"], inputs)
+               for f in summary["faces"]}
+    assert outputs == {"one_face0": "one.jpg", "more/two_face0": "more/two.jpg",
+                       "more/two_face1": "more/two.jpg"}
     seen_two = set()
     for name, candidates in shifts.items():
         folder = out / name
@@ -97,8 +102,17 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
         assert errors[best] < 10.0, (name, errors)
         assert errors[best] < distance(detected, truth[candidates[best][0]]
                                        + [candidates[best][1], 0]) + 2.0
-        if name.startswith("two"):
+        if name.startswith("more/two"):
             seen_two.add(best)
+        # The expression by name and the head pose, as animation tools read them.
+        shapes = json.loads((folder / "blendshapes.json").read_text())
+        assert list(shapes["weights"]) == list(builtin_model.expression_names)
+        np.testing.assert_allclose(list(shapes["weights"].values()), code["expression"],
+                                   atol=1e-6)
+        assert shapes["kind"] == "pca_components" and shapes["range"] is None
+        np.testing.assert_allclose(
+            [shapes["head_pose_degrees"][k] for k in ("pitch", "yaw", "roll")],
+            np.degrees(code["rotation"]), atol=1e-4)
         assert np.asarray(code["identity"]).shape == (builtin_model.num_identity,)
         indices = np.asarray(builtin_model.landmark_indices)
         np.testing.assert_allclose(code["landmarks_3d"], ply.vertices[indices], atol=1e-3)
@@ -115,6 +129,27 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
     yaw = np.degrees(codes["rotation"][:, 1])
     assert np.all(np.diff(yaw) > 0), yaw  # the head keeps turning the same way
     assert json.loads((out / "clip_codes.json").read_text())["frames"] == 6
+
+
+def test_output_names_never_collide(tmp_path):
+    from mofa import reconstruct
+
+    for folder in ("a/x", "b/x", "c"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "IMG_0001.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c" / "img_0001.png")  # differs only in case
+    (tmp_path / "c" / "clip.mp4").write_bytes(b"")
+    images_, videos, skipped = reconstruct.collect_inputs(
+        [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c" / "IMG_0001.jpg"),
+         str(tmp_path / "c" / "img_0001.png"), str(tmp_path / "c" / "clip.mp4"),
+         str(tmp_path / "missing.jpg")])
+    stems = {os.path.relpath(path, tmp_path): stem for path, stem in images_}
+    assert stems == {os.path.join("a", "x", "IMG_0001.jpg"): os.path.join("x", "IMG_0001"),
+                     os.path.join("b", "x", "IMG_0001.jpg"): os.path.join("x", "IMG_0001-2"),
+                     os.path.join("c", "IMG_0001.jpg"): "IMG_0001",
+                     os.path.join("c", "img_0001.png"): "img_0001-2"}
+    assert [stem for _, stem in videos] == ["clip"]
+    assert skipped == [(str(tmp_path / "missing.jpg"), "file not found")]
 
 
 def test_export_round_trips_through_trimesh(builtin_model, tmp_path):
