@@ -192,6 +192,86 @@ def write_blendshapes(path: str, model, expression, rotation) -> None:
         "head_pose_degrees": head_pose_degrees(rotation),
         "pose_convention": "R = Rz(roll) Ry(yaw) Rx(pitch); x right, y up, camera looks down -z",
     }
+    if model.blendshapes:  # the 52 ARKit weights as Apple names them
+        arkit, missing = arkit_weights(model.expression_names, expression)
+        document["arkit"] = dict(zip(ARKIT_BLENDSHAPES, arkit.round(6).tolist()))
+        document["arkit_not_modelled"] = missing
     _folder_of(path)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(document, f, indent=1)
+
+
+# The 52 ARKit blendshapes in the column order of Live Link Face's CSV export
+# (Epic's iOS app; Unreal's Live Link and the Blender add-ons that read it).
+LIVE_LINK_BLENDSHAPES = (
+    "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft",
+    "EyeSquintLeft", "EyeWideLeft", "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight",
+    "EyeLookOutRight", "EyeLookUpRight", "EyeSquintRight", "EyeWideRight", "JawForward",
+    "JawRight", "JawLeft", "JawOpen", "MouthClose", "MouthFunnel", "MouthPucker", "MouthRight",
+    "MouthLeft", "MouthSmileLeft", "MouthSmileRight", "MouthFrownLeft", "MouthFrownRight",
+    "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft", "MouthStretchRight",
+    "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper", "MouthPressLeft",
+    "MouthPressRight", "MouthLowerDownLeft", "MouthLowerDownRight", "MouthUpperUpLeft",
+    "MouthUpperUpRight", "BrowDownLeft", "BrowDownRight", "BrowInnerUp", "BrowOuterUpLeft",
+    "BrowOuterUpRight", "CheekPuff", "CheekSquintLeft", "CheekSquintRight", "NoseSneerLeft",
+    "NoseSneerRight", "TongueOut")
+LIVE_LINK_POSE = ("HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch",
+                  "LeftEyeRoll", "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+ARKIT_BLENDSHAPES = tuple(n[0].lower() + n[1:] for n in LIVE_LINK_BLENDSHAPES)
+
+
+def arkit_weights(names, expression) -> tuple[np.ndarray, list]:
+    """(..., 52) ARKit weights (`ARKIT_BLENDSHAPES` order) from a blendshape model's named
+    weights (..., K), and the ARKit names the model lacks (left at 0).
+
+    ICT-FaceKit names sided shapes `eyeBlink_L` (ARKit `eyeBlinkLeft`) and splits
+    ARKit's `browInnerUp` and `cheekPuff` into _L/_R halves: those are averaged.
+    """
+    expression = np.asarray(expression, np.float64)
+    index = {name: k for k, name in enumerate(names)}
+    out = np.zeros(expression.shape[:-1] + (len(ARKIT_BLENDSHAPES),))
+    missing = []
+    for j, arkit in enumerate(ARKIT_BLENDSHAPES):
+        own = arkit
+        for side, suffix in (("Left", "_L"), ("Right", "_R")):
+            if arkit.endswith(side):
+                own = arkit[:-len(side)] + suffix
+        if arkit in index or own in index:
+            out[..., j] = expression[..., index.get(arkit, index.get(own))]
+        elif f"{arkit}_L" in index and f"{arkit}_R" in index:
+            out[..., j] = 0.5 * (expression[..., index[f"{arkit}_L"]]
+                                 + expression[..., index[f"{arkit}_R"]])
+        else:
+            missing.append(arkit)
+    return out, missing
+
+
+def live_link_timecode(frame: int, fps: float) -> str:
+    """`HH:MM:SS:FF.mmm` of a frame index at `fps` (FF: the frame within its second)."""
+    rate = max(int(round(fps)), 1)
+    seconds, frames = divmod(int(frame), rate)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}:{frames:02d}.000"
+
+
+def write_live_link_csv(path: str, names, expression, rotation, fps: float,
+                        frames=None) -> list:
+    """A Live Link Face CSV take: per frame its timecode, the count 61, the 52 ARKit
+    weights, and the head's yaw, pitch and roll in radians (eye rotations are not
+    modelled: 0). Returns the ARKit names the model lacks (written as 0)."""
+    import csv
+
+    weights, missing = arkit_weights(names, expression)
+    rotation = np.asarray(rotation, np.float64)
+    frames = np.arange(len(weights)) if frames is None else np.asarray(frames)
+    _folder_of(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Timecode", "BlendShapeCount", *LIVE_LINK_BLENDSHAPES, *LIVE_LINK_POSE])
+        count = len(LIVE_LINK_BLENDSHAPES) + len(LIVE_LINK_POSE)
+        for frame, w, (pitch, yaw, roll) in zip(frames, weights, rotation):
+            pose = [yaw, pitch, roll] + [0.0] * 6
+            writer.writerow([live_link_timecode(frame, fps), count]
+                            + [f"{v:.6f}" for v in list(w) + pose])
+    return missing

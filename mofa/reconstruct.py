@@ -375,9 +375,13 @@ class Run:
             "landmarks_detected": np.stack([c["detected"] for c in crops])},
             {"source": path, "fps": fps, "frames": len(frames), "face_model": self.rec.model.name,
              "smooth_sigma_frames": self.smooth})
+        outputs = {"overlay": f"{stem}_overlay.mp4", "codes": f"{stem}_codes.npz"}
+        if self.rec.model.blendshapes:  # ARKit weights per frame, as Live Link Face writes
+            outputs["live_link_csv"] = f"{stem}_livelink.csv"
+            export.write_live_link_csv(outputs["live_link_csv"], self.rec.model.expression_names,
+                                       code.expression, code.rotation, fps, frames=indices)
         self.videos.append({"source": path, "frames": len(frames), "faces": len(crops),
-                            "frames_without_face": len(frames) - len(crops),
-                            "overlay": f"{stem}_overlay.mp4", "codes": f"{stem}_codes.npz"})
+                            "frames_without_face": len(frames) - len(crops), **outputs})
         return len(crops)
 
 

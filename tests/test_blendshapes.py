@@ -79,3 +79,45 @@ def test_fit_keeps_weights_in_range_where_an_unbounded_fit_goes_negative():
     # unbounded, they are off by many times that.
     error = lambda c: np.abs(np.asarray(c.expression - truth.expression)).mean()  # noqa: E731
     assert error(fitted) < 0.3 * error(free), (error(fitted), error(free))
+
+
+def test_ict_weights_as_arkit_and_a_live_link_csv(ict_dir, tmp_path):
+    """ICT's 53 blendshapes give the 52 ARKit weights (sided names renamed, the split
+    browInnerUp and cheekPuff averaged, tongueOut not modelled), and a video's weights
+    and head pose land in the columns Live Link Face's CSV has."""
+    import csv
+
+    from mofa import export
+
+    names = facemodel.load(f"ict:{ict_dir}").expression_names
+    rng = np.random.default_rng(0)
+    weights = rng.uniform(0, 1, (5, len(names)))
+    arkit, missing = export.arkit_weights(names, weights)
+    assert missing == ["tongueOut"] and arkit.shape == (5, 52)
+    column = {name: j for j, name in enumerate(export.ARKIT_BLENDSHAPES)}
+    own = {name: k for k, name in enumerate(names)}
+    np.testing.assert_allclose(arkit[:, column["eyeBlinkLeft"]], weights[:, own["eyeBlink_L"]])
+    np.testing.assert_allclose(arkit[:, column["jawOpen"]], weights[:, own["jawOpen"]])
+    np.testing.assert_allclose(arkit[:, column["browInnerUp"]], 0.5 * (
+        weights[:, own["browInnerUp_L"]] + weights[:, own["browInnerUp_R"]]))
+    # Every ICT shape is used: only the split halves have no ARKit column of their own.
+    used = {n for n in names if n.replace("_L", "Left").replace("_R", "Right")
+            in export.ARKIT_BLENDSHAPES}
+    assert set(names) - used == {"browInnerUp_L", "browInnerUp_R", "cheekPuff_L", "cheekPuff_R"}
+
+    rotation = np.radians([[5.0, -20.0, 3.0]] * 5)  # pitch, yaw, roll
+    path = tmp_path / "clip_livelink.csv"
+    export.write_live_link_csv(str(path), names, weights, rotation, fps=30.0,
+                               frames=[0, 1, 2, 29, 61])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and len(rows[0]) == 2 + 52 + 9
+    assert [r["Timecode"] for r in rows] == ["00:00:00:00.000", "00:00:00:01.000",
+                                             "00:00:00:02.000", "00:00:00:29.000",
+                                             "00:00:02:01.000"]
+    assert {r["BlendShapeCount"] for r in rows} == {"61"}
+    np.testing.assert_allclose([float(r["MouthSmileLeft"]) for r in rows],
+                               weights[:, own["mouthSmile_L"]], atol=1e-6)
+    np.testing.assert_allclose(float(rows[0]["HeadYaw"]), np.radians(-20.0), atol=1e-6)
+    np.testing.assert_allclose(float(rows[0]["HeadPitch"]), np.radians(5.0), atol=1e-6)
+    assert float(rows[0]["TongueOut"]) == 0.0
