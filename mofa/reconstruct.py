@@ -261,14 +261,45 @@ class Run:
         code = self.rec.codes(pending)
         outs = self.rec.render(code, pending)
         errors = self.rec.fit_errors(code, pending)
+        photos: dict[str, list] = {}
         for i, face in enumerate(pending):
             folder = os.path.join(self.out_dir, face["name"])
             # The fitted face's 68 landmarks as the fit matched them to the detector's
             # (calibrated vertices, jaw on the silhouette), not the model's own vertices.
             out = {**{k: v[i] for k, v in outs.items()}, "landmarks": errors["landmarks"][i]}
-            self._write_face(folder, face, _code_arrays(code, i), out,
-                             float(errors["landmark_px"][i]))
+            face_code = _code_arrays(code, i)
+            self._write_face(folder, face, face_code, out, float(errors["landmark_px"][i]))
             self.faces.append({"source": face["source"], "output": folder})
+            photos.setdefault(face["source"], []).append((face, face_code, out, folder))
+        for faces in photos.values():  # every face of a photo on the photo itself
+            self._write_photo_overlay(faces)
+
+    def _write_photo_overlay(self, faces: list[tuple]) -> None:
+        """`overlay.png` of each face folder: the original photo at its own resolution
+        with the shaded geometry of all its faces rendered at (up to 1024 px of) the
+        faces' own size, detected (green) and fitted (red) landmarks."""
+        photo = faces[0][0]["photo"]
+        canvas = photo.copy()
+        points = []
+        for face, code, out, _ in faces:
+            side = self.rec.image_size / face["scale"]  # the crop's size in photo pixels
+            size = 128
+            while size < min(side, 1024):  # few sizes: few compilations
+                size *= 2
+            k = size / self.rec.image_size
+            camera = render.Camera(focal=self.rec.camera.focal * k,
+                                   principal_point=self.rec.camera.principal_point * k,
+                                   height=size, width=size)
+            single = FaceCode(**{f: jnp.asarray(v)[None] for f, v in code.items()})
+            shaded = _render(self.rec.model, single, camera)
+            shading = np.clip(np.asarray(shaded.normals[0]) @ _LIGHT, 0.0, 1.0) * 0.8 + 0.1
+            canvas = _paste_shading(canvas, shading, np.asarray(shaded.mask[0]), face)
+            to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
+            points += [(face["detected"], (40, 220, 40)),
+                       (to_image(out["landmarks"]), (230, 40, 40))]
+        canvas = _draw_landmarks(canvas, points)
+        for *_, folder in faces:
+            Image.fromarray(canvas).save(os.path.join(folder, "overlay.png"))
 
     def _write_face(self, folder: str, face: dict, code: dict, out: dict,
                     landmark_px: float) -> None:
@@ -300,7 +331,7 @@ class Run:
         overlay = images.to_uint8(_overlay(face["image"], out["mask"], out["normals"]))
         overlay = _draw_landmarks(overlay, [(face["landmarks"], (40, 220, 40)),
                                             (out["landmarks"], (230, 40, 40))])
-        Image.fromarray(overlay).save(os.path.join(folder, "overlay.png"))
+        Image.fromarray(overlay).save(os.path.join(folder, "overlay_crop.png"))
         extra = {
             "source": face["source"], "face_model": model.name,
             "image_size": self.rec.image_size, "focal_px": float(self.rec.camera.focal),
@@ -397,6 +428,27 @@ def _paste(frame: np.ndarray, overlay8: np.ndarray, mask: np.ndarray, crop: dict
     ys, xs = slice(max(y0, 0), min(y0 + side, h)), slice(max(x0, 0), min(x0 + side, w))
     part = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
     out[ys, xs] = (alpha[part] * big[part] + (1 - alpha[part]) * frame[ys, xs]).astype(np.uint8)
+    return out
+
+
+def _paste_shading(photo: np.ndarray, shading: np.ndarray, mask: np.ndarray,
+                   crop: dict) -> np.ndarray:
+    """The photo (uint8 sRGB) with grey shading (S, S) blended in where `mask` covers it,
+    both resized from the crop's square onto the photo's pixels."""
+    side = max(int(round(crop["image"].shape[0] / crop["scale"])), 1)
+    x0, y0 = (int(v) for v in np.round(crop["origin"]))
+    resize = lambda a: np.asarray(Image.fromarray(a.astype(np.float32)).resize(  # noqa: E731
+        (side, side), Image.BILINEAR))
+    shade, alpha = resize(shading)[..., None], np.clip(resize(mask), 0.0, 1.0)[..., None]
+    out = photo.copy()
+    h, w = photo.shape[:2]
+    ys, xs = slice(max(y0, 0), min(y0 + side, h)), slice(max(x0, 0), min(x0 + side, w))
+    if ys.start >= ys.stop or xs.start >= xs.stop:
+        return out
+    part = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+    region = photo[ys, xs].astype(np.float32) / 255.0
+    blended = alpha[part] * (0.65 * shade[part] + 0.35 * region) + (1 - alpha[part]) * region
+    out[ys, xs] = np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return out
 
 

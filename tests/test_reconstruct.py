@@ -75,8 +75,16 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
     for name, candidates in shifts.items():
         folder = out / name
         for file in ("mesh.obj", "mesh.mtl", "texture.png", "mesh.ply", "code.json",
-                     "code.npz", "overlay.png", "depth.png"):
+                     "code.npz", "overlay.png", "overlay_crop.png", "depth.png",
+                     "blendshapes.json"):
             assert (folder / file).is_file(), (name, file)
+        # overlay.png: the photo at its own resolution, shaded where the face is.
+        photo = np.asarray(Image.open(inputs / outputs[name]))
+        overlay = np.asarray(Image.open(folder / "overlay.png"))
+        assert overlay.shape == photo.shape
+        changed = np.abs(overlay.astype(int) - photo).sum(-1) > 30
+        assert 0.1 < changed.mean() < 0.6, changed.mean()
+        assert np.asarray(Image.open(folder / "overlay_crop.png")).shape[:2] == (64, 64)
         ply = trimesh.load(folder / "mesh.ply", process=False)
         assert len(ply.vertices) == builtin_model.num_vertices
         colors = np.asarray(ply.visual.vertex_colors)[:, :3]
