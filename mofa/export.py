@@ -275,3 +275,95 @@ def write_live_link_csv(path: str, names, expression, rotation, fps: float,
             writer.writerow([live_link_timecode(frame, fps), count]
                             + [f"{v:.6f}" for v in list(w) + pose])
     return missing
+
+
+def write_glb(path: str, model, identity, expression, vertex_colors=None,
+              texture=None) -> None:
+    """A glTF 2.0 face rig (binary .glb, written with pygltflib): the reconstructed
+    identity at neutral expression as the base mesh (metres, +y up, facing +z), one
+    morph target per expression component named after it (`mesh.extras.targetNames`,
+    the convention Blender, three.js and Unreal read), the fitted expression as the
+    mesh's default weights, vertex colours (linear RGB) and, with `texture` (sRGB,
+    H x W x 3, uint8 or floats in [0, 1], the model's UV layout), a textured material. Morph weight w
+    adds w x (the component's standard deviation x basis): weights are the code."""
+    import pygltflib as gl
+
+    mm = 0.001  # glTF units are metres
+    identity = np.asarray(identity, np.float32)
+    expression = np.asarray(expression, np.float32)
+    base = np.asarray(model.mean_shape + np.einsum(
+        "k,kvc->vc", identity * np.asarray(model.identity_std), np.asarray(model.identity_basis)),
+        np.float32) * mm
+    targets = (np.asarray(model.expression_basis, np.float32)
+               * np.asarray(model.expression_std, np.float32)[:, None, None] * mm)
+    triangles = np.asarray(model.triangles, np.int64)
+    colors = None if vertex_colors is None else np.asarray(vertex_colors, np.float32)
+    uv = None
+    if texture is not None and model.uv_coords is not None:
+        # glTF has one index per corner: split vertices where a UV seam gives one
+        # position several texture coordinates.
+        corners = np.stack([triangles.ravel(), np.asarray(model.uv_triangles).ravel()], 1)
+        pairs, inverse = np.unique(corners, axis=0, return_inverse=True)
+        triangles = inverse.reshape(-1, 3)
+        base, targets = base[pairs[:, 0]], targets[:, pairs[:, 0]]
+        colors = None if colors is None else colors[pairs[:, 0]]
+        uv = np.asarray(model.uv_coords, np.float32)[pairs[:, 1]] * [1.0, -1.0] + [0.0, 1.0]
+
+    blob = bytearray()
+    views, accessors = [], []
+
+    def add(array, target=None, component=gl.FLOAT, kind=gl.VEC3, bounds=False) -> int:
+        data = np.ascontiguousarray(array).tobytes()
+        while len(blob) % 4:
+            blob.append(0)
+        views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(data),
+                                   target=target))
+        blob.extend(data)
+        accessor = gl.Accessor(bufferView=len(views) - 1, componentType=component,
+                               count=len(array), type=kind)
+        if bounds:
+            accessor.min = np.asarray(array).min(0).tolist()
+            accessor.max = np.asarray(array).max(0).tolist()
+        accessors.append(accessor)
+        return len(accessors) - 1
+
+    attributes = gl.Attributes(POSITION=add(base, gl.ARRAY_BUFFER, bounds=True))
+    if colors is not None:
+        attributes.COLOR_0 = add(np.clip(colors, 0.0, 1.0).astype(np.float32), gl.ARRAY_BUFFER)
+    if uv is not None:
+        attributes.TEXCOORD_0 = add(uv.astype(np.float32), gl.ARRAY_BUFFER, kind=gl.VEC2)
+    indices = add(triangles.astype(np.uint32).ravel(), gl.ELEMENT_ARRAY_BUFFER,
+                  component=gl.UNSIGNED_INT, kind=gl.SCALAR)
+    morphs = [gl.Attributes(POSITION=add(t, gl.ARRAY_BUFFER, bounds=True)) for t in targets]
+    material = gl.Material(name="face", doubleSided=False, pbrMetallicRoughness=gl.PbrMetallicRoughness(
+        metallicFactor=0.0, roughnessFactor=0.8))
+    images_, textures, samplers = [], [], []
+    if uv is not None:
+        import io
+
+        png = io.BytesIO()
+        pixels = np.asarray(texture)
+        if pixels.dtype != np.uint8:  # sRGB floats in [0, 1], as `bake_texture` gives
+            pixels = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(png, format="PNG")
+        while len(blob) % 4:
+            blob.append(0)
+        views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(png.getvalue())))
+        blob.extend(png.getvalue())
+        images_.append(gl.Image(bufferView=len(views) - 1, mimeType="image/png"))
+        samplers.append(gl.Sampler(magFilter=gl.LINEAR, minFilter=gl.LINEAR))
+        textures.append(gl.Texture(source=0, sampler=0))
+        material.pbrMetallicRoughness.baseColorTexture = gl.TextureInfo(index=0)
+    names = list(expression_weights(model, expression))
+    mesh = gl.Mesh(name="face", primitives=[gl.Primitive(
+        attributes=attributes, indices=indices, material=0, targets=morphs)],
+        weights=[float(w) for w in expression], extras={"targetNames": names})
+    document = gl.GLTF2(
+        asset=gl.Asset(generator="mofa", version="2.0"), scene=0,
+        scenes=[gl.Scene(nodes=[0])], nodes=[gl.Node(name="face", mesh=0)], meshes=[mesh],
+        materials=[material], accessors=accessors, bufferViews=views,
+        buffers=[gl.Buffer(byteLength=len(blob))], images=images_, textures=textures,
+        samplers=samplers)
+    document.set_binary_blob(bytes(blob))
+    _folder_of(path)
+    document.save_binary(path)

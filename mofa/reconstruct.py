@@ -307,8 +307,9 @@ class Run:
         os.makedirs(folder, exist_ok=True)
         to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
         geometry = np.asarray(facemodel.shape(model, code["identity"], code["expression"]))
-        albedo = images.linear_to_srgb(np.asarray(facemodel.albedo(model, code["reflectance"])))
-        texture_name = None
+        linear_albedo = np.asarray(facemodel.albedo(model, code["reflectance"]))
+        albedo = images.linear_to_srgb(linear_albedo)
+        texture_name, texture = None, None
         if model.uv_coords is not None:
             if self._layout is None:
                 self._layout = export.uv_layout(model.uv_coords, model.uv_triangles,
@@ -322,6 +323,8 @@ class Run:
         export.write_obj(os.path.join(folder, "mesh.obj"), geometry, model.triangles,
                          model.uv_coords, model.uv_triangles, albedo, texture_name)
         export.write_ply(os.path.join(folder, "mesh.ply"), geometry, model.triangles, albedo)
+        export.write_glb(os.path.join(folder, "mesh.glb"), model, code["identity"],
+                         code["expression"], linear_albedo, texture)
         near, far = export.write_depth_png(os.path.join(folder, "depth.png"), out["depth"],
                                            out["mask"])
         if self.rec.detail is not None:
