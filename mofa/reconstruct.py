@@ -276,7 +276,7 @@ class Run:
 
     def _write_photo_overlay(self, faces: list[tuple]) -> None:
         """`overlay.png` of each face folder: the original photo at its own resolution
-        with the shaded geometry of all its faces rendered at (up to 1024 px of) the
+        with the shaded geometry of all its faces rendered at (up to 512 px of) the
         faces' own size, detected (green) and fitted (red) landmarks."""
         photo = faces[0][0]["photo"]
         canvas = photo.copy()
@@ -284,7 +284,7 @@ class Run:
         for face, code, out, _ in faces:
             side = self.rec.image_size / face["scale"]  # the crop's size in photo pixels
             size = 128
-            while size < min(side, 1024):  # few sizes: few compilations
+            while size < min(side, 512):  # few sizes: few compilations; shading is smooth, so 512 px upsamples well
                 size *= 2
             k = size / self.rec.image_size
             camera = render.Camera(focal=self.rec.camera.focal * k,
