@@ -283,8 +283,9 @@ class Run:
         points = []
         for face, code, out, _ in faces:
             side = self.rec.image_size / face["scale"]  # the crop's size in photo pixels
+            # Few sizes, few compilations; shading is smooth, so 512 px upsamples well.
             size = 128
-            while size < min(side, 512):  # few sizes: few compilations; shading is smooth, so 512 px upsamples well
+            while size < min(side, 512):
                 size *= 2
             k = size / self.rec.image_size
             camera = render.Camera(focal=self.rec.camera.focal * k,
