@@ -2,7 +2,7 @@
 
 python docs/glb_figure.py RECON/FACE/mesh.glb docs/glb_face.png
 
-Reads the file back with pygltflib (base mesh, morph targets, default weights,
+Reads the file back (`export.read_glb`: base mesh, morph targets, default weights,
 vertex colours) and renders it with mofa's renderer in three views: neutral
 (weights 0), the file's default weights (the fitted expression), and the same
 turned 35 degrees.
@@ -12,33 +12,15 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
-import pygltflib
 
-from mofa import images, render
+from mofa import export, images, render
 from mofa.render import sh
 
 
-def read_glb(path):
-    gltf = pygltflib.GLTF2().load(path)
-    blob = gltf.binary_blob()
-
-    def read(index, columns):
-        accessor = gltf.accessors[index]
-        view = gltf.bufferViews[accessor.bufferView]
-        dtype = np.uint32 if accessor.componentType == pygltflib.UNSIGNED_INT else np.float32
-        data = np.frombuffer(blob, dtype, accessor.count * columns, view.byteOffset)
-        return data.reshape(accessor.count, columns) if columns > 1 else data
-
-    mesh = gltf.meshes[0]
-    primitive = mesh.primitives[0]
-    targets = np.stack([read(t["POSITION"], 3) for t in primitive.targets])
-    return (read(primitive.attributes.POSITION, 3), targets, np.asarray(mesh.weights),
-            read(primitive.attributes.COLOR_0, 3), read(primitive.indices, 1).reshape(-1, 3),
-            mesh.extras["targetNames"])
-
-
 def main(path, out, size=320):
-    base, targets, weights, colors, triangles, names = read_glb(path)
+    rig = export.read_glb(path)
+    base, targets, weights, colors = rig["positions"], rig["targets"], rig["weights"], rig["colors"]
+    triangles, names = rig["triangles"], rig["names"]
     camera = render.Camera.from_fov(12.6, size, size)
     light = sh.directional_light(jnp.array([0.3, 0.4, 1.0]), ambient=0.7, strength=0.5)[None]
     tiles = []

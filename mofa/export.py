@@ -367,3 +367,31 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     document.set_binary_blob(bytes(blob))
     _folder_of(path)
     document.save_binary(path)
+
+
+def read_glb(path: str) -> dict:
+    """A `write_glb` face rig read back with pygltflib: "positions" (V, 3) metres,
+    "targets" (K, V, 3), "weights" (K,), "names", "triangles" (T, 3), "colors" (V, 3)
+    or None."""
+    import pygltflib as gl
+
+    gltf = gl.GLTF2().load(path)
+    blob = gltf.binary_blob()
+
+    def read(index, columns):
+        accessor = gltf.accessors[index]
+        view = gltf.bufferViews[accessor.bufferView]
+        dtype = np.uint32 if accessor.componentType == gl.UNSIGNED_INT else np.float32
+        data = np.frombuffer(blob, dtype, accessor.count * columns, view.byteOffset)
+        return data.reshape(accessor.count, columns) if columns > 1 else data
+
+    mesh = gltf.meshes[0]
+    primitive = mesh.primitives[0]
+    colors = primitive.attributes.COLOR_0
+    return {"positions": read(primitive.attributes.POSITION, 3),
+            "targets": np.stack([read(t["POSITION"], 3) for t in primitive.targets]),
+            "weights": np.asarray(mesh.weights, np.float32),
+            "names": list((mesh.extras or {}).get("targetNames", [])),
+            "triangles": read(primitive.indices, 1).reshape(-1, 3).astype(np.int64),
+            "colors": None if colors is None else read(colors, 3),
+            "has_texture": bool(gltf.images) and primitive.attributes.TEXCOORD_0 is not None}

@@ -314,12 +314,10 @@ def _gltf_validator_report(path):
 
 @pytest.mark.parametrize("seams", [False, True])
 def test_glb_face_rig_round_trips_and_validates(builtin_model, tmp_path, seams):
-    """mesh.glb re-read with pygltflib gives the identity's neutral vertices (metres),
+    """mesh.glb re-read (pygltflib) gives the identity's neutral vertices (metres),
     one morph target per expression component (its std x basis) named after it, and the
     fitted code as default weights; with UV seams the split vertices keep their
     positions."""
-    import pygltflib
-
     model = builtin_model
     if seams:  # every triangle its own UV corners: each position gets several UVs
         count = model.triangles.shape[0] * 3
@@ -334,36 +332,25 @@ def test_glb_face_rig_round_trips_and_validates(builtin_model, tmp_path, seams):
     path = tmp_path / "mesh.glb"
     export.write_glb(str(path), model, identity, expression, colors, texture)
 
-    gltf = pygltflib.GLTF2().load(str(path))
-    blob = gltf.binary_blob()
-
-    def read(index, columns):
-        accessor = gltf.accessors[index]
-        view = gltf.bufferViews[accessor.bufferView]
-        dtype = np.uint32 if accessor.componentType == pygltflib.UNSIGNED_INT else np.float32
-        data = np.frombuffer(blob, dtype, accessor.count * columns, view.byteOffset)
-        return data.reshape(accessor.count, columns) if columns > 1 else data
-
-    mesh = gltf.meshes[0]
-    primitive = mesh.primitives[0]
-    positions = read(primitive.attributes.POSITION, 3)
-    triangles = read(primitive.indices, 1).reshape(-1, 3)
+    rig = export.read_glb(str(path))
+    positions, triangles = rig["positions"], rig["triangles"]
     neutral = np.asarray(facemodel.shape(model, jnp.asarray(identity),
                                          jnp.zeros(model.num_expression))) * 1e-3
     # Every corner of every triangle is the model's vertex (split or not).
     np.testing.assert_allclose(positions[triangles], neutral[np.asarray(model.triangles)],
                                atol=1e-6)
-    assert mesh.extras["targetNames"] == list(model.expression_names)
-    np.testing.assert_allclose(mesh.weights, expression, atol=1e-6)
-    assert len(primitive.targets) == model.num_expression
-    posed = positions + np.einsum("k,kvc->vc", np.asarray(mesh.weights),
-                                  np.stack([read(t["POSITION"], 3) for t in primitive.targets]))
+    assert rig["names"] == list(model.expression_names)
+    np.testing.assert_allclose(rig["weights"], expression, atol=1e-6)
+    assert len(rig["targets"]) == model.num_expression
+    posed = positions + np.einsum("k,kvc->vc", rig["weights"], rig["targets"])
     expected = np.asarray(facemodel.shape(model, jnp.asarray(identity),
                                           jnp.asarray(expression))) * 1e-3
     np.testing.assert_allclose(posed[triangles], expected[np.asarray(model.triangles)],
                                atol=2e-6)
     assert len(positions) == (model.triangles.shape[0] * 3 if seams else model.num_vertices)
-    assert gltf.images and primitive.attributes.TEXCOORD_0 is not None
+    assert rig["has_texture"]
+    np.testing.assert_allclose(rig["colors"][triangles], colors[np.asarray(model.triangles)],
+                               atol=1e-6)
 
 
 def test_glb_passes_the_khronos_validator(builtin_model, tmp_path):
