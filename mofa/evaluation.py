@@ -185,10 +185,6 @@ def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
     }
 
 
-# Module level: every evaluation in a process reuses one compilation per shape.
-_jit_reconstruction_errors = jax.jit(reconstruction_errors, static_argnames=("vertex_errors",))
-
-
 def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
                    target_model: facemodel.FaceModel, target: FaceCode,
                    shape_offset: jax.Array | None = None) -> dict:
@@ -241,7 +237,7 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
     "NAME/yaw>S"), e.g. inside / outside the training prior's pose range.
     """
     from mofa.data import sources
-    from mofa.train import batch_code, jit_eval_step
+    from mofa.train import batch_code, eval_step
 
     face_model = face_model or config.data.get("face_model") or None
     data_model = decoder.face_model
@@ -258,9 +254,9 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
         batch_size = min(batch_size, num_faces)
         num_batches = -(-num_faces // batch_size)
     num_batches = num_batches or config.get("eval_batches", 4)
-    step = functools.partial(jit_eval_step, weights=weights)
-    errors = functools.partial(_jit_reconstruction_errors, decoder.face_model, decoder.camera,
-                               vertex_errors=not cross_model)
+    step = jax.jit(functools.partial(eval_step, weights=weights))
+    errors = jax.jit(functools.partial(reconstruction_errors, decoder.face_model, decoder.camera,
+                                       vertex_errors=not cross_model))
     totals: dict = {}
     codes: dict = {"predicted": {}, "truth": {}}
     for i in range(num_batches):

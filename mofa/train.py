@@ -186,18 +186,6 @@ def eval_step(state: TrainState, batch: dict, decoder: Decoder, weights: LossWei
             "landmark_error_px": aux["landmark_error_px"]}, aux
 
 
-# One jitted function per step kind (weights static): repeated runs in one process
-# (bootstrap rounds, interim evaluations, tests) reuse their compilations.
-jit_eval_step = jax.jit(eval_step, static_argnames=("weights",))
-
-
-@functools.lru_cache(maxsize=None)
-def jit_train_step(weights: LossWeights, sharding: NamedSharding):
-    """The jitted `train_step` for these weights, its outputs placed by `sharding`."""
-    return jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
-                   out_shardings=(sharding, sharding))
-
-
 # ---------------------------------------------------------------------------
 
 
@@ -400,7 +388,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         data_model = (facemodel.load(config.data.face_model) if config.data.get("face_model")
                       else decoder.face_model)
         source = sources.make_source(config, data_model, split="train")
-    step_fn = jit_train_step(weights, replicated)
+    step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
+                      out_shardings=(replicated, replicated))
 
     history = []
     progress = tqdm(range(start_step, config.num_steps), initial=start_step,
@@ -420,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
             progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
             tick, seen = time.perf_counter(), 0
         if (step + 1) % config.image_every == 0 or step + 1 == config.num_steps:
-            _, aux = jit_eval_step(state, batch, decoder, weights=weights)
+            _, aux = jax.jit(functools.partial(eval_step, weights=weights))(state, batch, decoder)
             sheet = contact_sheet(jax.device_get(batch), jax.device_get(aux["render"]))
             if is_lead:
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
