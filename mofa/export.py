@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mofa import render
+from mofa import facemodel, render
 
 
 def _folder_of(path: str) -> None:
@@ -284,16 +284,16 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     morph target per expression component named after it (`mesh.extras.targetNames`,
     the convention Blender, three.js and Unreal read), the fitted expression as the
     mesh's default weights, vertex colours (linear RGB) and, with `texture` (sRGB,
-    H x W x 3, uint8 or floats in [0, 1], the model's UV layout), a textured material. Morph weight w
-    adds w x (the component's standard deviation x basis): weights are the code."""
+    H x W x 3, uint8 or floats in [0, 1], the model's UV layout), a textured material.
+    Morph weight w adds w x (the component's standard deviation x basis): weights are
+    the code."""
     import pygltflib as gl
 
     mm = 0.001  # glTF units are metres
     identity = np.asarray(identity, np.float32)
     expression = np.asarray(expression, np.float32)
-    base = np.asarray(model.mean_shape + np.einsum(
-        "k,kvc->vc", identity * np.asarray(model.identity_std), np.asarray(model.identity_basis)),
-        np.float32) * mm
+    base = np.asarray(facemodel.shape(model, jnp.asarray(identity),
+                                      jnp.zeros(model.num_expression)), np.float32) * mm
     targets = (np.asarray(model.expression_basis, np.float32)
                * np.asarray(model.expression_std, np.float32)[:, None, None] * mm)
     triangles = np.asarray(model.triangles, np.int64)
