@@ -10,14 +10,35 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/quickstart.py",
                                 "Experiment configuration (a get_config() file).", lock_config=True)
 flags.DEFINE_string("workdir", "workdir/quickstart", "Checkpoints, metrics and images go here.")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-host GPU/TPU).")
+flags.DEFINE_bool("multihost", False,
+                  "One process per host: call jax.distributed.initialize() (coordinator and "
+                  "process ids auto-detected on SLURM, Open MPI and Cloud TPU, or set below).")
+flags.DEFINE_string("coordinator_address", None,
+                    "--multihost: HOST:PORT of process 0's coordination service.")
+flags.DEFINE_integer("num_processes", None, "--multihost: number of processes.")
+flags.DEFINE_integer("process_id", None, "--multihost: this process's index.")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
+                     "--multihost: a process that stops responding for this long ends the run "
+                     "in every other process with an error (then relaunch all to resume).")
+
+
+def initialize_distributed():
+    """jax.distributed.initialize() from the flags; CPU processes use gloo collectives."""
+    # Only the CPU backend reads this; without it CPU processes cannot all-reduce.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+    if any(v is not None for v in explicit) and not FLAGS.multihost:
+        raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost")
     if FLAGS.multihost:
-        jax.distributed.initialize()
+        initialize_distributed()
     logging.info("JAX process %d/%d, %d local devices, %d total", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     if "bootstrap" in FLAGS.config:  # InverseFaceNet rounds (experiments/configs/bootstrap.py)
@@ -29,7 +50,15 @@ def main(argv):
 
         results = detail.train_detail(FLAGS.config, FLAGS.workdir)
     else:
-        results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        try:
+            results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        except jax.errors.JaxRuntimeError:
+            if jax.process_count() > 1:  # a collective failed: another process is gone
+                logging.error("process %d of %d: a collective with another process failed, so "
+                              "this run stops; relaunch every process to resume from the last "
+                              "checkpoint in %s", jax.process_index(), jax.process_count(),
+                              FLAGS.workdir)
+            raise
     logging.info("evaluation: %s", results)
 
 

@@ -152,8 +152,8 @@ def symmetry(field: jax.Array, ops: MeshOperators, mirror_sign: jax.Array) -> ja
     return jnp.mean(jnp.sum((field - mirrored) ** 2, -1))
 
 
-SHAPE_MIRROR = jnp.array([-1.0, 1.0, 1.0])
-ALBEDO_MIRROR = jnp.ones(3)
+SHAPE_MIRROR = np.array([-1.0, 1.0, 1.0], np.float32)  # numpy: importing must not start a backend
+ALBEDO_MIRROR = np.ones(3, np.float32)
 
 
 def identity_consistency(codes: jax.Array, person_id: jax.Array) -> jax.Array:

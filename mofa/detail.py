@@ -654,14 +654,17 @@ class _CoarseSource:
                              "each photo")
         return self.coarse_codes
 
-    def batch(self, step: int, batch_size: int) -> dict:
+    def batch(self, step: int, batch_size: int, rows: slice = slice(None)) -> dict:
+        """Batch `step`, or its `rows` (photos: only those are read; synthetic faces: the
+        whole batch is drawn, then sliced)."""
         key = jax.random.fold_in(self.key, step)
         if self.photos is not None:
-            photos = self.photos.batch(step, batch_size)
+            photos = self.photos.batch(step, batch_size, rows)
             image = jnp.asarray(photos["image"])
             return {"image": image,
                     **coarse_inputs(self.model, self.coarse_codes(photos), self.camera)}
         full = detailed_batch(self.model, key, batch_size, self.config.image_size)
+        full = jax.tree.map(lambda x: x[rows], full)
         if self.encoder is None:  # the true code's render is already there
             return {**{k: full[k] for k in ("image", "depth", "coarse_depth", "mask", "albedo",
                                             "landmarks")},
@@ -711,8 +714,9 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     total=config.num_steps, desc="FineNet", unit="step",
                     disable=not is_lead or not config.get("progress", True))
     tick = time.perf_counter()
+    rows = parallel.process_rows(config.batch_size)
     for step in progress:
-        batch = parallel.shard(source.batch(step, config.batch_size))
+        batch = parallel.shard(source.batch(step, config.batch_size, rows))
         state, step_metrics = step_fn(state, batch, camera)
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         if not all(np.isfinite(v) for v in values.values()):
@@ -727,13 +731,14 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints.wait_until_finished()
     checkpoints.close()
     results = {}
+    params = train.local_copy(state.params)  # each process evaluates alone
     if config.eval_batches:
-        results.update(evaluate_synthetic(model, state.apply_fn, state.params, config.image_size,
+        results.update(evaluate_synthetic(model, state.apply_fn, params, config.image_size,
                                           config.eval_batches, config.eval_batch_size,
                                           encoder=source.encoder))
     eval_photos = config.detail.get("eval_photos", "")
     if eval_photos:
-        results.update(evaluate_photos(model, state.apply_fn, state.params, eval_photos,
+        results.update(evaluate_photos(model, state.apply_fn, params, eval_photos,
                                        source.photo_codes(), config.image_size,
                                        config.eval_batch_size))
     if results and is_lead:

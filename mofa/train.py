@@ -280,12 +280,32 @@ class DataParallel:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
 
-    def shard(self, batch):
-        """A global batch (the same on every process) -> arrays split over the devices;
-        each process contributes its slice."""
+    def process_rows(self, batch_size: int) -> slice:
+        """This process's rows of every global batch: the contiguous block its devices
+        hold (`jax.make_mesh` orders devices by process), so each process produces only
+        its own share of the data (`source.batch(step, batch_size, rows)`)."""
+        count, index = jax.process_count(), jax.process_index()
+        if batch_size % count:
+            raise ValueError(f"batch_size={batch_size} must be divisible by the {count} processes")
+        share = batch_size // count
+        return slice(index * share, (index + 1) * share)
+
+    def shard(self, local_batch):
+        """This process's rows of a global batch -> global arrays split over the devices."""
         data = NamedSharding(self.mesh, P("data"))
-        local = jax.tree.map(lambda x: x[jax.process_index()::jax.process_count()], batch)
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(data, x), local)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(data, x),
+                            local_batch)
+
+
+def local_copy(tree):
+    """Replicated arrays -> this process's copy of them on one of its devices.
+
+    Evaluation and pictures run on one device of each process: a global array that
+    spans several processes cannot be read whole, and a computation on replicated
+    inputs would run once per device.
+    """
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x,
+                        tree)
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -379,7 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
 
     if start_step == 0 and config.get("eval_before_training", True):
         # The untrained encoder (mean face, frontal) is the baseline for "it learns".
-        initial = evaluation.evaluate_state(config, state, decoder, weights)
+        initial = evaluation.evaluate_state(config, local_copy(state), local_copy(decoder),
+                                            weights)
         if is_lead:
             evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
             writer.write_scalars(0, {f"eval/{k}": v for k, v in initial.items()})
@@ -396,8 +417,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
                     total=config.num_steps, disable=not is_lead or not config.get("progress", True),
                     desc="train", unit="step")
     tick, seen = time.perf_counter(), 0
+    rows = parallel.process_rows(config.batch_size)
     for step in progress:
-        batch = parallel.shard(source.batch(step, config.batch_size))
+        local_batch = source.batch(step, config.batch_size, rows)
+        batch = parallel.shard(local_batch)
         state, step_metrics = step_fn(state, batch, jax.random.fold_in(train_key, step), decoder)
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         _check_finite(step, values)
@@ -409,23 +432,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
             progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
             tick, seen = time.perf_counter(), 0
         if (step + 1) % config.image_every == 0 or step + 1 == config.num_steps:
-            _, aux = jax.jit(functools.partial(eval_step, weights=weights))(state, batch, decoder)
-            sheet = contact_sheet(jax.device_get(batch), jax.device_get(aux["render"]))
-            if is_lead:
+            if is_lead:  # this process's rows of the batch
+                _, aux = jax.jit(functools.partial(eval_step, weights=weights))(
+                    local_copy(state), jax.tree.map(jnp.asarray, local_batch),
+                    local_copy(decoder))
+                sheet = contact_sheet(local_batch, jax.device_get(aux["render"]))
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
         checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
         eval_every = config.get("eval_every", 0)
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < config.num_steps:
             # Learning curves of the test-set metrics (metrics.jsonl, "eval/...").
-            interim = evaluation.evaluate_state(config, state, decoder, weights)
+            interim = evaluation.evaluate_state(config, local_copy(state), local_copy(decoder),
+                                                weights)
             writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in interim.items()})
     if checkpoints.latest_step() != config.num_steps:
         checkpoints.save(config.num_steps, args=ocp.args.StandardSave(state), force=True)
     checkpoints.wait_until_finished()
     checkpoints.close()
 
-    results = evaluation.evaluate_state(config, state, decoder, weights)
+    results = evaluation.evaluate_state(config, local_copy(state), local_copy(decoder), weights)
     if is_lead:
         writer.write_scalars(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
         evaluation.write_json(os.path.join(workdir, "eval.json"), results)

@@ -1,14 +1,31 @@
 """Test setup: 8 fake CPU devices for sharding tests, shared fixtures."""
 
+import atexit
 import os
 import pathlib
+import shutil
 import tarfile
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
+
+# Most end-to-end tests compile the same few programs (tiny train, eval and render
+# steps on the builtin model); JAX's persistent compilation cache lets every
+# repeat, in this process and in the subprocesses the tests start (the killed-run
+# test, notebooks, the CLI), load the executable instead of compiling it again.
+# Set before the first compilation: JAX decides once whether the cache is used.
+_JAX_CACHE = os.environ.get("MOFA_TEST_JAX_CACHE_DIR")
+if not _JAX_CACHE:
+    _JAX_CACHE = tempfile.mkdtemp(prefix="mofa-jax-cache-")
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+for _name, _value in (("jax_compilation_cache_dir", _JAX_CACHE),
+                      ("jax_persistent_cache_min_compile_time_secs", 0.2)):
+    jax.config.update(_name, _value)
+    os.environ[_name.upper()] = str(_value)
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -353,3 +353,59 @@ def test_tfds_image_batches_with_mock_data(tmp_path):
                                      cache_dir=str(tmp_path), progress=False, repeat=False)
         batch = next(batches)
     check_contract(batch, 4, 40)
+
+
+# ---------------------------------------------------------------------------
+# One process's share of every global batch (multi-process training).
+
+
+def _union_over_processes(batch_of_rows, batch_size: int, processes: int) -> dict:
+    share = batch_size // processes
+    parts = [batch_of_rows(slice(i * share, (i + 1) * share)) for i in range(processes)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def test_process_shares_make_exactly_the_global_batch(builtin_model, tmp_path):
+    from mofa.data import common, sources
+
+    # Synthetic faces: each process renders only its rows of the same faces.
+    stream = sources.SyntheticSource(builtin_model, 32, seed=3, split="train")
+    for step in (0, 5):
+        whole = stream.batch(step, 8)
+        union = _union_over_processes(lambda rows: stream.batch(step, 8, rows), 8, 2)
+        assert union.keys() == whole.keys()
+        for key in whole:
+            np.testing.assert_allclose(union[key], whole[key], atol=1e-5, err_msg=key)
+
+    # A random-access source (a prepared tfds split): only the process's examples decode.
+    decoded = []
+
+    def decode(example):
+        decoded.append(example)
+        return {"index": np.int32(example)}
+
+    everything = common.source_batches(range(10), decode, 4, seed=1)
+    global_batches = [next(everything)["index"] for _ in range(5)]
+    decoded.clear()
+    shares = [common.source_batches(range(10), decode, 4, seed=1, rows=slice(i * 2, i * 2 + 2))
+              for i in range(2)]
+    for expected in global_batches:  # crosses an epoch: 5 batches of 4 out of 10
+        parts = [next(s)["index"] for s in shares]
+        np.testing.assert_array_equal(np.concatenate(parts), expected)
+    assert len(decoded) == 20  # each example once, by one process
+    with pytest.raises(ValueError, match="rows"):
+        next(common.source_batches(range(10), decode, 4, rows=slice(4, 6)))
+
+    # A photo folder: the processes' items partition every batch, no duplicates.
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    _fake_landmarks.cache_tag = "fake"
+    dataset = FolderDataset(str(root), 32, detector=_fake_landmarks,
+                            cache_dir=str(tmp_path / "c"), progress=False)
+    whole = next(dataset.batches(4, shuffle=True, seed=2))["image"]
+    parts = [next(dataset.batches(4, shuffle=True, seed=2, rows=slice(i * 2, i * 2 + 2)))["image"]
+             for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)

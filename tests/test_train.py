@@ -1,11 +1,9 @@
-"""Training: losses on analytic cases, data-parallel equivalence, kill-and-resume, configs."""
+"""Training: losses on analytic cases, data-parallel equivalence, configs (kill-and-resume:
+test_multiprocess.py)."""
 
 import functools
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -126,46 +124,6 @@ def test_synthetic_supervised_config_takes_a_step(tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path))
     log = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
     assert log[0]["loss/model_space"] > 0 and np.isfinite(results["pose_error_deg"])
-
-
-def _run_training(workdir, num_steps, env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments.main", "--config=experiments/configs/quickstart.py",
-         f"--workdir={workdir}", f"--config.num_steps={num_steps}", "--config.image_size=32",
-         "--config.encoder.width=8", "--config.batch_size=8", "--config.log_every=1",
-         "--config.checkpoint_every=3", "--config.image_every=1000", "--config.eval_batches=1",
-         "--config.eval_batch_size=8", "--config.progress=False"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def test_killed_run_resumes_and_continues_the_same_loss_curve(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    steps = 12
-    reference = _run_training(tmp_path / "reference", steps, env)
-    _, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-3000:]
-
-    interrupted = _run_training(tmp_path / "run", steps, env)
-    checkpoint = tmp_path / "run" / "checkpoints" / "3"
-    deadline = time.time() + 600
-    while not checkpoint.exists() and interrupted.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    interrupted.send_signal(signal.SIGKILL)
-    interrupted.wait()
-    assert checkpoint.exists(), "the run never wrote its first checkpoint"
-    log = metrics.read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
-    assert max(r["step"] for r in log) < steps, "the run finished before it was killed"
-
-    resumed = _run_training(tmp_path / "run", steps, env)
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
-    expected = {r["step"]: r["loss"] for r in metrics.read_jsonl(
-        str(tmp_path / "reference" / "metrics.jsonl")) if "loss" in r}
-    got = [(r["step"], r["loss"]) for r in metrics.read_jsonl(
-        str(tmp_path / "run" / "metrics.jsonl")) if "loss" in r]
-    assert {s for s, _ in got} == set(expected)
-    for step, loss in got:
-        assert loss == pytest.approx(expected[step], rel=1e-5), step
 
 
 def _tiny_variant(module, **overrides):

@@ -27,6 +27,24 @@ def index_order(count: int, shuffle: bool, seed: int, repeat: bool) -> Iterator[
         epoch += 1
 
 
+def rows_range(batch_size: int, rows: slice) -> range:
+    """The positions `rows` selects in a batch of `batch_size` (contiguous, non-empty)."""
+    wanted = range(batch_size)[rows]
+    if not wanted or wanted.step != 1:
+        raise ValueError(f"rows={rows} must select a contiguous, non-empty part of a batch "
+                         f"of {batch_size}")
+    return wanted
+
+
+def rows_of_batches(items: Iterable, batch_size: int, rows: slice) -> Iterator:
+    """The items at positions `rows` of each consecutive group of `batch_size` (one
+    process's share of every global batch; the shares of all processes partition it)."""
+    wanted = rows_range(batch_size, rows)
+    for position, item in enumerate(items):
+        if wanted.start <= position % batch_size < wanted.stop:
+            yield item
+
+
 def batch_examples(examples: Iterable[dict], batch_size: int,
                    drop_remainder: bool = True) -> Iterator[dict]:
     """Groups an example stream into batches of `batch_size`."""
@@ -44,13 +62,15 @@ def batch_examples(examples: Iterable[dict], batch_size: int,
 
 def source_batches(source, decode: Callable[[dict], dict], batch_size: int,
                    shuffle: bool = True, seed: int = 0, repeat: bool = True,
-                   drop_remainder: bool = True) -> Iterator[dict]:
-    """Batches of a random-access source (len() and [i], e.g. a tfds data source)."""
+                   drop_remainder: bool = True, rows: slice = slice(None)) -> Iterator[dict]:
+    """Batches of a random-access source (len() and [i], e.g. a tfds data source);
+    `rows` of every batch only (only those examples are decoded)."""
     count = len(source)
     if count == 0:
         raise ValueError("the data source is empty")
-    examples = (decode(source[i]) for i in index_order(count, shuffle, seed, repeat))
-    return batch_examples(examples, batch_size, drop_remainder)
+    share = len(rows_range(batch_size, rows))
+    order = rows_of_batches(index_order(count, shuffle, seed, repeat), batch_size, rows)
+    return batch_examples((decode(source[i]) for i in order), share, drop_remainder)
 
 
 def ordered_map(fn: Callable, items: Iterable, num_workers: int,

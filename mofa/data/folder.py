@@ -144,10 +144,12 @@ class DetectedFaces:
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0,
                 repeat: bool = True, drop_remainder: bool = True,
-                num_workers: int = 4) -> Iterator[dict]:
+                num_workers: int = 4, rows: slice = slice(None)) -> Iterator[dict]:
         """Batches of the batch contract; an item that fails to load now is skipped.
 
         num_workers threads decode and crop ahead (PIL decodes without the GIL).
+        rows: this process's part of every global batch of `batch_size`; only its
+        items are decoded (an item that fails is replaced by the next of this part).
         """
         if not self.items:
             raise ValueError(f"no usable face images ({len(self.skipped)} skipped)")
@@ -160,8 +162,9 @@ class DetectedFaces:
                 return i, err
 
         def examples():
-            order = (i for i in common.index_order(len(self.items), shuffle, seed, repeat)
-                     if i not in failed)
+            order = (i for i in common.rows_of_batches(
+                common.index_order(len(self.items), shuffle, seed, repeat), batch_size, rows)
+                if i not in failed)
             for i, result in common.ordered_map(load, order, num_workers):
                 if isinstance(result, faces_lib.ImageError):
                     # Changed or removed since the scan: skip it from now on.
@@ -173,7 +176,8 @@ class DetectedFaces:
                     continue
                 yield result
 
-        return common.batch_examples(examples(), batch_size, drop_remainder)
+        return common.batch_examples(examples(), len(common.rows_range(batch_size, rows)),
+                                     drop_remainder)
 
 
 class FolderDataset(DetectedFaces):

@@ -233,17 +233,21 @@ class SyntheticRenderer:
         self.framing, self.quantize, self.distribution = framing, quantize, distribution
         self._prior = None if distribution is None else CodeDistribution.of_framing(model, framing)
 
-    def __call__(self, key: jax.Array) -> dict:
+    def __call__(self, key: jax.Array, rows: slice = slice(None)) -> dict:
+        """The batch of `key`, or only its `rows` (the same faces; only those are rendered:
+        one process's share of a global batch)."""
         code, background = random_inputs(self.model, key, self.batch_size, self.image_size,
-                                         self.framing)
+                                          self.framing)
         if self.distribution is not None:
             code = redraw(code, self._prior, self.distribution)
+        take = lambda x: x[rows]  # noqa: E731
+        code, background = jax.tree.map(take, code), take(background)
         batch = jax.device_get(render_codes(self.model, code, background, self.image_size))
         batch = {k: np.asarray(v, np.float32) for k, v in batch.items()}
         if self.quantize:
             batch["image"] = decode_srgb8(encode_srgb8(batch["image"]))
         if self.framing.views_per_person > 1:
-            batch["person_id"] = person_ids(self.batch_size, self.framing.views_per_person)
+            batch["person_id"] = take(person_ids(self.batch_size, self.framing.views_per_person))
         return batch
 
 
@@ -449,13 +453,14 @@ def decode_example(example: dict) -> dict:
 
 
 def dataset_batches(builder, split: str, batch_size: int, shuffle: bool = True,
-                    seed: int = 0, repeat: bool = True, drop_remainder: bool = True
-                    ) -> Iterator[dict]:
-    """Batch-contract batches of a prepared `synthetic_faces` split (no TensorFlow)."""
+                    seed: int = 0, repeat: bool = True, drop_remainder: bool = True,
+                    rows: slice = slice(None)) -> Iterator[dict]:
+    """Batch-contract batches of a prepared `synthetic_faces` split (no TensorFlow);
+    `rows` of every batch only."""
     from mofa.data.common import source_batches
     source = builder.as_data_source(split=split)
     return source_batches(source, decode_example, batch_size, shuffle=shuffle, seed=seed,
-                          repeat=repeat, drop_remainder=drop_remainder)
+                          repeat=repeat, drop_remainder=drop_remainder, rows=rows)
 
 
 def code_from_batch(batch: dict) -> FaceCode:

@@ -131,8 +131,10 @@ class TfdsImageDataset(DetectedFaces):
 
 def tfds_image_batches(name: str, split: str, image_size: int, batch_size: int,
                        shuffle: bool = True, seed: int = 0, repeat: bool = True,
-                       drop_remainder: bool = True, **dataset_options) -> Iterator[dict]:
-    """Batch-contract batches of face crops from a TFDS image dataset (see TfdsImageDataset)."""
+                       drop_remainder: bool = True, rows: slice = slice(None),
+                       **dataset_options) -> Iterator[dict]:
+    """Batch-contract batches of face crops from a TFDS image dataset (see TfdsImageDataset);
+    `rows` of every batch only."""
     dataset = TfdsImageDataset(name, split, image_size, **dataset_options)
     return dataset.batches(batch_size, shuffle=shuffle, seed=seed, repeat=repeat,
-                           drop_remainder=drop_remainder)
+                           drop_remainder=drop_remainder, rows=rows)

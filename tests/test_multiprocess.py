@@ -1,0 +1,108 @@
+"""Multi-process training (jax.distributed, gloo CPU collectives) and kill-and-resume.
+
+Two processes of 4 CPU devices each train the same global batches as one process of
+8 devices: their loss curve is the single-process curve. Killing one process stops
+the other with an error within the heartbeat timeout; relaunching both resumes from
+the last checkpoint, and a single process can continue from their checkpoints.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mofa import metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12
+HEARTBEAT_SECONDS = 10
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(workdir, devices: int, *flags: str) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.main", "--config=experiments/configs/quickstart.py",
+         f"--workdir={workdir}", f"--config.num_steps={STEPS}", "--config.image_size=32",
+         "--config.encoder.width=8", "--config.batch_size=8", "--config.log_every=1",
+         "--config.checkpoint_every=3", "--config.image_every=1000", "--config.eval_batches=1",
+         "--config.eval_batch_size=8", "--config.progress=False", *flags],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _two_processes(workdir) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [_launch(workdir, 4, "--multihost", f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2", f"--process_id={i}",
+                    f"--heartbeat_timeout_seconds={HEARTBEAT_SECONDS}") for i in range(2)]
+
+
+def _finish(processes) -> None:
+    for p in processes:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+
+
+def _curve(workdir) -> dict:
+    """step -> loss, the last record of each step (a resumed run repeats none it kept)."""
+    return {r["step"]: r["loss"] for r in metrics.read_jsonl(str(workdir / "metrics.jsonl"))
+            if "loss" in r}
+
+
+def _assert_same_curve(got: dict, expected: dict) -> None:
+    assert got and set(got) <= set(expected)
+    for step, loss in sorted(got.items()):
+        # Gloo's cross-process all-reduce sums in another order than one process does.
+        assert loss == pytest.approx(expected[step], rel=2e-5), step
+
+
+def test_two_processes_train_kill_resume_and_hand_over_to_one(tmp_path):
+    reference = _launch(tmp_path / "reference", 8)
+    _finish([reference])
+    expected = _curve(tmp_path / "reference")
+    assert set(expected) == set(range(1, STEPS + 1))
+
+    # Two processes; process 1 is killed once the first checkpoint is written.
+    run = tmp_path / "run"
+    processes = _two_processes(run)
+    deadline = time.time() + 600
+    while (not (run / "checkpoints" / "3").exists() and time.time() < deadline
+           and all(p.poll() is None for p in processes)):
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    _, err = processes[0].communicate(timeout=HEARTBEAT_SECONDS + 120)
+    waited = time.time() - killed_at
+    processes[1].wait()
+    assert (run / "checkpoints" / "3").exists(), "the run never wrote its first checkpoint"
+    assert processes[0].returncode != 0, "the surviving process did not notice"
+    assert waited < HEARTBEAT_SECONDS + 60, waited
+    assert "relaunch every process to resume" in err or "heartbeat" in err, err[-3000:]
+    assert max(_curve(run)) < STEPS, "the run finished before it was killed"
+    _assert_same_curve(_curve(run), expected)
+
+    # Relaunched, both resume from the last checkpoint and finish the same curve.
+    _finish(_two_processes(run))
+    _assert_same_curve(_curve(run), expected)
+    assert set(_curve(run)) == set(expected)
+
+    # One process of 8 devices continues from the two processes' checkpoint.
+    kept = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    for step in kept[1:]:
+        shutil.rmtree(run / "checkpoints" / str(step))
+    single = tmp_path / "single"
+    shutil.copytree(run / "checkpoints", single / "checkpoints")
+    _finish([_launch(single, 8)])
+    got = _curve(single)
+    assert set(got) == set(range(kept[0] + 1, STEPS + 1))
+    _assert_same_curve(got, expected)
