@@ -2,9 +2,11 @@
 
 python benchmarks/train_bench.py [--backbones alexnet,resnet18] [--image-size 128]
 
-Prints, per encoder: train-step images/s at batch 32, inference (encoder +
-decoder render) Hz at batch 1 and 64, encoder-only Hz at batch 64, compile
-times and the process's peak resident memory. The multi-level face model paper
+Prints, per encoder: train-step images/s at batch 32, the input pipeline's
+images/s (synthetic faces rendered on the fly) and the training loop's images/s
+with its prefetch (below the train-step rate: the step waits for input),
+inference (encoder + decoder render) Hz at batch 1 and 64, encoder-only Hz at
+batch 64, compile times and the process's peak resident memory. The multi-level face model paper
 (Tewari et al. 2018) reports > 250 Hz on a GPU; the script prints the ratio of
 our inference rate to that.
 """
@@ -25,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.configs import default  # noqa: E402
 from mofa import networks, render, train  # noqa: E402
-from mofa.data import sources  # noqa: E402
+from mofa.data import common, sources  # noqa: E402
 
 PAPER_HZ = 250.0
 
@@ -45,6 +47,26 @@ def _time(fn, *args, repeats=5):
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def input_rates(source, step, state, decoder, train_batch: int, repeats: int) -> dict:
+    """Input images/s (the source alone) and the training loop's images/s with the
+    loop's one-thread prefetch; the loop waits for input where it is below the step's."""
+    start = time.perf_counter()
+    for i in range(1, repeats + 1):
+        source.batch(i, train_batch)
+    input_s = (time.perf_counter() - start) / repeats
+    batches = common.ordered_map(lambda i: source.batch(i, train_batch),
+                                 range(repeats + 1, 2 * repeats + 3), num_workers=1, prefetch=2)
+    first = next(batches)  # the pipeline is full from here on
+    state, metrics = step(state, jax.tree.map(jnp.asarray, first), jax.random.key(0), decoder)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for i, batch in enumerate(batches):
+        state, metrics = step(state, jax.tree.map(jnp.asarray, batch), jax.random.key(i), decoder)
+        jax.device_get(metrics)  # as the training loop does (finite check)
+    loop_s = (time.perf_counter() - start) / (repeats + 1)
+    return {"input_img_s": train_batch / input_s, "loop_img_s": train_batch / loop_s}
 
 
 def bench(backbone: str, image_size: int, train_batch: int, repeats: int) -> dict:
@@ -73,6 +95,7 @@ def bench(backbone: str, image_size: int, train_batch: int, repeats: int) -> dic
 
     row = {"backbone": backbone, "train_img_s": train_batch / train_s,
            "train_compile_s": train_compile}
+    row.update(input_rates(source, step, state, decoder, train_batch, repeats))
     for b in (1, 64):
         images = jnp.tile(batch["image"][:1], (b, 1, 1, 1))
         compile_s, seconds = _time(jax.jit(infer), state, images, repeats=repeats)
@@ -96,12 +119,14 @@ def main():
           f"{os.cpu_count()} cores, {args.image_size}px, builtin face model")
     rows = [bench(b, args.image_size, args.train_batch, args.repeats)
             for b in args.backbones.split(",")]
-    print(f"\n| encoder | train img/s (b{args.train_batch}) | infer Hz b1 | infer Hz b64 "
+    print(f"\n| encoder | train img/s (b{args.train_batch}) | input img/s | loop img/s "
+          "| infer Hz b1 | infer Hz b64 "
           "| encoder-only Hz b64 | vs 250 Hz (b64) | compile train / infer b64 (s) "
           "| peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backbone']} | {r['train_img_s']:.1f} | {r['infer_hz_b1']:.1f} "
+        print(f"| {r['backbone']} | {r['train_img_s']:.1f} | {r['input_img_s']:.1f} "
+              f"| {r['loop_img_s']:.1f} | {r['infer_hz_b1']:.1f} "
               f"| {r['infer_hz_b64']:.1f} | {r['encoder_hz_b64']:.1f} "
               f"| {r['infer_hz_b64'] / PAPER_HZ:.2f}x | {r['train_compile_s']:.1f} / "
               f"{r['infer_compile_s_b64']:.1f} | {r['peak_rss_mb']:.0f} |")

@@ -108,6 +108,17 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 1 if summary["skipped"] else 0
 
 
+def _retarget(args: argparse.Namespace) -> int:
+    import json
+
+    from mofa import retarget
+
+    outputs = retarget.run(args.source, args.to, args.out, face_model=args.face_model,
+                           obj=not args.no_obj)
+    print(json.dumps(outputs, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mofa", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "also write detail_depth.png, detail_normals.png, detail_mesh.obj")
     recon.add_argument("--quiet", action="store_true", help="no progress bar")
     recon.set_defaults(run=_reconstruct)
+
+    retarget = commands.add_parser(
+        "retarget", help="one face's expressions and head motion on another identity",
+        description="Puts SOURCE's expressions and head rotation (a video's <stem>_codes.npz "
+        "or a face's code.npz from `mofa reconstruct`) on TARGET's identity and skin (a "
+        "face's code.npz or its folder). Writes retarget.glb (a face rig with the "
+        "performance as a glTF animation), frames/frame_<k>.obj and retarget_codes.npz.")
+    retarget.add_argument("source", metavar="SOURCE", help="codes whose expressions to take")
+    retarget.add_argument("--to", required=True, metavar="TARGET",
+                          help="code (or face folder) whose identity to drive")
+    retarget.add_argument("--out", required=True, help="output folder")
+    retarget.add_argument("--face-model", default=None,
+                          help="face model spec (default: the one named in the codes)")
+    retarget.add_argument("--no-obj", action="store_true", help="skip the OBJ sequence")
+    retarget.set_defaults(run=_retarget)
     return parser
 
 

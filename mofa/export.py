@@ -277,8 +277,19 @@ def write_live_link_csv(path: str, names, expression, rotation, fps: float,
     return missing
 
 
+def rotation_quaternions(rotation) -> np.ndarray:
+    """FaceCode rotations (..., 3) radians -> unit quaternions (..., 4) in glTF's
+    (x, y, z, w) order, of the same R = Rz(roll) Ry(yaw) Rx(pitch)."""
+    from scipy.spatial.transform import Rotation
+
+    rotation = np.asarray(rotation, np.float64)
+    matrices = np.asarray(render.euler_to_matrix(jnp.asarray(rotation, jnp.float32)), np.float64)
+    flat = Rotation.from_matrix(matrices.reshape(-1, 3, 3)).as_quat()
+    return flat.reshape(*rotation.shape[:-1], 4).astype(np.float32)
+
+
 def write_glb(path: str, model, identity, expression, vertex_colors=None,
-              texture=None) -> None:
+              texture=None, animation: dict | None = None) -> None:
     """A glTF 2.0 face rig (binary .glb, written with pygltflib): the reconstructed
     identity at neutral expression as the base mesh (metres, +y up, facing +z), one
     morph target per expression component named after it (`mesh.extras.targetNames`,
@@ -286,7 +297,12 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     mesh's default weights, vertex colours (linear RGB) and, with `texture` (sRGB,
     H x W x 3, uint8 or floats in [0, 1], the model's UV layout), a textured material.
     Morph weight w adds w x (the component's standard deviation x basis): weights are
-    the code."""
+    the code.
+
+    animation: a performance (a video's codes) as one glTF animation, linear between
+    keyframes: {"times": (N,) seconds, "expression": (N, K) weights, "rotation": (N, 3)
+    FaceCode head rotations, radians}; the head node turns about the model's origin.
+    """
     import pygltflib as gl
 
     mm = 0.001  # glTF units are metres
@@ -322,8 +338,8 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
         accessor = gl.Accessor(bufferView=len(views) - 1, componentType=component,
                                count=len(array), type=kind)
         if bounds:
-            accessor.min = np.asarray(array).min(0).tolist()
-            accessor.max = np.asarray(array).max(0).tolist()
+            accessor.min = np.atleast_1d(np.asarray(array).min(0)).tolist()
+            accessor.max = np.atleast_1d(np.asarray(array).max(0)).tolist()
         accessors.append(accessor)
         return len(accessors) - 1
 
@@ -358,12 +374,37 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     mesh = gl.Mesh(name="face", primitives=[gl.Primitive(
         attributes=attributes, indices=indices, material=0, targets=morphs)],
         weights=[float(w) for w in expression], extras={"targetNames": names})
+    node = gl.Node(name="face", mesh=0)
+    animations = []
+    if animation is not None:
+        times = np.asarray(animation["times"], np.float32).reshape(-1)
+        weights = np.asarray(animation["expression"], np.float32)
+        quaternions = rotation_quaternions(animation["rotation"])
+        if weights.shape != (len(times), len(names)) or quaternions.shape != (len(times), 4):
+            raise ValueError(f"animation: {len(times)} times need expression "
+                             f"({len(times)}, {len(names)}) and rotation ({len(times)}, 3), "
+                             f"got {weights.shape} and {quaternions.shape[:-1] + (3,)}")
+        if len(times) > 1 and np.any(np.diff(times) <= 0):
+            raise ValueError("animation times must increase")
+        node.rotation = quaternions[0].tolist()
+        keys = add(times, kind=gl.SCALAR, bounds=True)
+        animations.append(gl.Animation(name="performance", samplers=[
+            gl.AnimationSampler(input=keys, output=add(weights.ravel(), kind=gl.SCALAR),
+                                interpolation="LINEAR"),
+            gl.AnimationSampler(input=keys, output=add(quaternions, kind=gl.VEC4),
+                                interpolation="LINEAR"),
+        ], channels=[
+            gl.AnimationChannel(sampler=0, target=gl.AnimationChannelTarget(node=0,
+                                                                            path="weights")),
+            gl.AnimationChannel(sampler=1, target=gl.AnimationChannelTarget(node=0,
+                                                                            path="rotation")),
+        ]))
     document = gl.GLTF2(
         asset=gl.Asset(generator="mofa", version="2.0"), scene=0,
-        scenes=[gl.Scene(nodes=[0])], nodes=[gl.Node(name="face", mesh=0)], meshes=[mesh],
+        scenes=[gl.Scene(nodes=[0])], nodes=[node], meshes=[mesh],
         materials=[material], accessors=accessors, bufferViews=views,
         buffers=[gl.Buffer(byteLength=len(blob))], images=images_, textures=textures,
-        samplers=samplers)
+        samplers=samplers, animations=animations)
     document.set_binary_blob(bytes(blob))
     _folder_of(path)
     document.save_binary(path)
@@ -388,7 +429,16 @@ def read_glb(path: str) -> dict:
     mesh = gltf.meshes[0]
     primitive = mesh.primitives[0]
     colors = primitive.attributes.COLOR_0
-    return {"positions": read(primitive.attributes.POSITION, 3),
+    animation = None
+    if gltf.animations:
+        samplers = {c.target.path: gltf.animations[0].samplers[c.sampler]
+                    for c in gltf.animations[0].channels}
+        times = read(samplers["weights"].input, 1)
+        animation = {"times": times,
+                     "expression": read(samplers["weights"].output, 1).reshape(len(times), -1),
+                     "rotation_quaternion": read(samplers["rotation"].output, 4)}
+    return {"animation": animation,
+            "positions": read(primitive.attributes.POSITION, 3),
             "targets": np.stack([read(t["POSITION"], 3) for t in primitive.targets]),
             "weights": np.asarray(mesh.weights, np.float32),
             "names": list((mesh.extras or {}).get("targetNames", [])),

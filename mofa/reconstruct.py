@@ -410,7 +410,15 @@ class Run:
             "landmarks_detected": np.stack([c["detected"] for c in crops])},
             {"source": path, "fps": fps, "frames": len(frames), "face_model": self.rec.model.name,
              "smooth_sigma_frames": self.smooth})
-        outputs = {"overlay": f"{stem}_overlay.mp4", "codes": f"{stem}_codes.npz"}
+        outputs = {"overlay": f"{stem}_overlay.mp4", "codes": f"{stem}_codes.npz",
+                   "mesh_glb": f"{stem}_mesh.glb"}
+        # The clip's identity as a face rig, its expressions and head rotation animated
+        # at the clip's frame rate (frames without a face are interpolated over).
+        export.write_glb(outputs["mesh_glb"], self.rec.model, code.identity[0],
+                         code.expression[0],
+                         np.asarray(facemodel.albedo(self.rec.model, code.reflectance[0])),
+                         animation={"times": np.asarray(indices) / fps,
+                                    "expression": code.expression, "rotation": code.rotation})
         if self.rec.model.blendshapes:  # ARKit weights per frame, as Live Link Face writes
             outputs["live_link_csv"] = f"{stem}_livelink.csv"
             export.write_live_link_csv(outputs["live_link_csv"], self.rec.model.expression_names,

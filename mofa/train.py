@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mofa import corrective, evaluation, facemodel, images, losses, metrics, networks, render
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
+from mofa.data import common as data_common
 from mofa.data import sources
 
 
@@ -418,8 +419,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
                     desc="train", unit="step")
     tick, seen = time.perf_counter(), 0
     rows = parallel.process_rows(config.batch_size)
-    for step in progress:
-        local_batch = source.batch(step, config.batch_size, rows)
+    # One thread renders or decodes the next batches while the devices train: a batch
+    # is a pure function of its step, so this changes nothing but the wait.
+    local_batches = data_common.ordered_map(
+        lambda step: source.batch(step, config.batch_size, rows),
+        range(start_step, config.num_steps), num_workers=1, prefetch=2)
+    for step, local_batch in zip(progress, local_batches):
         batch = parallel.shard(local_batch)
         state, step_metrics = step_fn(state, batch, jax.random.fold_in(train_key, step), decoder)
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}

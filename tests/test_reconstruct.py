@@ -10,7 +10,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from mofa import cli, export, facemodel, images
+from mofa import cli, export, facemodel, images, render
 from mofa.data import synthetic
 
 SIZE = 160  # mediapipe finds the builtin model's renders at this size
@@ -137,6 +137,14 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
     yaw = np.degrees(codes["rotation"][:, 1])
     assert np.all(np.diff(yaw) > 0), yaw  # the head keeps turning the same way
     assert json.loads((out / "clip_codes.json").read_text())["frames"] == 6
+    # Its face rig: the clip's identity, expressions and head turn animated at 10 fps.
+    rig = export.read_glb(str(out / "clip_mesh.glb"))
+    np.testing.assert_allclose(rig["animation"]["times"], np.arange(6) / 10, atol=1e-6)
+    np.testing.assert_allclose(rig["animation"]["expression"], codes["expression"], atol=1e-6)
+    from scipy.spatial.transform import Rotation
+
+    turned = Rotation.from_quat(rig["animation"]["rotation_quaternion"]).as_matrix()
+    np.testing.assert_allclose(turned, render.euler_to_matrix(codes["rotation"]), atol=1e-5)
 
 
 def test_output_names_never_collide(tmp_path):
@@ -356,9 +364,63 @@ def test_glb_face_rig_round_trips_and_validates(builtin_model, tmp_path, seams):
 def test_glb_passes_the_khronos_validator(builtin_model, tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "mesh.glb"
+    frames, k = 5, builtin_model.num_expression
     export.write_glb(str(path), builtin_model, rng.normal(size=builtin_model.num_identity),
-                     rng.normal(size=builtin_model.num_expression),
-                     rng.uniform(0, 1, (builtin_model.num_vertices, 3)),
-                     rng.uniform(0, 1, (32, 32, 3)))
+                     rng.normal(size=k), rng.uniform(0, 1, (builtin_model.num_vertices, 3)),
+                     rng.uniform(0, 1, (32, 32, 3)),
+                     animation={"times": np.arange(frames) / 30.0,
+                                "expression": rng.normal(size=(frames, k)),
+                                "rotation": rng.uniform(-0.5, 0.5, (frames, 3))})
     report = _gltf_validator_report(path)
     assert report["numErrors"] == 0 and report["numWarnings"] == 0, report
+
+
+def test_retarget_puts_a_performance_on_another_identity(builtin_model, tmp_path, capsys):
+    """`mofa retarget`: the source clip's expressions and head turn on the target's
+    identity, as a glTF animation and an OBJ per frame whose vertices are the model's
+    shape of (target identity, source expression)."""
+    from mofa import retarget
+
+    model, rng = builtin_model, np.random.default_rng(3)
+    frames = 4
+
+    def codes(n):
+        return {"identity": rng.normal(size=(n, model.num_identity)),
+                "expression": rng.normal(size=(n, model.num_expression)),
+                "reflectance": rng.normal(size=(n, model.num_albedo)),
+                "rotation": rng.uniform(-0.4, 0.4, (n, 3)),
+                "translation": np.tile([0.0, 0.0, -1000.0], (n, 1)),
+                "illumination": rng.normal(size=(n, 9, 3))}
+
+    source = {**codes(frames), "frame": np.array([0, 1, 3, 4])}
+    export.write_code(str(tmp_path / "clip_codes"), source, {"fps": 25.0, "face_model": "builtin"})
+    target = {k: v[0] for k, v in codes(1).items()}
+    export.write_code(str(tmp_path / "face0" / "code"), target, {"face_model": "builtin"})
+
+    out = tmp_path / "out"
+    assert cli.main(["retarget", str(tmp_path / "clip_codes.npz"), "--to",
+                     str(tmp_path / "face0"), "--out", str(out)]) == 0
+    assert "retarget.glb" in capsys.readouterr().out
+    rig = export.read_glb(str(out / "retarget.glb"))
+    neutral = facemodel.shape(model, jnp.asarray(target["identity"], jnp.float32),
+                              jnp.zeros(model.num_expression))
+    np.testing.assert_allclose(rig["positions"], np.asarray(neutral) * 1e-3, atol=1e-6)
+    np.testing.assert_allclose(rig["animation"]["times"], source["frame"] / 25.0, atol=1e-6)
+    np.testing.assert_allclose(rig["animation"]["expression"], source["expression"], atol=1e-6)
+    for k in (0, frames - 1):
+        mesh = trimesh.load(out / "frames" / f"frame_{k:05d}.obj", process=False)
+        expected = facemodel.shape(model, jnp.asarray(target["identity"], jnp.float32),
+                                   jnp.asarray(source["expression"][k], jnp.float32))
+        np.testing.assert_allclose(mesh.vertices, expected, atol=1e-3)
+    combined, meta = retarget.load_codes(str(out / "retarget_codes"))
+    np.testing.assert_allclose(combined["identity"], np.repeat(target["identity"][None], frames, 0))
+    np.testing.assert_allclose(combined["rotation"], source["rotation"])
+    assert meta["fps"] == 25.0
+
+    # Codes of another model, or no codes, are refused by name.
+    export.write_code(str(tmp_path / "other"), {**target, "expression": np.zeros(3)},
+                      {"face_model": "builtin"})
+    with pytest.raises(ValueError, match="expression"):
+        retarget.run(str(tmp_path / "clip_codes"), str(tmp_path / "other"), str(out))
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        retarget.run(str(tmp_path / "missing"), str(tmp_path / "face0"), str(out))
