@@ -114,7 +114,8 @@ def _retarget(args: argparse.Namespace) -> int:
     from mofa import retarget
 
     outputs = retarget.run(args.source, args.to, args.out, face_model=args.face_model,
-                           obj=not args.no_obj)
+                           obj=not args.no_obj, source_track=args.track,
+                           target_track=args.target_track)
     print(json.dumps(outputs, indent=2))
     return 0
 
@@ -211,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     retarget.add_argument("--out", required=True, help="output folder")
     retarget.add_argument("--face-model", default=None,
                           help="face model spec (default: the one named in the codes)")
+    retarget.add_argument("--track", type=int, default=None,
+                          help="a video's face to take (its codes' track id; default: the "
+                          "face seen in most frames)")
+    retarget.add_argument("--target-track", type=int, default=None,
+                          help="the same for a video's codes as TARGET")
     retarget.add_argument("--no-obj", action="store_true", help="skip the OBJ sequence")
     retarget.set_defaults(run=_retarget)
     return parser

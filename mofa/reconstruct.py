@@ -6,10 +6,10 @@ GIF named directly is a video, one inside a folder an image).
 
 Images: every face the detector finds is cropped (the training crop framing),
 encoded (with a checkpoint) and/or fitted (`mofa.fitting`) in batches, and
-written to `<out>/<stem>_face<k>/`. Videos: the largest face of each frame;
-one identity (and reflectance) per clip, the mean of the per-frame
-estimates, then pose and expression are refitted per frame with it fixed and
-smoothed over time (Gaussian, `smooth` frames). Unusable inputs are skipped
+written to `<out>/<stem>_face<k>/`. Videos are streamed (`Run.video`): every
+face is tracked across frames, each track gets one identity and reflectance,
+pose, expression and light are fitted per frame with them fixed and smoothed
+over time (Gaussian, `smooth` frames) per track. Unusable inputs are skipped
 and listed with their reason in `summary.json`.
 """
 
@@ -140,11 +140,14 @@ class Reconstructor:
         return self.camera.width
 
     def codes(self, crops: list[dict], init: Optional[FaceCode] = None, fixed: tuple = (),
-              steps: Optional[int] = None, landmarks_only: bool = False) -> FaceCode:
+              steps: Optional[int] = None, landmarks_only: bool = False,
+              known: Optional[dict] = None) -> FaceCode:
         """Codes of any number of crops, in batches of `batch_size` (padded).
 
         landmarks_only: refine with `fitting.fit_landmarks` (pose, identity,
         expression; far cheaper) instead of the photometric `fitting.fit`.
+        known: {field: (N, ...) values} set in the starting code of every crop (with
+        `fixed`, kept: e.g. a video track's identity).
         """
         steps = self.fit_steps if steps is None else steps
         parts = []
@@ -162,6 +165,10 @@ class Reconstructor:
                 start_code = self.encoder(pixels)
             else:
                 start_code = fitting.initial_code(self.fit_model, self.camera, lm, weight)
+            if known:
+                start_code = start_code.replace(**{
+                    f: jnp.asarray(_pad(np.asarray(v[start:start + len(chunk)], np.float32),
+                                        self.batch_size)) for f, v in known.items()})
             code = start_code
             if steps > 0 and landmarks_only:
                 code = fitting.fit_landmarks(self.fit_model, self.camera, lm, weight, steps=steps,
@@ -217,9 +224,13 @@ class Run:
     """One `mofa reconstruct` run: outputs, skipped inputs and counts for the summary."""
 
     def __init__(self, rec: Reconstructor, out_dir: str, detector, max_faces: int = 8,
-                 texture_size: int = 256, smooth: float = 1.0):
+                 texture_size: int = 256, smooth: float = 1.0, progress: bool = False,
+                 window: int = 32):
         self.rec, self.out_dir, self.detector = rec, out_dir, detector
         self.max_faces, self.texture_size, self.smooth = max_faces, texture_size, smooth
+        self.progress = progress
+        # Video faces fitted together / frames drawn together: bounds the memory.
+        self.window = window
         self.skipped: list[tuple] = []
         self.faces: list[dict] = []
         self.videos: list[dict] = []
@@ -357,75 +368,263 @@ class Run:
     # -- videos ---------------------------------------------------------------
 
     def video(self, path: str, stem: str) -> int:
-        """Reconstructs the largest face of every frame (outputs `<out>/<stem>_...`);
-        returns the number of faces."""
-        import imageio.v3 as iio
+        """Reconstructs every tracked face of a video, streaming: memory depends on the
+        window and the number of faces, not on the clip's length. Returns the number of
+        faces (face x frame) reconstructed.
+
+        Pass 1 detects and tracks the faces (`FaceTracker`) and keeps a few crops of each
+        track; each track's identity and reflectance are the mean of their fits. Pass 2
+        fits pose, expression and light of every face in windows of `window` frames with
+        them fixed; pose and expression are then smoothed per track. Pass 3 draws the
+        overlay at the source resolution, written frame by frame.
+        """
         from scipy.ndimage import gaussian_filter1d
 
         try:
-            frames = [np.asarray(f)[..., :3] for f in iio.imiter(path)]
-            meta = iio.immeta(path)
-            # ffmpeg reports fps; GIFs a frame duration in ms.
-            fps = float(meta.get("fps") or 0) or 1000.0 / float(meta.get("duration") or 40)
-        except Exception as err:  # imageio raises many kinds for bad files
-            self.skip(path, f"unreadable video: {type(err).__name__}: {err}")
+            fps, total = _video_meta(path)
+            tracker = FaceTracker()
+            samples: dict[int, _Samples] = {}
+            detections = []  # per frame: [(track id, (68, 2) landmarks)]
+            for index, frame in enumerate(self._frames(path, total, "tracking faces")):
+                found, _ = self._detect(frame, self.max_faces)
+                ids = tracker.update(index, found)
+                detections.append(list(zip(ids, found)))
+                for track, landmarks in zip(ids, found):
+                    samples.setdefault(track, _Samples()).offer(
+                        lambda: crop_face(frame, landmarks, self.rec.image_size))
+        except VideoError as err:
+            self.skip(path, str(err))
             return 0
-        if not frames:
+        num_frames = len(detections)
+        if num_frames == 0:
             self.skip(path, "video has no frames")
             return 0
-        crops, indices = [], []
-        for index, frame in enumerate(frames):
-            found, _ = self._detect(frame, 1)
-            if found:
-                crops.append(crop_face(frame, found[0], self.rec.image_size))
-                indices.append(index)
-        if not crops:
+        if not samples:
             self.skip(path, "no face found in any frame")
             return 0
-        code = self.rec.codes(crops)
-        # One identity and reflectance for the clip; pose and expression refitted to the
-        # landmarks with the identity fixed (per-frame light stays from the first pass).
-        shared = {f: np.broadcast_to(getattr(code, f).mean(0), getattr(code, f).shape)
-                  for f in ("identity", "reflectance")}
-        code = code.replace(**shared)
-        code = self.rec.codes(crops, init=code, fixed=("identity",), landmarks_only=True,
-                              steps=max(self.rec.fit_steps // 2, 20))
-        if self.smooth > 0 and len(crops) > 1:
-            code = code.replace(**{f: gaussian_filter1d(getattr(code, f), self.smooth, axis=0,
-                                                        mode="nearest")
-                                   for f in ("rotation", "translation", "expression")})
-        outs = self.rec.render(code, crops)
+        # One identity and reflectance per track: the mean over its sampled crops.
+        shared = {}
+        for track, kept in samples.items():
+            code = self.rec.codes(kept.crops)
+            shared[track] = {f: np.asarray(getattr(code, f)).mean(0)
+                             for f in ("identity", "reflectance")}
+
+        faces = [(index, track, landmarks) for index, found in enumerate(detections)
+                 for track, landmarks in found]
+        codes, crop_info = [], []
+        window: list = []
+
+        def fit_window():
+            crops = [c for _, c in window]
+            known = {f: np.stack([shared[t][f] for t, _ in window])
+                     for f in ("identity", "reflectance")}
+            codes.append(self.rec.codes(crops, known=known, fixed=("identity", "reflectance")))
+            crop_info.extend({"origin": c["origin"], "scale": c["scale"],
+                              "detected": c["detected"]} for c in crops)
+            window.clear()
+
+        position = 0
+        for index, frame in enumerate(self._frames(path, num_frames, "fitting")):
+            while position < len(faces) and faces[position][0] == index:
+                _, track, landmarks = faces[position]
+                window.append((track, crop_face(frame, landmarks, self.rec.image_size)))
+                position += 1
+            if len(window) >= self.window:
+                fit_window()
+        if window:
+            fit_window()
+        code = jax.tree.map(lambda *xs: np.concatenate(xs), *codes)
+        frame_of = np.asarray([f[0] for f in faces])
+        track_of = np.asarray([f[1] for f in faces])
+        if self.smooth > 0:  # per track, over its frames
+            fields = {f: np.array(getattr(code, f)) for f in ("rotation", "translation",
+                                                              "expression")}
+            for track in samples:
+                rows = np.flatnonzero(track_of == track)
+                if len(rows) > 1:
+                    for values in fields.values():
+                        values[rows] = gaussian_filter1d(values[rows], self.smooth, axis=0,
+                                                         mode="nearest")
+            code = code.replace(**fields)
+
         stem = os.path.join(self.out_dir, stem)
         os.makedirs(os.path.dirname(stem), exist_ok=True)
-        overlay_frames = [f.copy() for f in frames]
-        landmarks = []
-        for i, (crop, index) in enumerate(zip(crops, indices)):
-            overlay = _overlay(crop["image"], outs["mask"][i], outs["normals"][i])
-            overlay_frames[index] = _paste(frames[index], images.to_uint8(overlay),
-                                           outs["mask"][i], crop)
-            landmarks.append(outs["landmarks"][i] / crop["scale"] + crop["origin"])
-        _write_video(f"{stem}_overlay.mp4", overlay_frames, fps)
+        landmarks = self._write_overlay_video(path, f"{stem}_overlay.mp4", fps, num_frames,
+                                              faces, code, crop_info)
         export.write_code(f"{stem}_codes", {
-            **_code_arrays(code), "frame": np.asarray(indices), "landmarks": np.stack(landmarks),
-            "landmarks_detected": np.stack([c["detected"] for c in crops])},
-            {"source": path, "fps": fps, "frames": len(frames), "face_model": self.rec.model.name,
-             "smooth_sigma_frames": self.smooth})
-        outputs = {"overlay": f"{stem}_overlay.mp4", "codes": f"{stem}_codes.npz",
-                   "mesh_glb": f"{stem}_mesh.glb"}
-        # The clip's identity as a face rig, its expressions and head rotation animated
-        # at the clip's frame rate (frames without a face are interpolated over).
-        export.write_glb(outputs["mesh_glb"], self.rec.model, code.identity[0],
-                         code.expression[0],
-                         np.asarray(facemodel.albedo(self.rec.model, code.reflectance[0])),
-                         animation={"times": np.asarray(indices) / fps,
-                                    "expression": code.expression, "rotation": code.rotation})
-        if self.rec.model.blendshapes:  # ARKit weights per frame, as Live Link Face writes
-            outputs["live_link_csv"] = f"{stem}_livelink.csv"
-            export.write_live_link_csv(outputs["live_link_csv"], self.rec.model.expression_names,
-                                       code.expression, code.rotation, fps, frames=indices)
-        self.videos.append({"source": path, "frames": len(frames), "faces": len(crops),
-                            "frames_without_face": len(frames) - len(crops), **outputs})
-        return len(crops)
+            **_code_arrays(code), "frame": frame_of, "track": track_of,
+            "landmarks": landmarks,
+            "landmarks_detected": np.stack([c["detected"] for c in crop_info])},
+            {"source": path, "fps": fps, "frames": num_frames,
+             "face_model": self.rec.model.name, "smooth_sigma_frames": self.smooth,
+             "note": "one row per face and frame: 'frame' its frame, 'track' its face"})
+        tracks = []
+        for track in sorted(samples):
+            rows = np.flatnonzero(track_of == track)
+            sub = jax.tree.map(lambda x: np.asarray(x)[rows], code)  # noqa: B023
+            entry = {"track": int(track), "faces": int(len(rows)),
+                     "first_frame": int(frame_of[rows[0]]), "last_frame": int(frame_of[rows[-1]]),
+                     "mesh_glb": f"{stem}_track{track}_mesh.glb"}
+            # The track's face rig, its expressions and head rotation animated at the clip's
+            # frame rate (frames without the face are interpolated over).
+            export.write_glb(entry["mesh_glb"], self.rec.model, sub.identity[0],
+                             sub.expression[0],
+                             np.asarray(facemodel.albedo(self.rec.model, sub.reflectance[0])),
+                             animation={"times": frame_of[rows] / fps,
+                                        "expression": sub.expression, "rotation": sub.rotation})
+            if self.rec.model.blendshapes:  # ARKit weights per frame, as Live Link Face writes
+                entry["live_link_csv"] = f"{stem}_track{track}_livelink.csv"
+                export.write_live_link_csv(entry["live_link_csv"],
+                                           self.rec.model.expression_names, sub.expression,
+                                           sub.rotation, fps, frames=frame_of[rows])
+            tracks.append(entry)
+        self.videos.append({"source": path, "frames": num_frames, "faces": len(faces),
+                            "frames_without_face": int(num_frames - len(set(frame_of))),
+                            "overlay": f"{stem}_overlay.mp4", "codes": f"{stem}_codes.npz",
+                            "tracks": tracks})
+        return len(faces)
+
+    def _frames(self, path: str, total: Optional[int], desc: str):
+        """The video's frames (uint8 RGB), decoded one at a time, with a frames/s bar."""
+        from tqdm.auto import tqdm
+
+        import imageio.v3 as iio
+
+        try:
+            frames = iio.imiter(path)
+            bar = tqdm(frames, total=total, desc=f"{os.path.basename(path)}: {desc}",
+                       unit="frame", disable=not self.progress, leave=False)
+            for frame in bar:
+                yield np.ascontiguousarray(np.asarray(frame)[..., :3])
+        except Exception as err:  # imageio raises many kinds for bad files
+            raise VideoError(f"unreadable video: {type(err).__name__}: {err}") from err
+
+    def _write_overlay_video(self, path: str, out_path: str, fps: float, num_frames: int,
+                             faces: list, code: FaceCode, crop_info: list) -> np.ndarray:
+        """The overlay video at the source resolution (frame by frame); returns the fitted
+        landmarks of every face in the original frame's pixels."""
+        writer, landmarks = None, []
+        position = 0
+        pending: list = []  # (frame, [(row, crop)]) of up to `window` frames
+
+        def flush():
+            rows = [r for _, found in pending for r, _ in found]
+            if rows:
+                crops = [c for _, found in pending for _, c in found]
+                outs = self.rec.render(jax.tree.map(lambda x: np.asarray(x)[rows], code), crops)
+            k = 0
+            for frame, found in pending:
+                for _, crop in found:
+                    overlay = _overlay(crop["image"], outs["mask"][k], outs["normals"][k])
+                    frame = _paste(frame, images.to_uint8(overlay), outs["mask"][k], crop)
+                    landmarks.append(outs["landmarks"][k] / crop["scale"] + crop["origin"])
+                    k += 1
+                writer.send(_even(frame))
+            pending.clear()
+
+        try:
+            for index, frame in enumerate(self._frames(path, num_frames, "overlay")):
+                if writer is None:
+                    writer = _video_writer(out_path, _even(frame).shape, fps)
+                found = []
+                while position < len(faces) and faces[position][0] == index:
+                    info = crop_info[position]
+                    crop = crop_face(frame, info["detected"], self.rec.image_size)
+                    found.append((position, crop))
+                    position += 1
+                pending.append((frame, found))
+                if len(pending) >= self.window:
+                    flush()
+            flush()
+        finally:
+            if writer is not None:
+                writer.close()
+        return np.stack(landmarks)
+
+
+class VideoError(Exception):
+    """A video that cannot be read."""
+
+
+def _video_meta(path: str) -> tuple[float, Optional[int]]:
+    """(frames per second, frame count or None) of a video file."""
+    import imageio.v3 as iio
+
+    try:
+        meta = iio.immeta(path)
+    except Exception as err:  # imageio raises many kinds for bad files
+        raise VideoError(f"unreadable video: {type(err).__name__}: {err}") from err
+    # ffmpeg reports fps; GIFs a frame duration in ms.
+    fps = float(meta.get("fps") or 0) or 1000.0 / float(meta.get("duration") or 40)
+    count = meta.get("nframes")
+    total = int(count) if isinstance(count, (int, float)) and np.isfinite(count) else None
+    return fps, total
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """H.264 in yuv420p needs even sizes: the frame padded by its edge where odd."""
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _video_writer(path: str, shape: tuple, fps: float):
+    """A generator taking uint8 RGB frames one at a time (`send`), H.264 via ffmpeg."""
+    import imageio_ffmpeg
+
+    writer = imageio_ffmpeg.write_frames(path, (shape[1], shape[0]), fps=fps, codec="libx264",
+                                         macro_block_size=2, pix_fmt_out="yuv420p")
+    writer.send(None)  # start ffmpeg
+    return writer
+
+
+@dataclasses.dataclass
+class _Samples:
+    """At most `2 x keep` crops of one track, spread over its whole length: every
+    `stride`-th face, the stride doubling (and every other crop dropped) when full."""
+
+    keep: int = 8
+    stride: int = 1
+    seen: int = 0
+    crops: list = dataclasses.field(default_factory=list)
+
+    def offer(self, make_crop: Callable[[], dict]) -> None:
+        if self.seen % self.stride == 0:
+            self.crops.append(make_crop())
+            if len(self.crops) > 2 * self.keep:
+                self.crops, self.stride = self.crops[::2], self.stride * 2
+        self.seen += 1
+
+
+class FaceTracker:
+    """Face identities across frames: each detection joins the active track whose last
+    landmark centre is nearest (within `max_distance` x the face's size), greedily by
+    distance; the others start new tracks. A track not seen for `max_gap` frames ends."""
+
+    def __init__(self, max_distance: float = 0.5, max_gap: int = 10):
+        self.max_distance, self.max_gap = max_distance, max_gap
+        self._tracks: dict[int, tuple] = {}  # id -> (last frame, centre (2,), size)
+        self._next = 0
+
+    def update(self, frame: int, found: list) -> list[int]:
+        """Track ids of the detections (68, 2) of `frame`, in their order."""
+        active = {t: v for t, v in self._tracks.items() if frame - v[0] <= self.max_gap}
+        centres = [np.asarray(f, np.float64).mean(0) for f in found]
+        sizes = [faces_lib.landmark_extent(np.asarray(f)) for f in found]
+        pairs = sorted((np.linalg.norm(c - v[1]) / max(v[2], 1e-6), d, t)
+                       for d, c in enumerate(centres) for t, v in active.items())
+        ids: list = [None] * len(found)
+        taken = set()
+        for distance, d, t in pairs:
+            if distance <= self.max_distance and ids[d] is None and t not in taken:
+                ids[d] = t
+                taken.add(t)
+        for d in range(len(found)):
+            if ids[d] is None:
+                ids[d], self._next = self._next, self._next + 1
+            self._tracks[ids[d]] = (frame, centres[d], sizes[d])
+        return ids
 
 
 def _paste(frame: np.ndarray, overlay8: np.ndarray, mask: np.ndarray, crop: dict) -> np.ndarray:
@@ -464,22 +663,13 @@ def _paste_shading(photo: np.ndarray, shading: np.ndarray, mask: np.ndarray,
     return out
 
 
-def _write_video(path: str, frames: list, fps: float) -> None:
-    import imageio.v3 as iio
-
-    # H.264 in yuv420p needs even sizes.
-    h, w = frames[0].shape[:2]
-    frames = np.stack([np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames])
-    iio.imwrite(path, frames, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=2)
-
-
 def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_faces: int = 8,
         texture_size: int = 256, smooth: float = 1.0, progress: bool = True) -> dict:
     """Reconstructs every input; writes and returns the run summary (see module docstring)."""
     from tqdm.auto import tqdm
 
     detector = detector or faces_lib.MediaPipeDetector(max_faces=max_faces)
-    job = Run(rec, out_dir, detector, max_faces, texture_size, smooth)
+    job = Run(rec, out_dir, detector, max_faces, texture_size, smooth, progress)
     image_inputs, video_inputs, skipped = collect_inputs(paths)
     for source, reason in skipped:
         job.skip(source, reason)

@@ -1,8 +1,8 @@
 """Expression transfer: one face's expressions and head motion on another identity.
 
 `mofa retarget SOURCE --to TARGET --out DIR` reads two `mofa reconstruct` codes
-(SOURCE: a video's `<stem>_codes.npz` or a face folder's `code.npz`; TARGET: a
-face's `code.npz`) of the same face model and writes the target's identity and
+(SOURCE: a video's `<stem>_codes.npz`, one tracked face of it, or a face
+folder's `code.npz`; TARGET: a face's `code.npz` or a video's) of the same face model and writes the target's identity and
 skin driven by the source's expressions and head rotation:
 
 - `retarget.glb`: the target's face rig with the performance as a glTF animation
@@ -72,12 +72,30 @@ def transfer(source: dict, target: dict, target_index: int = 0) -> dict:
     return combined
 
 
+def select_track(arrays: dict, track: int | None, path: str) -> dict:
+    """The rows of one face of a video's codes (its "track" column; default the face
+    seen in most frames); codes without tracks are returned as they are."""
+    if "track" not in arrays:
+        return arrays
+    tracks, counts = np.unique(arrays["track"], return_counts=True)
+    if track is None:
+        track = int(tracks[np.argmax(counts)])
+    if track not in tracks:
+        raise ValueError(f"{path} has no track {track} (tracks: {tracks.tolist()})")
+    rows = arrays["track"] == track
+    return {k: v[rows] for k, v in arrays.items()}
+
+
 def run(source_path: str, target_path: str, out_dir: str, face_model: str | None = None,
-        obj: bool = True) -> dict:
+        obj: bool = True, source_track: int | None = None,
+        target_track: int | None = None) -> dict:
     """Retargets SOURCE's performance onto TARGET (see module docstring); returns the
-    written paths."""
+    written paths. For videos' codes, `source_track`/`target_track` pick the face (default:
+    the one seen in most frames)."""
     source, source_meta = load_codes(source_path)
     target, target_meta = load_codes(target_path)
+    source = select_track(source, source_track, source_meta["path"])
+    target = select_track(target, target_track, target_meta["path"])
     names = {source_meta.get("face_model"), target_meta.get("face_model")} - {None}
     if len(names) > 1:
         raise ValueError(f"{source_meta['path']} is a {source_meta['face_model']} code, "

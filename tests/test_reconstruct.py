@@ -10,7 +10,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from mofa import cli, export, facemodel, images, render
+from mofa import cli, export, facemodel, images, reconstruct, render
 from mofa.data import synthetic
 
 SIZE = 160  # mediapipe finds the builtin model's renders at this size
@@ -18,7 +18,8 @@ SIZE = 160  # mediapipe finds the builtin model's renders at this size
 
 @pytest.fixture(scope="module")
 def renders(builtin_model):
-    """Six rendered faces (uint8 sRGB) with their landmarks, and a 6-frame turning head."""
+    """Six rendered faces (uint8 sRGB) with their landmarks, and a 6-frame turning head
+    with its landmarks."""
     batch = next(synthetic.synthetic_batches(builtin_model, SIZE, 6, jax.random.key(11)))
     faces = images.to_uint8(images.linear_to_srgb(batch["image"]))
     code = synthetic.code_from_batch(batch)
@@ -29,8 +30,9 @@ def renders(builtin_model):
     background = jnp.broadcast_to(jnp.asarray(batch["image"][:1, :4, :4].mean((1, 2))),
                                   (6, SIZE, SIZE, 3))
     frames = synthetic.render_codes(builtin_model, turning, background, SIZE)
+    turning_landmarks = np.asarray(frames["landmarks"])
     frames = images.to_uint8(images.linear_to_srgb(np.asarray(frames["image"])))
-    return faces, batch["landmarks"], frames
+    return faces, batch["landmarks"], frames, turning_landmarks
 
 
 # imageio-ffmpeg runs ffmpeg through subprocess (fork + exec at once): harmless here.
@@ -38,7 +40,7 @@ def renders(builtin_model):
 def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
     pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
     imageio = pytest.importorskip("imageio.v3", reason="videos need imageio[ffmpeg]")
-    faces, truth, frames = renders
+    faces, truth, frames, _ = renders
     inputs = tmp_path / "in"
     (inputs / "more").mkdir(parents=True)
     Image.fromarray(faces[0]).save(inputs / "one.jpg", quality=95)
@@ -138,7 +140,7 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
     assert np.all(np.diff(yaw) > 0), yaw  # the head keeps turning the same way
     assert json.loads((out / "clip_codes.json").read_text())["frames"] == 6
     # Its face rig: the clip's identity, expressions and head turn animated at 10 fps.
-    rig = export.read_glb(str(out / "clip_mesh.glb"))
+    rig = export.read_glb(str(out / "clip_track0_mesh.glb"))
     np.testing.assert_allclose(rig["animation"]["times"], np.arange(6) / 10, atol=1e-6)
     np.testing.assert_allclose(rig["animation"]["expression"], codes["expression"], atol=1e-6)
     from scipy.spatial.transform import Rotation
@@ -207,7 +209,7 @@ def test_reconstruct_with_a_checkpoint(renders, tmp_path):
     manager.save(1, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()
     manager.close()
-    faces, _, _ = renders
+    faces, _, _, _ = renders
     Image.fromarray(faces[3]).save(tmp_path / "face.png")
     out = tmp_path / "out"
     args = ["reconstruct", str(tmp_path / "face.png"), "--checkpoint", str(tmp_path / "work"),
@@ -234,7 +236,7 @@ def test_reconstruct_with_detail_writes_the_refined_depth_normals_and_mesh(rende
         detail.train_detail(config, workdir)
         return workdir
 
-    faces, _, _ = renders
+    faces, _, _, _ = renders
     Image.fromarray(faces[4]).save(tmp_path / "face.png")
     out = tmp_path / "out"
     args = ["reconstruct", str(tmp_path / "face.png"), "--out", str(out), "--fit-steps", "5",
@@ -424,3 +426,65 @@ def test_retarget_puts_a_performance_on_another_identity(builtin_model, tmp_path
         retarget.run(str(tmp_path / "clip_codes"), str(tmp_path / "other"), str(out))
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         retarget.run(str(tmp_path / "missing"), str(tmp_path / "face0"), str(out))
+
+
+def test_face_tracker_keeps_ids_and_starts_new_ones():
+    square = np.stack(np.meshgrid(np.linspace(0, 60, 17), np.linspace(0, 60, 4)), -1).reshape(-1, 2)
+    face = lambda x, y: square + [x, y]  # noqa: E731  68 points, 60 px wide
+    tracker = reconstruct.FaceTracker(max_gap=2)
+    assert tracker.update(0, [face(0, 0), face(200, 0)]) == [0, 1]
+    # Listed in the other order and moved a little: the same faces.
+    assert tracker.update(1, [face(205, 3), face(8, 2)]) == [1, 0]
+    # Face 1 leaves; a face far from both appears: a new track.
+    assert tracker.update(2, [face(12, 4), face(100, 150)]) == [0, 2]
+    # Face 1 reappears after more than max_gap frames: new id, not 1.
+    assert tracker.update(6, [face(205, 3)]) == [3]
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_video_tracks_every_face_streaming(renders, builtin_model, tmp_path):
+    """Two faces, one entering at frame 2: two tracks, each with its own identity over
+    its frames, its own face rig, and one overlay video at the source resolution."""
+    imageio = pytest.importorskip("imageio.v3", reason="videos need imageio[ffmpeg]")
+    faces, truth, frames, turning = renders
+    still = np.asarray(truth[3]) + [SIZE, 0.0]
+    background = np.full_like(faces[3], faces[3][0, 0])
+    clip = [np.concatenate([frames[t], faces[3] if t >= 2 else background], axis=1)
+            for t in range(6)]
+    video = tmp_path / "pair.mp4"
+    imageio.imwrite(video, np.stack(clip), fps=10, codec="libx264", plugin="FFMPEG",
+                    macro_block_size=16)
+    calls = []
+
+    def detector(image):  # scripted detections, the newcomer listed first
+        t = len(calls)
+        calls.append(t)
+        return ([still] if t >= 2 else []) + [turning[t]]
+
+    rec = reconstruct.Reconstructor(builtin_model, render.Camera.from_fov(12.6, 64, 64),
+                                    batch_size=4, fit_steps=20)
+    summary = reconstruct.run([str(video)], str(tmp_path / "out"), rec, detector=detector,
+                              progress=False)
+    assert len(calls) == 6  # detected once per frame, in the first pass only
+    assert summary["num_faces"] == 6 + 4 and not summary["skipped"]
+    entry = summary["videos"][0]
+    assert [(t["track"], t["first_frame"], t["last_frame"], t["faces"])
+            for t in entry["tracks"]] == [(0, 0, 5, 6), (1, 2, 5, 4)]
+    codes = np.load(tmp_path / "out" / "pair_codes.npz")
+    assert list(codes["frame"]) == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    for track, frames_of in ((0, range(6)), (1, range(2, 6))):
+        rows = codes["track"] == track
+        assert list(codes["frame"][rows]) == list(frames_of)
+        np.testing.assert_allclose(codes["identity"][rows], codes["identity"][rows][:1].repeat(
+            rows.sum(), 0))
+        rig = export.read_glb(str(tmp_path / "out" / f"pair_track{track}_mesh.glb"))
+        np.testing.assert_allclose(rig["animation"]["times"], np.asarray(frames_of) / 10,
+                                   atol=1e-6)
+    first = codes["identity"][codes["track"] == 0][0]
+    second = codes["identity"][codes["track"] == 1][0]
+    assert np.linalg.norm(first - second) > 0.1
+    # The fitted landmarks follow each face in the original frame's pixels.
+    errors = np.linalg.norm(codes["landmarks"] - codes["landmarks_detected"], axis=-1)
+    assert np.median(errors) < 4.0, np.median(errors)
+    overlay = imageio.imread(tmp_path / "out" / "pair_overlay.mp4")
+    assert overlay.shape == (6, SIZE, 2 * SIZE, 3)
