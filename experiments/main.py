@@ -4,6 +4,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import mofa
 from mofa import train
 
 FLAGS = flags.FLAGS
@@ -39,6 +40,7 @@ def main(argv):
         raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost")
     if FLAGS.multihost:
         initialize_distributed()
+    mofa.enable_compilation_cache()
     logging.info("JAX process %d/%d, %d local devices, %d total", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     if "bootstrap" in FLAGS.config:  # InverseFaceNet rounds (experiments/configs/bootstrap.py)

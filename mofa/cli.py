@@ -223,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import mofa
+
     args = build_parser().parse_args(argv)
+    mofa.enable_compilation_cache()
     if getattr(args, "n", 1) < 1:
         print("mofa: --n must be at least 1", file=sys.stderr)
         return 2
