@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mofa import corrective, facemodel, losses, render
+from mofa import corrective, facemodel, geometry, losses, render
 from mofa.code import FaceCode
 from mofa.render import camera as camera_lib
 from mofa.render import sh
@@ -61,43 +61,6 @@ def component_r_squared(model: facemodel.FaceModel, predicted: dict, truth: dict
             results[f"r2/{name}"] = float(r_squared(predicted["expression"][:, k:k + 1],
                                                     truth["expression"][:, k:k + 1])[0])
     return results
-
-
-def similarity_transform(source: jax.Array, target: jax.Array, weights: jax.Array | None = None,
-                         with_scale: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Umeyama: (scale (...,), rotation (..., 3, 3), translation (..., 3)) such that
-    `scale * rotation @ source + translation` is closest to `target` (..., N, 3)."""
-    w = jnp.ones(source.shape[:-1]) if weights is None else jnp.broadcast_to(
-        weights, source.shape[:-1])
-    w = w / jnp.sum(w, -1, keepdims=True)
-    mu_s = jnp.sum(w[..., None] * source, -2, keepdims=True)
-    mu_t = jnp.sum(w[..., None] * target, -2, keepdims=True)
-    s, t = source - mu_s, target - mu_t
-    cov = jnp.einsum("...n,...ni,...nj->...ij", w, t, s)
-    u, d, vt = jnp.linalg.svd(cov)
-    det = jnp.sign(jnp.linalg.det(u @ vt))
-    fix = jnp.ones_like(d).at[..., -1].set(det)
-    rotation = u @ (fix[..., :, None] * vt)
-    if with_scale:
-        variance = jnp.sum(w * jnp.sum(s * s, -1), -1)
-        scale = jnp.sum(d * fix, -1) / jnp.maximum(variance, 1e-12)
-    else:
-        scale = jnp.ones(d.shape[:-1], d.dtype)
-    translation = mu_t[..., 0, :] - scale[..., None] * jnp.einsum("...ij,...j->...i", rotation,
-                                                                   mu_s[..., 0, :])
-    return scale, rotation, translation
-
-
-def apply_similarity(points: jax.Array, scale: jax.Array, rotation: jax.Array,
-                     translation: jax.Array) -> jax.Array:
-    return (scale[..., None, None] * jnp.einsum("...ij,...nj->...ni", rotation, points)
-            + translation[..., None, :])
-
-
-def similarity_align(source: jax.Array, target: jax.Array, weights: jax.Array | None = None
-                     ) -> jax.Array:
-    """Umeyama: the similarity transform of `source` (..., N, 3) closest to `target`."""
-    return apply_similarity(source, *similarity_transform(source, target, weights))
 
 
 def rotation_error_degrees(euler_a: jax.Array, euler_b: jax.Array) -> jax.Array:
@@ -145,7 +108,7 @@ def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
         if shape_offset is not None:
             pred_shape = pred_shape + shape_offset
         true_shape = facemodel.shape(model, target.identity, target.expression)
-        aligned = similarity_align(pred_shape, true_shape, weight)
+        aligned = geometry.similarity_align(pred_shape, true_shape, weight)
         distance = jnp.linalg.norm(aligned - true_shape, axis=-1)
         in_region = jnp.where(region, distance, jnp.nan)
         results["vertex_error_mm_mean"] = jnp.nanmean(in_region, -1)
@@ -158,7 +121,7 @@ def reconstruction_errors(model: facemodel.FaceModel, camera: render.Camera,
         if shape_offset is not None:
             pred_neutral = pred_neutral + shape_offset
         true_neutral = facemodel.shape(model, target.identity, zeros)
-        aligned = similarity_align(pred_neutral, true_neutral, weight)
+        aligned = geometry.similarity_align(pred_neutral, true_neutral, weight)
         results["identity_shape_error_mm"] = region_mean(
             jnp.linalg.norm(aligned - true_neutral, axis=-1))
         deformation = lambda code: facemodel.shape(  # noqa: E731

@@ -24,9 +24,8 @@ import os
 import re
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from mofa import evaluation
+from mofa import geometry
 
 # The 7 NoW landmarks as 68-point (Multi-PIE) indices, in the order of their
 # landmark files: eye corners (subject's right outer, right inner, left inner,
@@ -38,72 +37,6 @@ MESH_SUFFIXES = (".obj", ".ply")
 LANDMARK_SUFFIXES = (".txt", ".npy", ".pp")
 
 
-# --- geometry -------------------------------------------------------------------
-
-
-def closest_points_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray,
-                                c: np.ndarray) -> np.ndarray:
-    """Closest points (..., 3) to `p` on triangles (a, b, c), each (..., 3).
-
-    Ericson, Real-Time Collision Detection 5.1.5: the Voronoi region of p
-    (vertex, edge or face) picks the closest feature, vectorized with masks.
-    """
-    ab, ac, ap = b - a, c - a, p - a
-    d1, d2 = np.sum(ab * ap, -1), np.sum(ac * ap, -1)
-    bp = p - b
-    d3, d4 = np.sum(ab * bp, -1), np.sum(ac * bp, -1)
-    cp = p - c
-    d5, d6 = np.sum(ab * cp, -1), np.sum(ac * cp, -1)
-    va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
-    tiny = 1e-30
-    # Interior first, then overwrite by the regions that take precedence (reverse order).
-    denom = va + vb + vc
-    v, w = vb / (denom + tiny), vc / (denom + tiny)
-    out = a + v[..., None] * ab + w[..., None] * ac
-    edge_bc = (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0)
-    t = (d4 - d3) / ((d4 - d3) + (d5 - d6) + tiny)
-    out = np.where(edge_bc[..., None], b + t[..., None] * (c - b), out)
-    edge_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
-    t = d2 / (d2 - d6 + tiny)
-    out = np.where(edge_ac[..., None], a + t[..., None] * ac, out)
-    edge_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
-    t = d1 / (d1 - d3 + tiny)
-    out = np.where(edge_ab[..., None], a + t[..., None] * ab, out)
-    out = np.where(((d6 >= 0) & (d5 <= d6))[..., None], c, out)
-    out = np.where(((d3 >= 0) & (d4 <= d3))[..., None], b, out)
-    out = np.where(((d1 <= 0) & (d2 <= 0))[..., None], a, out)
-    return out
-
-
-def closest_points_on_mesh(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-                           candidates: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(closest surface points (N, 3), distances (N,)) of `points` to a triangle mesh.
-
-    Exact point-triangle distances to the `candidates` triangles with the nearest
-    centroids (a KD-tree): exact for meshes whose triangles are small compared
-    with their distance to each other's neighbourhoods, as face meshes are.
-    """
-    points = np.asarray(points, np.float64)
-    tri = np.asarray(vertices, np.float64)[np.asarray(faces)]
-    k = min(candidates, len(tri))
-    _, nearest = cKDTree(tri.mean(1)).query(points, k=k)
-    nearest = nearest.reshape(len(points), k)
-    closest = np.empty_like(points)
-    for start in range(0, len(points), 8192):  # bounded memory on large scans
-        part = slice(start, start + 8192)
-        t = tri[nearest[part]]  # (n, k, 3, 3)
-        q = closest_points_on_triangles(points[part, None], t[..., 0, :], t[..., 1, :],
-                                        t[..., 2, :])
-        d = np.linalg.norm(q - points[part, None], axis=-1)
-        closest[part] = q[np.arange(len(q)), np.argmin(d, -1)]
-    return closest, np.linalg.norm(closest - points, axis=-1)
-
-
-def _transform(points, scale, rotation, translation) -> np.ndarray:
-    return np.asarray(evaluation.apply_similarity(points, scale, rotation, translation),
-                      np.float64)
-
-
 def rigid_icp(vertices: np.ndarray, faces: np.ndarray, target_points: np.ndarray,
               iterations: int = 10) -> np.ndarray:
     """The mesh rigidly moved (no scale) to fit `target_points` (point-to-surface ICP)."""
@@ -111,12 +44,12 @@ def rigid_icp(vertices: np.ndarray, faces: np.ndarray, target_points: np.ndarray
     centre = target_points.mean(0)
     moved, target = vertices - centre, target_points - centre
     for _ in range(iterations):
-        closest, distance = closest_points_on_mesh(target, moved, faces)
+        _, _, closest, distance = geometry.closest_points_on_mesh(target, moved, faces)
         keep = distance <= 3.0 * np.median(distance) + 1e-9  # ignore scan beyond the mesh
-        transform = evaluation.similarity_transform(closest[keep], target[keep],
-                                                    with_scale=False)
+        transform = geometry.similarity_transform(closest[keep], target[keep],
+                                                  with_scale=False)
         before = moved
-        moved = _transform(moved, *transform)
+        moved = geometry.apply_similarity(moved, *transform)
         if np.max(np.abs(moved - before)) < 1e-4:  # converged (mm)
             break
     return moved + centre
@@ -138,8 +71,9 @@ def scan_to_mesh_errors(scan_points: np.ndarray, scan_landmarks: np.ndarray,
         raise ValueError(f"scan has {len(scan_landmarks)} landmarks, the mesh "
                          f"{len(mesh_landmarks)}: they must correspond")
     centre = scan_landmarks.mean(0)  # float32 alignment stays exact far from the origin
-    transform = evaluation.similarity_transform(mesh_landmarks - centre, scan_landmarks - centre)
-    aligned = _transform(np.asarray(mesh_vertices, np.float64) - centre, *transform) + centre
+    transform = geometry.similarity_transform(mesh_landmarks - centre, scan_landmarks - centre)
+    aligned = geometry.apply_similarity(np.asarray(mesh_vertices, np.float64) - centre,
+                                        *transform) + centre
     if crop_radius:
         nose = scan_landmarks[NOSE_TIP_7 if len(scan_landmarks) == 7 else NOSE_TIP_68]
         scan_points = scan_points[np.linalg.norm(scan_points - nose, axis=-1) <= crop_radius]
@@ -147,7 +81,7 @@ def scan_to_mesh_errors(scan_points: np.ndarray, scan_landmarks: np.ndarray,
             raise ValueError(f"no scan point within {crop_radius} mm of the nose tip")
     if refine:
         aligned = rigid_icp(aligned, faces, scan_points)
-    _, distance = closest_points_on_mesh(scan_points, aligned, faces)
+    distance = geometry.closest_points_on_mesh(scan_points, aligned, faces).distance
     return {"median_mm": float(np.median(distance)), "mean_mm": float(np.mean(distance)),
             "std_mm": float(np.std(distance)), "num_points": int(len(distance)),
             "distances": distance, "aligned_vertices": aligned}

@@ -30,6 +30,15 @@ for _name, _value in (("jax_compilation_cache_dir", _JAX_CACHE),
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def random_rotation(rng):
+    """A uniformly random proper rotation (3, 3)."""
+    import numpy as np
+
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _mofa_cache(tmp_path_factory):
     """Keeps model caches out of the user's home during tests (built once per session)."""

@@ -17,12 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from experiments.configs import quickstart  # noqa: E402
-
-
-def random_rotation(rng):
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
+from conftest import random_rotation  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,38 +32,6 @@ def face_mesh(builtin_model):
 
 
 # --- geometry ---------------------------------------------------------------------
-
-
-def test_similarity_transform_recovers_a_known_similarity():
-    rng = np.random.default_rng(0)
-    source = rng.normal(size=(50, 3)) * 40.0
-    rotation, scale, translation = random_rotation(rng), 1.7, np.array([10.0, -25.0, 300.0])
-    target = scale * source @ rotation.T + translation
-    s, r, t = evaluation.similarity_transform(source, target)
-    assert float(s) == pytest.approx(scale, rel=1e-4)
-    np.testing.assert_allclose(r, rotation, atol=1e-4)
-    np.testing.assert_allclose(t, translation, atol=1e-2)
-    np.testing.assert_allclose(evaluation.similarity_align(source, target), target, atol=1e-2)
-    _, rigid_r, _ = evaluation.similarity_transform(source, target, with_scale=False)
-    np.testing.assert_allclose(rigid_r, rotation, atol=1e-4)
-
-
-def test_closest_points_on_mesh_match_brute_force():
-    sphere = trimesh.creation.icosphere(2, radius=50.0)
-    rng = np.random.default_rng(1)
-    points = rng.normal(size=(300, 3)) * 40.0
-    _, distance = scan_eval.closest_points_on_mesh(points, sphere.vertices, sphere.faces)
-    tri = sphere.vertices[sphere.faces]
-    brute = scan_eval.closest_points_on_triangles(points[:, None], tri[None, :, 0],
-                                                  tri[None, :, 1], tri[None, :, 2])
-    np.testing.assert_allclose(distance, np.linalg.norm(brute - points[:, None], axis=-1).min(1),
-                               atol=1e-9)
-    # A point above a triangle's interior is at its plane distance; one beyond a vertex
-    # is at the distance to that vertex.
-    a, b, c = np.eye(3)[0] * 0, np.array([4.0, 0, 0]), np.array([0, 4.0, 0])
-    q = scan_eval.closest_points_on_triangles(np.array([[1.0, 1.0, 3.0], [6.0, -1.0, 0.0]]),
-                                              a, b, c)
-    np.testing.assert_allclose(q, [[1.0, 1.0, 0.0], [4.0, 0.0, 0.0]])
 
 
 def test_identical_scan_and_mesh_give_zero_error(face_mesh):

@@ -26,30 +26,6 @@ def _rotation_y(deg):
     return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
 
 
-def test_umeyama_recovers_similarity():
-    rng = np.random.default_rng(0)
-    src = rng.normal(size=(68, 3)) * 30
-    rot = _rotation_y(25) @ np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)],
-                                      [0, np.sin(0.3), np.cos(0.3)]])
-    dst = 1.3 * src @ rot.T + [5.0, -2.0, 40.0]
-    s, r, t = transfer.umeyama(src, dst)
-    assert s == pytest.approx(1.3)
-    np.testing.assert_allclose(r, rot, atol=1e-9)
-    np.testing.assert_allclose(transfer.apply_similarity(src, (s, r, t)), dst, atol=1e-9)
-
-
-def test_closest_points_are_exact_on_a_triangle():
-    verts = np.array([[0.0, 0, 0], [10, 0, 0], [0, 10, 0]])
-    tri = np.array([[0, 1, 2]])
-    pts = np.array([[2.0, 3, 5], [-4, -4, 1], [20, 1, 0], [6, 6, -3], [-3, 4, 0]])
-    idx, bary, dist = transfer.closest_points(pts, verts, tri)
-    q = bary @ verts
-    np.testing.assert_allclose(q, [[2, 3, 0], [0, 0, 0], [10, 0, 0], [5, 5, 0], [0, 4, 0]],
-                               atol=1e-12)
-    np.testing.assert_allclose(dist, np.linalg.norm(pts - q, axis=1))
-    assert np.all(bary >= -1e-12) and np.allclose(bary.sum(1), 1)
-
-
 def test_transfer_albedo_follows_the_geometry():
     source = fx.synthetic_model()
     verts, tris, lmk = fx.synthetic_face(29, 35)  # another sampling of the same face

@@ -269,7 +269,7 @@ def test_reconstruction_recovers_shape_better_than_the_placed_mean_face(renders,
     is closer to the truth than the mean face placed from the landmarks (what the
     calibrated landmarks, the sliding contour and the photometric stage are for)."""
     pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
-    from mofa import evaluation, facemodel, reconstruct, render
+    from mofa import facemodel, geometry, reconstruct, render
     from mofa.code import DEFAULT_FOV_DEGREES
     from mofa.data import faces as faces_lib
 
@@ -292,7 +292,7 @@ def test_reconstruction_recovers_shape_better_than_the_placed_mean_face(renders,
     def shape_error(code):
         shapes = np.asarray(facemodel.shape(model, jnp.asarray(code.identity),
                                             jnp.asarray(code.expression)))
-        return np.mean([np.linalg.norm(np.asarray(evaluation.similarity_align(
+        return np.mean([np.linalg.norm(np.asarray(geometry.similarity_align(
             jnp.asarray(a[mask]), jnp.asarray(b[mask]))) - b[mask], axis=-1).mean()
             for a, b in zip(shapes, true_shape)])
 

@@ -31,6 +31,7 @@ import pickle
 
 import numpy as np
 
+from mofa import geometry
 from mofa.facemodel import cache_path
 from mofa.facemodel import transfer
 from mofa.facemodel.model import FaceModel, from_numpy, load_npz, save_npz
@@ -242,7 +243,7 @@ def load(path: str, landmark_embedding: str | None = None,
         # The source's face mask, faded out where FLAME has no nearby source surface
         # (scalp, neck, eyeballs behind the lids).
         src_lmk = np.asarray(source.mean_shape, np.float64)[np.asarray(source.landmark_indices)]
-        transform = transfer.umeyama(src_lmk, mean[idx])
+        transform = geometry.similarity_transform(src_lmk, mean[idx])
         values, dist = transfer.transfer_vertex_field(
             mean, transform, source, np.asarray(source.face_mask, np.float64)[:, None])
         face_mask = np.clip(values[:, 0], 0, 1) * (1.0 - transfer.smoothstep(3.0, 10.0, dist))

@@ -21,6 +21,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from mofa import geometry
+
 log = logging.getLogger(__name__)
 
 # Linear-RGB skin tone used when no albedo source is available.
@@ -28,97 +30,7 @@ _FALLBACK_SKIN = np.array([0.55, 0.36, 0.27])
 
 
 # ---------------------------------------------------------------------------
-# Similarity alignment
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray, scale: bool = True):
-    """(s, R, t) minimizing |dst - (s R src + t)|^2 over rotations R (Umeyama 1991)."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    cov = xd.T @ xs / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1.0  # a reflection is never a valid face alignment
-    rot = u @ np.diag(sign) @ vt
-    var_s = (xs ** 2).sum() / len(src)
-    s = float((d * sign).sum() / var_s) if scale else 1.0
-    return s, rot, mu_d - s * rot @ mu_s
-
-
-def apply_similarity(points: np.ndarray, transform) -> np.ndarray:
-    s, rot, t = transform
-    return s * np.asarray(points, np.float64) @ rot.T + t
-
-
-# ---------------------------------------------------------------------------
-# Closest points on a triangle mesh
-
-
-def _closest_on_triangles(p, a, b, c):
-    """Barycentric coordinates (N, 3) of the closest point of triangle (a, b, c) to p.
-
-    Vectorized form of the region tests in Ericson, Real-Time Collision
-    Detection, 5.1.5; np.select keeps the order of the early returns there.
-    """
-    ab, ac = b - a, c - a
-    dot = lambda u, v: np.einsum("ij,ij->i", u, v)  # noqa: E731
-    ap, bp, cp = p - a, p - b, p - c
-    d1, d2 = dot(ab, ap), dot(ac, ap)
-    d3, d4 = dot(ab, bp), dot(ac, bp)
-    d5, d6 = dot(ab, cp), dot(ac, cp)
-    va = d3 * d6 - d5 * d4
-    vb = d5 * d2 - d1 * d6
-    vc = d1 * d4 - d3 * d2
-    tiny = 1e-30
-    with np.errstate(divide="ignore", invalid="ignore"):
-        v_ab = d1 / np.where(np.abs(d1 - d3) > tiny, d1 - d3, tiny)
-        w_ac = d2 / np.where(np.abs(d2 - d6) > tiny, d2 - d6, tiny)
-        den_bc = (d4 - d3) + (d5 - d6)
-        w_bc = (d4 - d3) / np.where(np.abs(den_bc) > tiny, den_bc, tiny)
-        den = va + vb + vc
-        den = np.where(np.abs(den) > tiny, den, tiny)
-        v_in, w_in = vb / den, vc / den
-    one, zero = np.ones_like(d1), np.zeros_like(d1)
-    conds = [
-        (d1 <= 0) & (d2 <= 0),
-        (d3 >= 0) & (d4 <= d3),
-        (vc <= 0) & (d1 >= 0) & (d3 <= 0),
-        (d6 >= 0) & (d5 <= d6),
-        (vb <= 0) & (d2 >= 0) & (d6 <= 0),
-        (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0),
-    ]
-    u = np.select(conds, [one, zero, 1 - v_ab, zero, 1 - w_ac, zero], 1 - v_in - w_in)
-    v = np.select(conds, [zero, one, v_ab, zero, zero, 1 - w_bc], v_in)
-    w = np.select(conds, [zero, zero, zero, one, w_ac, w_bc], w_in)
-    return np.stack([u, v, w], axis=1)
-
-
-def closest_points(points, vertices, triangles, k: int = 24):
-    """Closest surface point of `points` (N, 3) on a triangle mesh.
-
-    Returns (triangle index (N,), barycentric coordinates (N, 3), distance (N,)).
-    Candidates are the k triangles with the nearest centroids, which is exact
-    unless triangles are much larger than their spacing (not so for face meshes).
-    """
-    points = np.asarray(points, np.float64)
-    vertices = np.asarray(vertices, np.float64)
-    triangles = np.asarray(triangles, np.int64)
-    corners = vertices[triangles]  # (T, 3, 3)
-    k = int(min(k, len(triangles)))
-    _, cand = cKDTree(corners.mean(1)).query(points, k=k)
-    cand = cand.reshape(len(points), k)
-    flat = cand.reshape(-1)
-    rep = np.repeat(points, k, axis=0)
-    bary = _closest_on_triangles(rep, corners[flat, 0], corners[flat, 1], corners[flat, 2])
-    closest = np.einsum("nc,ncd->nd", bary, corners[flat])
-    dist = np.linalg.norm(closest - rep, axis=1).reshape(len(points), k)
-    best = dist.argmin(1)
-    rows = np.arange(len(points))
-    pick = rows * k + best
-    return cand[rows, best], bary[pick], dist[rows, best]
+# Correspondence through closest points
 
 
 def interpolate(values, triangles, tri_index, bary):
@@ -264,9 +176,10 @@ def transfer_albedo(target_vertices, target_landmarks_xyz, source_model):
     by decreasing std.
     """
     src_mean, src_tri, src_lmk = _source_arrays(source_model)
-    transform = umeyama(src_mean[src_lmk], target_landmarks_xyz)
-    aligned = apply_similarity(src_mean, transform)
-    tri_index, bary, _ = closest_points(target_vertices, aligned, src_tri)
+    transform = geometry.similarity_transform(src_mean[src_lmk], target_landmarks_xyz)
+    aligned = geometry.apply_similarity(src_mean, *transform)
+    tri_index, bary, _, _ = geometry.closest_points_on_mesh(target_vertices, aligned, src_tri,
+                                                          candidates=24)
     mean = interpolate(np.asarray(source_model.albedo_mean, np.float64), src_tri, tri_index, bary)
     fields = (np.asarray(source_model.albedo_std, np.float64)[:, None, None]
               * np.asarray(source_model.albedo_basis, np.float64))
@@ -328,15 +241,17 @@ def align_by_icp(source_vertices, source_triangles, target_vertices, target_tria
     transform = (1.0, np.eye(3), _nose_tip(tgt_v) - _nose_tip(src_v[pool]))
     for _ in range(iterations):
         # Source points -> target surface.
-        tri, bary, d1 = closest_points(apply_similarity(src_pts, transform), tgt_v, tgt_t, k=8)
+        tri, bary, _, d1 = geometry.closest_points_on_mesh(
+            geometry.apply_similarity(src_pts, *transform), tgt_v, tgt_t, candidates=8)
         on_target = interpolate(tgt_v, tgt_t, tri, bary)
         # Target points -> source surface (found in the moved frame, used in the source frame).
-        tri, bary, d2 = closest_points(tgt_pts, apply_similarity(src_v, transform), src_t, k=8)
+        tri, bary, _, d2 = geometry.closest_points_on_mesh(
+            tgt_pts, geometry.apply_similarity(src_v, *transform), src_t, candidates=8)
         on_source = interpolate(src_v, src_t, tri, bary)
         a = np.concatenate([src_pts, on_source])
         b = np.concatenate([on_target, tgt_pts])
         sel = np.concatenate([_inliers(d1, keep), _inliers(d2, keep)])
-        transform = umeyama(a[sel], b[sel], scale=scale)
+        transform = geometry.similarity_transform(a[sel], b[sel], with_scale=scale)
     return transform
 
 
@@ -354,7 +269,7 @@ def transfer_landmarks(target_vertices, target_triangles, source_model):
     # free scale shrinks towards the overlap when the meshes cover different areas.
     transform = align_by_icp(src_mean, src_tri, target_vertices, target_triangles,
                              source_weights=np.asarray(source_model.face_mask), scale=False)
-    moved = apply_similarity(src_mean[src_lmk], transform)
+    moved = geometry.apply_similarity(src_mean[src_lmk], *transform)
     _, idx = cKDTree(np.asarray(target_vertices, np.float64)).query(moved)
     return idx.astype(np.int32), transform
 
@@ -362,8 +277,9 @@ def transfer_landmarks(target_vertices, target_triangles, source_model):
 def transfer_vertex_field(target_vertices, transform, source_model, values):
     """Per-vertex source `values` (Vs, C) at the target vertices, and their distance (mm)."""
     src_mean, src_tri, _ = _source_arrays(source_model)
-    aligned = apply_similarity(src_mean, transform)
-    tri_index, bary, dist = closest_points(target_vertices, aligned, src_tri)
+    aligned = geometry.apply_similarity(src_mean, *transform)
+    tri_index, bary, _, dist = geometry.closest_points_on_mesh(target_vertices, aligned,
+                                                             src_tri, candidates=24)
     return interpolate(np.asarray(values, np.float64), src_tri, tri_index, bary), dist
 
 
