@@ -36,7 +36,7 @@ def predict_codes(state, decoder: train.Decoder, source, num_images: int, batch_
         batch = source.batch(i, batch_size)
         predicted.append(encode(jnp.asarray(batch["image"])))
         if "code/rotation" in batch:
-            truth.append(train.batch_code(batch))
+            truth.append(FaceCode.from_batch(batch))
     stack = lambda codes: jax.tree.map(lambda *x: np.concatenate(x)[:num_images], *codes)  # noqa: E731
     return stack(predicted), (stack(truth) if truth else None)
 

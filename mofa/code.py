@@ -15,6 +15,11 @@ DEFAULT_DISTANCE_MM = 1000.0
 DEFAULT_FOV_DEGREES = 12.6
 
 
+# The code's fields, in order: the one list every module uses (batches carry them as
+# "code/<field>", saved codes as arrays of these names).
+FIELDS = ("rotation", "translation", "identity", "expression", "reflectance", "illumination")
+
+
 @flax.struct.dataclass
 class FaceCode:
     """Pose, shape, expression, reflectance and illumination of a batch of faces.
@@ -35,6 +40,15 @@ class FaceCode:
     @property
     def batch_shape(self) -> tuple:
         return tuple(self.rotation.shape[:-1])
+
+    @classmethod
+    def from_batch(cls, batch: dict) -> "FaceCode":
+        """The ground-truth code of a synthetic batch (its "code/<field>" entries)."""
+        return cls(**{f: jnp.asarray(batch[f"code/{f}"]) for f in FIELDS})
+
+    def as_dict(self) -> dict:
+        """{field: array} in `FIELDS` order."""
+        return {f: getattr(self, f) for f in FIELDS}
 
     def validate(self, model: FaceModel) -> "FaceCode":
         """Raises ValueError naming the field whose shape does not fit `model`."""
@@ -105,4 +119,3 @@ def random_code(model: FaceModel, key: jax.Array, batch_shape=(), *,
         reflectance=normal(ids[2], model.num_albedo, shape_scale),
         illumination=illumination,
     )
-

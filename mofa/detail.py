@@ -38,7 +38,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from mofa import facemodel, losses, train
-from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
+from mofa.code import DEFAULT_FOV_DEGREES, FIELDS, FaceCode
 from mofa.data import synthetic
 from mofa.facemodel import FaceModel
 from mofa.render import Camera, render_face, sh
@@ -572,7 +572,7 @@ class CoarseCodes:
                                     saved["settings"], settings)
                     return
                 for i, key in enumerate(saved["keys"]):
-                    self.codes[str(key)] = {f: saved[f][i] for f in _CODE_FIELDS}
+                    self.codes[str(key)] = {f: saved[f][i] for f in FIELDS}
 
     def __call__(self, batch: dict) -> FaceCode:
         """The codes (B,) of a batch-contract batch (image, landmarks, landmark_weight)."""
@@ -588,10 +588,10 @@ class CoarseCodes:
                      for i in first.values()]
             fitted = self.reconstructor.codes(crops)
             for j, key in enumerate(first):
-                self.codes[key] = {f: np.asarray(getattr(fitted, f))[j] for f in _CODE_FIELDS}
+                self.codes[key] = {f: np.asarray(getattr(fitted, f))[j] for f in FIELDS}
             self._save()
         return FaceCode(**{f: jnp.asarray(np.stack([self.codes[k][f] for k in keys]))
-                           for f in _CODE_FIELDS})
+                           for f in FIELDS})
 
     def _save(self) -> None:
         if not self.path:
@@ -599,11 +599,10 @@ class CoarseCodes:
         keys = list(self.codes)
         temporary = self.path + ".tmp.npz"
         np.savez(temporary, keys=np.asarray(keys), settings=np.asarray(self.settings),
-                 **{f: np.stack([self.codes[k][f] for k in keys]) for f in _CODE_FIELDS})
+                 **{f: np.stack([self.codes[k][f] for k in keys]) for f in FIELDS})
         os.replace(temporary, self.path)  # atomic: a killed run leaves the old file whole
 
 
-_CODE_FIELDS = tuple(f.name for f in dataclasses.fields(FaceCode))
 
 
 class _CoarseSource:

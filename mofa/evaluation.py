@@ -200,7 +200,7 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
     "NAME/yaw>S"), e.g. inside / outside the training prior's pose range.
     """
     from mofa.data import sources
-    from mofa.train import batch_code, eval_step
+    from mofa.train import eval_step
 
     face_model = face_model or config.data.get("face_model") or None
     data_model = decoder.face_model
@@ -230,7 +230,7 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
         if aux["corrective"] is not None:
             offset = corrective.corrections(state.params["corrective"], aux["corrective"])[0]
         if "code/rotation" in batch:
-            target = batch_code(batch)
+            target = FaceCode.from_batch(batch)
             values = errors(code, target, batch["image"], batch["landmarks"], out, offset)
             values["true_yaw_deg"] = jnp.degrees(jnp.abs(target.rotation[:, 1]))
             if cross_model:

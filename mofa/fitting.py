@@ -24,12 +24,11 @@ import numpy as np
 import optax
 
 from mofa import facemodel, losses
-from mofa.code import DEFAULT_DISTANCE_MM, FaceCode
+from mofa.code import DEFAULT_DISTANCE_MM, FIELDS, FaceCode
 from mofa.facemodel import NUM_LANDMARKS, FaceModel
 from mofa.render import Camera, render_face
 from mofa.render import camera as camera_lib
 
-FIELDS = ("rotation", "translation", "identity", "expression", "reflectance", "illumination")
 _STAGE_FIELDS = {
     "rigid": ("rotation", "translation"),
     "shape": ("rotation", "translation", "identity", "expression"),
@@ -99,9 +98,6 @@ def stage_steps(steps: int, options: FitOptions, photometric: bool) -> dict:
     shape = int(round(steps * options.shape_fraction))
     return {"rigid": rigid, "shape": shape, "appearance": steps - rigid - shape}
 
-
-def _to_dict(code: FaceCode) -> dict:
-    return {f: getattr(code, f) for f in FIELDS}
 
 
 @jax.jit
@@ -248,7 +244,7 @@ def _run_stage(model, camera, options, stage, steps, fixed, code, images, landma
     if steps == 0:
         return code
     free = [f for f in _STAGE_FIELDS[stage] if f not in fixed]
-    values = _to_dict(code)
+    values = code.as_dict()
     params = {f: values[f] for f in free}
     frozen = {f: values[f] for f in FIELDS if f not in free}
     rates = options.learning_rates()

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mofa import export, facemodel, fitting, images, render
-from mofa.code import FaceCode
+from mofa.code import FIELDS, FaceCode
 from mofa.data import faces as faces_lib
 from mofa.data import folder as folder_lib
 
@@ -217,7 +217,7 @@ def _draw_landmarks(rgb8: np.ndarray, sets: list[tuple]) -> np.ndarray:
 
 def _code_arrays(code: FaceCode, i=None) -> dict:
     return {f: np.asarray(getattr(code, f)) if i is None else np.asarray(getattr(code, f))[i]
-            for f in fitting.FIELDS}
+            for f in FIELDS}
 
 
 class Run:

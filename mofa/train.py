@@ -92,11 +92,6 @@ def _augment(images_: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.clip(images_ * gain * colour + offset, 0.0, 1.0)
 
 
-def batch_code(batch: dict) -> FaceCode:
-    """The ground-truth FaceCode of a synthetic batch ("code/..." keys)."""
-    return FaceCode(**{f.name: batch[f"code/{f.name}"] for f in dataclasses.fields(FaceCode)})
-
-
 def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeights,
               space: dict | None = None, coefficients: dict | None = None) -> tuple:
     """The training objective of codes (and corrective coefficients) on a batch.
@@ -120,7 +115,7 @@ def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeight
     }
     diagnostics = {}
     if weights.model_space or weights.parameter:
-        target = batch_code(batch)
+        target = FaceCode.from_batch(batch)
         parts = losses.model_space(model, code, target)
         terms["model_space"] = parts.pop("total")
         diagnostics = {f"model_space_{k}": v for k, v in parts.items()}

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mofa import images
+from mofa.code import FaceCode
 from mofa.data import faces as faces_lib
 from mofa.data import synthetic
 from mofa.data.folder import FolderDataset, find_images
@@ -54,7 +55,7 @@ def rerender(model, batch):
     """Renders a batch's stored codes again (padded to BATCH, background black)."""
     n = len(batch["landmarks"])
     padded = {k: np.concatenate([v] * (-(-BATCH // n)))[:BATCH] for k, v in batch.items()}
-    code = synthetic.code_from_batch(padded)
+    code = FaceCode.from_batch(padded)
     out = synthetic.render_codes(model, code, np.zeros((BATCH, SIZE, SIZE, 3), np.float32),
                                     SIZE)
     return {k: np.asarray(v)[:n] for k, v in out.items()}

@@ -11,6 +11,7 @@ import trimesh
 from PIL import Image
 
 from mofa import cli, export, facemodel, images, reconstruct, render
+from mofa.code import FaceCode
 from mofa.data import synthetic
 
 SIZE = 160  # mediapipe finds the builtin model's renders at this size
@@ -22,7 +23,7 @@ def renders(builtin_model):
     with its landmarks."""
     batch = next(synthetic.synthetic_batches(builtin_model, SIZE, 6, jax.random.key(11)))
     faces = images.to_uint8(images.linear_to_srgb(batch["image"]))
-    code = synthetic.code_from_batch(batch)
+    code = FaceCode.from_batch(batch)
     # Frame t: face 0 turning by 3 degrees a frame (same batch shape: no new compile).
     turning = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), code)
     yaw = jnp.radians(3.0 * jnp.arange(6.0)) - 0.1
@@ -275,7 +276,7 @@ def test_reconstruction_recovers_shape_better_than_the_placed_mean_face(renders,
 
     model = builtin_model
     batch = next(synthetic.synthetic_batches(model, 224, 8, jax.random.key(23)))
-    truth = synthetic.code_from_batch(batch)
+    truth = FaceCode.from_batch(batch)
     photos = images.to_uint8(images.linear_to_srgb(batch["image"]))
     detector = faces_lib.MediaPipeDetector(max_faces=1)
     crops, found = [], []

@@ -34,7 +34,6 @@ _EXPORTS = {
     "TfdsImageDataset": "mofa.data.tfds_images",
     "tfds_image_batches": "mofa.data.tfds_images",
     "MediaPipeDetector": "mofa.data.faces",
-    "code_from_batch": "mofa.data.synthetic",
 }
 
 

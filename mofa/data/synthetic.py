@@ -31,13 +31,11 @@ import numpy as np
 from PIL import Image
 
 from mofa import images
-from mofa.code import DEFAULT_DISTANCE_MM, DEFAULT_FOV_DEGREES, FaceCode, random_code
+from mofa.code import DEFAULT_DISTANCE_MM, DEFAULT_FOV_DEGREES, FIELDS, FaceCode, random_code
 from mofa.facemodel import FaceModel
 from mofa.render import Camera, render_face
 
 
-CODE_FIELDS = ("rotation", "translation", "identity", "expression", "reflectance",
-               "illumination")
 
 # Per-split seeds: fixed so every split is reproducible and the splits differ.
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
@@ -166,7 +164,7 @@ def render_codes(model: FaceModel, code: FaceCode, background: jax.Array, image_
         "landmarks": lm,
         "landmark_weight": inside.astype(jnp.float32),
     }
-    for field in CODE_FIELDS:
+    for field in FIELDS:
         batch[f"code/{field}"] = getattr(code, field)
     return batch
 
@@ -411,7 +409,7 @@ def generate_examples(renderer: SyntheticRenderer, seed: int, count: int, prefix
                 "depth": encode_depth(batch["depth"][j]),
                 "landmarks": batch["landmarks"][j],
                 "landmark_weight": batch["landmark_weight"][j],
-                "code": {f: batch[f"code/{f}"][j] for f in CODE_FIELDS},
+                "code": {f: batch[f"code/{f}"][j] for f in FIELDS},
             }
             yield f"{prefix}-{start + j:08d}", example
 
@@ -447,7 +445,7 @@ def decode_example(example: dict) -> dict:
         "landmarks": np.asarray(example["landmarks"], np.float32),
         "landmark_weight": np.asarray(example["landmark_weight"], np.float32),
     }
-    for field in CODE_FIELDS:
+    for field in FIELDS:
         out[f"code/{field}"] = np.asarray(example["code"][field], np.float32)
     return out
 
@@ -461,8 +459,3 @@ def dataset_batches(builder, split: str, batch_size: int, shuffle: bool = True,
     source = builder.as_data_source(split=split)
     return source_batches(source, decode_example, batch_size, shuffle=shuffle, seed=seed,
                           repeat=repeat, drop_remainder=drop_remainder, rows=rows)
-
-
-def code_from_batch(batch: dict) -> FaceCode:
-    """The ground-truth FaceCode of a synthetic batch (its "code/..." fields)."""
-    return FaceCode(**{f: jnp.asarray(batch[f"code/{f}"]) for f in CODE_FIELDS})
