@@ -47,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mofa import export, facemodel, fitting, images, reconstruct, render, scan_eval
+from mofa import (export, facemodel, fitting, images, inference, reconstruct, render,
+                  scan_eval)
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode, random_code
 
 SIZE = 224
@@ -233,7 +234,7 @@ def run(args) -> None:
         else:
             camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, args.image_size, args.image_size)
             steps = 0 if kind == "placed" else args.fit_steps
-            rec = reconstruct.Reconstructor(model, camera, batch_size=args.batch_size,
+            rec = inference.Reconstructor(model, camera, batch_size=args.batch_size,
                                             fit_steps=steps, contour=not args.no_contour,
                                             calibrated_landmarks=not args.no_calibration)
             rec.options = dataclasses.replace(rec.options, **overrides)

@@ -69,34 +69,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from mofa import facemodel, reconstruct, render
-    from mofa.code import DEFAULT_FOV_DEGREES
+    from mofa import inference, reconstruct
 
-    encoder = None
-    if args.checkpoint:
-        from mofa.train import code_encoder, load_trained
-        config, state, decoder, _ = load_trained(args.checkpoint, args.face_model)
-        if args.image_size and args.image_size != config.image_size:
-            raise ValueError(f"--image-size {args.image_size} differs from the checkpoint's "
-                             f"{config.image_size} ({args.checkpoint})")
-        model, camera = decoder.face_model, decoder.camera
-        if "corrective" in state.params:
-            print("mofa reconstruct: the checkpoint has a corrective level; meshes and codes "
-                  "are exported at the 3DMM level", file=sys.stderr)
-        encoder = code_encoder(state, model)
-    else:
-        model = facemodel.load(args.face_model or "builtin")
-        size = args.image_size or 128
-        camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
-    steps = args.fit_steps if args.fit_steps is not None else (0 if encoder else 200)
-    if steps < 0 or args.batch_size < 1:
-        raise ValueError("--fit-steps must be >= 0 and --batch-size >= 1")
-    refiner = None
+    rec = inference.load_reconstructor(
+        args.checkpoint, args.face_model, args.image_size, args.fit_steps, args.batch_size,
+        warn=lambda message: print(f"mofa reconstruct: {message}", file=sys.stderr))
     if args.detail:
         from mofa import detail
-        refiner = detail.load_refiner(args.detail, camera)
-    rec = reconstruct.Reconstructor(model, camera, batch_size=args.batch_size, fit_steps=steps,
-                                    encoder=encoder, detail=refiner)
+
+        rec.detail = detail.load_refiner(args.detail, rec.camera)
     summary = reconstruct.run(args.inputs, args.out, rec, max_faces=args.max_faces,
                               texture_size=args.texture_size, smooth=args.smooth,
                               progress=not args.quiet)

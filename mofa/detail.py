@@ -37,7 +37,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from mofa import facemodel, losses, train
+from mofa import facemodel, inference, losses, train
 from mofa.code import DEFAULT_FOV_DEGREES, FIELDS, FaceCode
 from mofa.data import synthetic
 from mofa.facemodel import FaceModel
@@ -554,7 +554,7 @@ def load_detail(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainSta
 class CoarseCodes:
     """Coarse codes of photos, estimated once per face and kept.
 
-    `reconstructor` (`reconstruct.Reconstructor`: the encoder's estimate and/or
+    `reconstructor` (`inference.Reconstructor`: the encoder's estimate and/or
     analysis-by-synthesis fitting) runs only on faces not seen before, keyed by the
     crop's content; the codes are saved to `path` (npz), so a resumed run or a later
     evaluation of the same photos does not fit them again. `settings` describes how
@@ -617,7 +617,6 @@ class _CoarseSource:
 
     def __init__(self, config: ml_collections.ConfigDict, model: FaceModel, camera: Camera,
                  workdir: Optional[str] = None):
-        from mofa import reconstruct
 
         self.config, self.model, self.camera = config, model, camera
         self.key = jax.random.key(config.seed + 1)
@@ -632,7 +631,7 @@ class _CoarseSource:
             self.encoder = train.code_encoder(coarse_state, decoder.face_model)
         self.photos = self.coarse_codes = None
         if self.encoder is not None or fit_steps > 0:
-            reconstructor = reconstruct.Reconstructor(
+            reconstructor = inference.Reconstructor(
                 model, camera, batch_size=config.batch_size, fit_steps=max(fit_steps, 0),
                 encoder=self.encoder)
             settings = (f"face_model={config.face_model} image_size={config.image_size} "

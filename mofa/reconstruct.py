@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mofa import export, facemodel, fitting, images, render
+from mofa import export, facemodel, images, render
 from mofa.code import FIELDS, FaceCode
+from mofa.inference import Reconstructor, crop_face, render_face
 from mofa.data import faces as faces_lib
 from mofa.data import folder as folder_lib
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".webm", ".gif", ".mkv", ".m4v"})
 _LIGHT = np.array([0.3, 0.4, 0.85])
-_render = jax.jit(render.render_face)
 
 
 def collect_inputs(paths: list[str]) -> tuple[list[tuple], list[tuple], list[tuple]]:
@@ -71,130 +71,6 @@ def collect_inputs(paths: list[str]) -> tuple[list[tuple], list[tuple], list[tup
             is_video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
             (videos if is_video else images_).append((path, stem))
     return images_, videos, skipped
-
-
-def crop_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
-    """`faces.face_crop` plus its transform: crop pixel = (image pixel - origin) * scale."""
-    example, scale, origin = faces_lib.face_crop_with_transform(image, landmarks, size)
-    return {**example, "scale": scale, "origin": origin, "detected": landmarks}
-
-
-def _pad(array: np.ndarray, size: int) -> np.ndarray:
-    """Repeats the first row up to `size` rows: every batch has one shape (one compile)."""
-    if len(array) == size:
-        return array
-    return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)])
-
-
-@dataclasses.dataclass
-class Reconstructor:
-    """Crops -> FaceCodes: encoder estimate (optional) then `fit_steps` of fitting."""
-
-    model: facemodel.FaceModel
-    camera: render.Camera
-    batch_size: int = 8
-    fit_steps: int = 200
-    encoder: Optional[Callable] = None  # images (B, S, S, 3) linear -> FaceCode
-    detail: Optional[Callable] = None  # `detail.load_refiner`: per-face FineNet refinement
-    # None: `fitting.FitOptions()` with the landmark weight derived from the calibrated
-    # detector noise where the model has a landmark table.
-    options: Optional[fitting.FitOptions] = None
-    # Jaw landmarks slide onto the model's silhouette (`fitting.contour_candidates`):
-    # a detector puts them on the occluding contour, not on fixed vertices.
-    contour: bool = True
-    # The detector's landmarks as measured model vertices, inverse-variance weighted
-    # (`landmark_calibration`), where the model has a shipped table.
-    calibrated_landmarks: bool = True
-
-    def __post_init__(self):
-        from mofa import landmark_calibration
-
-        table = (landmark_calibration.table_for(self.model) if self.calibrated_landmarks
-                 else None)
-        # The model the fit sees: the detector's landmark vertices; outputs keep the
-        # model's own landmark definition.
-        self.fit_model = self.model if table is None else self.model.replace(
-            landmark_indices=jnp.asarray(table.vertices, jnp.int32))
-        self._landmark_weights = None if table is None else jnp.asarray(table.weights())
-        if self.options is None:
-            self.options = (fitting.FitOptions() if table is None
-                            else fitting.FitOptions().with_landmark_noise(
-                                table.crop_sigma(), table.independent_fraction()))
-        self._contour = (jnp.asarray(fitting.contour_candidates(self.fit_model))
-                         if self.contour else None)
-
-    def fit_errors(self, code: FaceCode, crops: list[dict]) -> dict:
-        """`fitting.fit_errors` of codes on their crops, with the fit's own landmark
-        vertices and contour (so "landmarks" are the points the fit matched)."""
-        stack = lambda k: jnp.asarray(np.stack([c[k] for c in crops]))  # noqa: E731
-        return jax.device_get(fitting.fit_errors(
-            self.fit_model, self.camera, jax.tree.map(jnp.asarray, code), stack("landmarks"),
-            stack("landmark_weight"), contour=self._contour))
-
-    def landmark_weights(self, weight: jax.Array) -> jax.Array:
-        """Detector confidences (B, 68) times the calibrated per-landmark weights."""
-        return weight if self._landmark_weights is None else weight * self._landmark_weights
-
-    @property
-    def image_size(self) -> int:
-        return self.camera.width
-
-    def codes(self, crops: list[dict], init: Optional[FaceCode] = None, fixed: tuple = (),
-              steps: Optional[int] = None, landmarks_only: bool = False,
-              known: Optional[dict] = None) -> FaceCode:
-        """Codes of any number of crops, in batches of `batch_size` (padded).
-
-        landmarks_only: refine with `fitting.fit_landmarks` (pose, identity,
-        expression; far cheaper) instead of the photometric `fitting.fit`.
-        known: {field: (N, ...) values} set in the starting code of every crop (with
-        `fixed`, kept: e.g. a video track's identity).
-        """
-        steps = self.fit_steps if steps is None else steps
-        parts = []
-        for start in range(0, len(crops), self.batch_size):
-            chunk = crops[start:start + self.batch_size]
-            stack = lambda k: jnp.asarray(_pad(np.stack([c[k] for c in chunk]),  # noqa: E731
-                                               self.batch_size))
-            pixels, lm = stack("image"), stack("landmarks")
-            weight = self.landmark_weights(stack("landmark_weight"))
-            if init is not None:
-                start_code = jax.tree.map(
-                    lambda x: jnp.asarray(_pad(np.asarray(x[start:start + len(chunk)]),
-                                               self.batch_size)), init)
-            elif self.encoder is not None:
-                start_code = self.encoder(pixels)
-            else:
-                start_code = fitting.initial_code(self.fit_model, self.camera, lm, weight)
-            if known:
-                start_code = start_code.replace(**{
-                    f: jnp.asarray(_pad(np.asarray(v[start:start + len(chunk)], np.float32),
-                                        self.batch_size)) for f, v in known.items()})
-            code = start_code
-            if steps > 0 and landmarks_only:
-                code = fitting.fit_landmarks(self.fit_model, self.camera, lm, weight, steps=steps,
-                                             init_code=start_code, options=self.options,
-                                             fixed=fixed, contour=self._contour)
-            elif steps > 0:
-                code = fitting.fit(self.fit_model, self.camera, pixels, lm, weight, start_code,
-                                   steps=steps, options=self.options, fixed=fixed,
-                                   contour=self._contour)
-            parts.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], code))
-        return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-
-    def render(self, code: FaceCode, crops: list[dict]):
-        """Per-face render outputs (numpy) of `code` over the crops, batched like `codes`."""
-        outs = []
-        for start in range(0, len(crops), self.batch_size):
-            n = min(self.batch_size, len(crops) - start)
-            chunk = jax.tree.map(lambda x: jnp.asarray(_pad(x[start:start + n], self.batch_size)),
-                                 code)
-            background = jnp.asarray(_pad(np.stack([c["image"] for c in crops[start:start + n]]),
-                                          self.batch_size))
-            out = _render(self.model, chunk, self.camera, background)
-            outs.append({k: np.asarray(getattr(out, k))[:n] for k in (
-                "mask", "depth", "normals", "screen_vertices", "vertex_visibility",
-                "landmarks")})
-        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
 def _overlay(crop_linear: np.ndarray, mask: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -303,7 +179,7 @@ class Run:
                                    principal_point=self.rec.camera.principal_point * k,
                                    height=size, width=size)
             single = FaceCode(**{f: jnp.asarray(v)[None] for f, v in code.items()})
-            shaded = _render(self.rec.model, single, camera)
+            shaded = render_face(self.rec.model, single, camera)
             shading = np.clip(np.asarray(shaded.normals[0]) @ _LIGHT, 0.0, 1.0) * 0.8 + 0.1
             canvas = _paste_shading(canvas, shading, np.asarray(shaded.mask[0]), face)
             to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731

@@ -253,7 +253,7 @@ def test_train_detail_runs_both_phases_and_resumes(tmp_path):
 
 
 class _CountingReconstructor:
-    """Stands in for `reconstruct.Reconstructor`: a code whose rotation encodes the crop."""
+    """Stands in for `inference.Reconstructor`: a code whose rotation encodes the crop."""
 
     def __init__(self, model):
         self.model, self.faces = model, 0

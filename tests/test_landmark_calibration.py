@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from mofa import fitting, landmark_calibration, reconstruct, render
+from mofa import fitting, inference, landmark_calibration, render
 from mofa.code import DEFAULT_FOV_DEGREES, random_code
 from tests import fixtures_facemodels as fx
 
@@ -74,7 +74,7 @@ def test_shipped_tables_match_their_models(builtin_model):
     different mesh must come with a regenerated table) and moves the fit's landmarks."""
     table = landmark_calibration.table_for(builtin_model)
     assert table is not None, "regenerate: python -m mofa.landmark_calibration"
-    rec = reconstruct.Reconstructor(builtin_model, render.Camera.from_fov(
+    rec = inference.Reconstructor(builtin_model, render.Camera.from_fov(
         DEFAULT_FOV_DEGREES, 64, 64), fit_steps=0)
     np.testing.assert_array_equal(np.asarray(rec.fit_model.landmark_indices), table.vertices)
     np.testing.assert_array_equal(np.asarray(rec.model.landmark_indices),

@@ -10,7 +10,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from mofa import cli, export, facemodel, images, reconstruct, render
+from mofa import cli, export, facemodel, images, inference, reconstruct, render
 from mofa.code import FaceCode
 from mofa.data import synthetic
 
@@ -270,7 +270,7 @@ def test_reconstruction_recovers_shape_better_than_the_placed_mean_face(renders,
     is closer to the truth than the mean face placed from the landmarks (what the
     calibrated landmarks, the sliding contour and the photometric stage are for)."""
     pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
-    from mofa import facemodel, geometry, reconstruct, render
+    from mofa import facemodel, geometry, render
     from mofa.code import DEFAULT_FOV_DEGREES
     from mofa.data import faces as faces_lib
 
@@ -283,7 +283,7 @@ def test_reconstruction_recovers_shape_better_than_the_placed_mean_face(renders,
     for i, photo in enumerate(photos):
         faces = detector(photo)
         if faces:
-            crops.append(reconstruct.crop_face(photo, faces[0], 128))
+            crops.append(inference.crop_face(photo, faces[0], 128))
             found.append(i)
     assert len(found) >= 6, found
     camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, 128, 128)
@@ -297,8 +297,8 @@ def test_reconstruction_recovers_shape_better_than_the_placed_mean_face(renders,
             jnp.asarray(a[mask]), jnp.asarray(b[mask]))) - b[mask], axis=-1).mean()
             for a, b in zip(shapes, true_shape)])
 
-    placed = shape_error(reconstruct.Reconstructor(model, camera, fit_steps=0).codes(crops))
-    rec = reconstruct.Reconstructor(model, camera)
+    placed = shape_error(inference.Reconstructor(model, camera, fit_steps=0).codes(crops))
+    rec = inference.Reconstructor(model, camera)
     assert rec.options.landmark < 0.1  # derived from the calibrated table, not 0.94
     fitted = shape_error(rec.codes(crops))
     print(f"shape error: placed mean face {placed:.2f} mm, fitted {fitted:.2f} mm")
@@ -462,7 +462,7 @@ def test_video_tracks_every_face_streaming(renders, builtin_model, tmp_path):
         calls.append(t)
         return ([still] if t >= 2 else []) + [turning[t]]
 
-    rec = reconstruct.Reconstructor(builtin_model, render.Camera.from_fov(12.6, 64, 64),
+    rec = inference.Reconstructor(builtin_model, render.Camera.from_fov(12.6, 64, 64),
                                     batch_size=4, fit_steps=20)
     summary = reconstruct.run([str(video)], str(tmp_path / "out"), rec, detector=detector,
                               progress=False)
