@@ -1,11 +1,12 @@
 """Trains a model-based face autoencoder: python -m experiments.main --config=... --workdir=..."""
 
+import importlib
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import mofa
-from mofa import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/quickstart.py",
@@ -21,6 +22,16 @@ flags.DEFINE_integer("process_id", None, "--multihost: this process's index.")
 flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
                      "--multihost: a process that stops responding for this long ends the run "
                      "in every other process with an error (then relaunch all to resume).")
+
+
+def _task(module: str, name: str):
+    return lambda: getattr(importlib.import_module(f"mofa.{module}"), name)
+
+
+# config.task -> its stateful entry point (config, workdir) -> results.
+TASKS = {"mofa": _task("train", "train_and_evaluate"),
+         "bootstrap": _task("bootstrap", "train_rounds"),
+         "detail": _task("detail", "train_detail")}
 
 
 def initialize_distributed():
@@ -43,24 +54,18 @@ def main(argv):
     mofa.enable_compilation_cache()
     logging.info("JAX process %d/%d, %d local devices, %d total", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
-    if "bootstrap" in FLAGS.config:  # InverseFaceNet rounds (experiments/configs/bootstrap.py)
-        from mofa import bootstrap
-
-        results = bootstrap.run(FLAGS.config, FLAGS.workdir)
-    elif "detail" in FLAGS.config:  # FineNet (experiments/configs/detail_*.py)
-        from mofa import detail
-
-        results = detail.train_detail(FLAGS.config, FLAGS.workdir)
-    else:
-        try:
-            results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-        except jax.errors.JaxRuntimeError:
-            if jax.process_count() > 1:  # a collective failed: another process is gone
-                logging.error("process %d of %d: a collective with another process failed, so "
-                              "this run stops; relaunch every process to resume from the last "
-                              "checkpoint in %s", jax.process_index(), jax.process_count(),
-                              FLAGS.workdir)
-            raise
+    task = FLAGS.config.get("task", "mofa")
+    if task not in TASKS:
+        raise app.UsageError(f"config.task={task!r}: expected one of {sorted(TASKS)}")
+    try:
+        results = TASKS[task]()(FLAGS.config, FLAGS.workdir)
+    except jax.errors.JaxRuntimeError:
+        if jax.process_count() > 1:  # a collective failed: another process is gone
+            logging.error("process %d of %d: a collective with another process failed, so "
+                          "this run stops; relaunch every process to resume from the last "
+                          "checkpoint in %s", jax.process_index(), jax.process_count(),
+                          FLAGS.workdir)
+        raise
     logging.info("evaluation: %s", results)
 
 

@@ -41,7 +41,7 @@ def predict_codes(state, decoder: train.Decoder, source, num_images: int, batch_
     return stack(predicted), (stack(truth) if truth else None)
 
 
-def run(config, workdir: str) -> list[dict]:
+def train_rounds(config, workdir: str) -> list[dict]:
     """`config.bootstrap.num_rounds` rounds of train -> predict -> refit; returns each
     round's evaluation (the fitted moments go to `round_r/code_distribution.json`).
 

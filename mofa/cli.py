@@ -36,17 +36,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mofa import evaluation
 
     if args.mode == "synthetic":
-        from mofa import train
-
-        if args.num_faces is not None and args.num_faces < 1:
-            raise ValueError("--num-faces must be at least 1")
-        config, state, decoder, step = train.load_trained(args.checkpoint)
-        if config.data.source not in ("synthetic", "synthetic_tfds"):
-            config.data.source = "synthetic"  # trained on photos: test on rendered faces
-        results = evaluation.evaluate_state(
-            config, state, decoder, train.LossWeights.from_config(config.loss),
-            num_faces=args.num_faces, face_model=args.face_model)
-        results.update(step=step, face_model=args.face_model or config.face_model)
+        results = evaluation.evaluate_checkpoint(args.checkpoint, num_faces=args.num_faces,
+                                                 face_model=args.face_model,
+                                                 yaw_split_degrees=args.yaw_split)
         out = args.out or os.path.join(args.checkpoint, "eval_synthetic.json")
     else:
         from mofa import scan_eval
@@ -127,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="evaluate on this model's faces (default: the trained model)")
     synthetic.add_argument("--num-faces", type=int, default=None,
                            help="test faces (default: the config's eval_batches batches)")
+    synthetic.add_argument("--yaw-split", type=float, default=None,
+                           help="also report every metric for faces whose true |yaw| (degrees) "
+                           "is at most / above this (e.g. 35, the prior's range)")
     scans = modes.add_parser(
         "scans", help="NoW-style scan-to-mesh distance (mm) of predicted meshes to 3D scans")
     scans.add_argument("--predictions", required=True,

@@ -72,8 +72,9 @@ def apply(model: facemodel.FaceModel, code, space: Optional[dict],
     return vertices_camera + shape_delta, albedo + albedo_delta
 
 
-def render_face(model: facemodel.FaceModel, code, camera: render.Camera, space: Optional[dict],
-                coefficients: Optional[dict], background=None) -> render.RenderOutput:
+def render_corrected(model: facemodel.FaceModel, code, camera: render.Camera,
+                     space: Optional[dict], coefficients: Optional[dict],
+                     background=None) -> render.RenderOutput:
     """`render.render_face` of the corrected face (the plain one when `space` is None)."""
     if space is None:
         return render.render_face(model, code, camera, background=background)

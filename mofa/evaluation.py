@@ -186,6 +186,25 @@ def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
             "translation_error_mm": centroid_error}
 
 
+def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
+                        num_batches: int | None = None, face_model: str | None = None,
+                        yaw_split_degrees: float | None = None) -> dict:
+    """`evaluate_state` of a training workdir's latest checkpoint on synthetic test faces
+    (rendered ones where it trained on photos); adds "step" and "face_model"."""
+    from mofa import train
+
+    if num_faces is not None and num_faces < 1:
+        raise ValueError(f"num_faces={num_faces}: must be at least 1")
+    config, state, decoder, step = train.load_trained(workdir)
+    if config.data.source not in ("synthetic", "synthetic_tfds"):
+        config.data.source = "synthetic"  # trained on photos: test on rendered faces
+    results = evaluate_state(config, state, decoder, train.LossWeights.from_config(config.loss),
+                             num_batches=num_batches, num_faces=num_faces,
+                             face_model=face_model, yaw_split_degrees=yaw_split_degrees)
+    results.update(step=step, face_model=face_model or config.face_model)
+    return results
+
+
 def evaluate_state(config, state, decoder, weights, num_batches: int | None = None, *,
                    num_faces: int | None = None, face_model: str | None = None,
                    yaw_split_degrees: float | None = None) -> dict:

@@ -6,7 +6,7 @@ GIF named directly is a video, one inside a folder an image).
 
 Images: every face the detector finds is cropped (the training crop framing),
 encoded (with a checkpoint) and/or fitted (`mofa.fitting`) in batches, and
-written to `<out>/<stem>_face<k>/`. Videos are streamed (`Run.video`): every
+written to `<out>/<stem>_face<k>/`. Videos are streamed (`ReconstructionJob.video`): every
 face is tracked across frames, each track gets one identity and reflectance,
 pose, expression and light are fitted per frame with them fixed and smoothed
 over time (Gaussian, `smooth` frames) per track. Unusable inputs are skipped
@@ -96,8 +96,8 @@ def _code_arrays(code: FaceCode, i=None) -> dict:
             for f in FIELDS}
 
 
-class Run:
-    """One `mofa reconstruct` run: outputs, skipped inputs and counts for the summary."""
+class ReconstructionJob:
+    """One `mofa reconstruct` invocation: outputs, skipped inputs and counts for the summary."""
 
     def __init__(self, rec: Reconstructor, out_dir: str, detector, max_faces: int = 8,
                  texture_size: int = 256, smooth: float = 1.0, progress: bool = False,
@@ -545,7 +545,7 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
     from tqdm.auto import tqdm
 
     detector = detector or faces_lib.MediaPipeDetector(max_faces=max_faces)
-    job = Run(rec, out_dir, detector, max_faces, texture_size, smooth, progress)
+    job = ReconstructionJob(rec, out_dir, detector, max_faces, texture_size, smooth, progress)
     image_inputs, video_inputs, skipped = collect_inputs(paths)
     for source, reason in skipped:
         job.skip(source, reason)

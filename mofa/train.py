@@ -100,7 +100,7 @@ def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeight
     their `LossWeights`, `diagnostics` (the model-space parts) are not summed.
     """
     model = decoder.face_model
-    out = corrective.render_face(model, code, decoder.camera, space, coefficients,
+    out = corrective.render_corrected(model, code, decoder.camera, space, coefficients,
                                  background=batch["image"])
     size = float(decoder.camera.width)
     terms = {

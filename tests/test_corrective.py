@@ -47,7 +47,7 @@ def test_zero_corrective_space_reproduces_the_3dmm_render(builtin_model):
     coefficients = {"shape": jax.random.normal(jax.random.key(1), (2, 4)),
                     "albedo": jax.random.normal(jax.random.key(2), (2, 3))}
     plain = render.render_face(model, code, camera)
-    corrected = corrective.render_face(model, code, camera, space, coefficients)
+    corrected = corrective.render_corrected(model, code, camera, space, coefficients)
     np.testing.assert_array_equal(corrected.image, plain.image)
     np.testing.assert_array_equal(corrected.screen_vertices, plain.screen_vertices)
     # A unit shape basis along +z in model space moves the posed vertices by R @ (0, 0, s).
@@ -266,11 +266,11 @@ def test_bootstrap_config_runs_two_rounds(tmp_path):
     config.eval_before_training = False
     config.bootstrap.num_rounds = 2
     config.bootstrap.num_images = 8
-    results = bootstrap.run(config, str(tmp_path))
+    results = bootstrap.train_rounds(config, str(tmp_path))
     assert len(results) == 2 and all(np.isfinite(r["vertex_error_mm_mean"]) for r in results)
     fitted = json.loads((tmp_path / "round_0" / "code_distribution.json").read_text())
     assert len(fitted["std"]["identity"]) == 100 and len(fitted["mean"]["rotation"]) == 3
     assert (tmp_path / "round_1" / "eval.json").exists()
     config.bootstrap.oracle = True  # the upper bound trains on the population itself
-    (oracle,) = bootstrap.run(config, str(tmp_path))
+    (oracle,) = bootstrap.train_rounds(config, str(tmp_path))
     assert np.isfinite(oracle["pose_error_deg"]) and (tmp_path / "oracle" / "eval.json").exists()

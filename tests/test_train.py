@@ -197,3 +197,19 @@ def test_code_fields_are_the_dataclass_fields_and_round_trip_through_a_batch(bui
     again = FaceCode.from_batch(batch)
     for field in FIELDS:
         np.testing.assert_array_equal(getattr(again, field), getattr(code, field))
+
+
+def test_every_config_names_a_task_the_launcher_runs():
+    import importlib
+    import pathlib
+
+    from experiments import main
+
+    configs = sorted(p.stem for p in (pathlib.Path(REPO) / "experiments" / "configs").glob("*.py")
+                     if p.stem != "__init__")
+    tasks = {name: importlib.import_module(f"experiments.configs.{name}").get_config().task
+             for name in configs}
+    assert tasks["quickstart"] == "mofa" and tasks["bootstrap"] == "bootstrap"
+    assert tasks["detail_sfs"] == "detail"
+    for name, task in tasks.items():
+        assert callable(main.TASKS[task]()), name

@@ -17,6 +17,7 @@ from experiments.configs import synthetic_supervised
 
 def get_config():
     config = synthetic_supervised.get_config()
+    config.task = "bootstrap"
     config.data.source = "synthetic"
     config.data.framing = ml_collections.ConfigDict({
         "max_yaw_degrees": 60.0, "max_pitch_degrees": 25.0, "max_roll_degrees": 15.0,

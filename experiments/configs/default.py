@@ -7,6 +7,9 @@ from mofa import losses
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    # What experiments/main.py runs: mofa (the autoencoder, `mofa.train`), bootstrap
+    # (InverseFaceNet's rounds, `mofa.bootstrap`) or detail (FineNet, `mofa.detail`).
+    config.task = "mofa"
     config.seed = 0
     config.face_model = "builtin"  # builtin | ict:PATH | bfm2009:PATH | bfm2017:PATH | flame:PATH
     config.image_size = 128

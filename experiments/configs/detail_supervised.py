@@ -11,6 +11,7 @@ from experiments.configs import default
 
 def get_config():
     config = default.get_config()
+    config.task = "detail"
     # At 64 px (3.5 mm pixels) 1 mm wrinkles barely shade the image; 128 px shows them.
     config.image_size = 128
     config.data.source = "synthetic_detail"
