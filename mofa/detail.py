@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import time
 from typing import Optional
 
 import flax.linen as nn
@@ -35,7 +34,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from mofa import facemodel, inference, losses, train
 from mofa.code import DEFAULT_FOV_DEGREES, FIELDS, FaceCode
@@ -681,8 +679,6 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
     coarse-vs-fine synthetic errors over config.eval_batches batches (also written to
     workdir/eval.json; none if 0).
     """
-    from tqdm import tqdm
-
     from mofa import metrics
 
     workdir = os.path.abspath(workdir)
@@ -708,26 +704,8 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
                       out_shardings=(parallel.replicated, parallel.replicated))
     writer = metrics.MetricWriter(workdir, enabled=is_lead)
-    progress = tqdm(range(start_step, config.num_steps), initial=start_step,
-                    total=config.num_steps, desc="FineNet", unit="step",
-                    disable=not is_lead or not config.get("progress", True))
-    tick = time.perf_counter()
-    rows = parallel.process_rows(config.batch_size)
-    for step in progress:
-        batch = parallel.shard(source.batch(step, config.batch_size, rows))
-        state, step_metrics = step_fn(state, batch, camera)
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if not all(np.isfinite(v) for v in values.values()):
-            raise FloatingPointError(f"non-finite detail loss at step {step}: {values}")
-        if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-            writer.write_scalars(step + 1, {**values,
-                                            "elapsed_seconds": time.perf_counter() - tick})
-            progress.set_postfix(loss=f"{values['loss']:.4f}")
-        checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
-    if checkpoints.latest_step() != config.num_steps:
-        checkpoints.save(config.num_steps, args=ocp.args.StandardSave(state), force=True)
-    checkpoints.wait_until_finished()
-    checkpoints.close()
+    state = train.run_steps(config, state, lambda state, batch, step: step_fn(state, batch, camera),
+                            source, parallel, checkpoints, writer, start_step, desc="FineNet")
     results = {}
     params = train.local_copy(state.params)  # each process evaluates alone
     if config.eval_batches:

@@ -360,6 +360,48 @@ def _check_finite(step: int, values: dict) -> None:
             + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
 
 
+def run_steps(config: ml_collections.ConfigDict, state, step_fn, source, parallel: DataParallel,
+              checkpoints: ocp.CheckpointManager, writer, start_step: int, desc: str = "train",
+              after_step=None):
+    """The loop every trainer runs, from `start_step` to `config.num_steps`; returns the
+    final state.
+
+    Each step: this process's rows of the global batch from `source` (prepared by one
+    thread ahead: a batch is a pure function of its step), sharded over the devices,
+    `step_fn(state, batch, step) -> (state, scalar metrics)`, a stop naming the terms at
+    a non-finite loss, metrics every `config.log_every` steps, `after_step(step, state,
+    local_batch)` (pictures, interim evaluations), a checkpoint.
+    """
+    from tqdm import tqdm
+
+    progress = tqdm(range(start_step, config.num_steps), initial=start_step,
+                    total=config.num_steps, desc=desc, unit="step",
+                    disable=jax.process_index() != 0 or not config.get("progress", True))
+    rows = parallel.process_rows(config.batch_size)
+    local_batches = data_common.ordered_map(
+        lambda step: source.batch(step, config.batch_size, rows),
+        range(start_step, config.num_steps), num_workers=1, prefetch=2)
+    tick, seen = time.perf_counter(), 0
+    for step, local_batch in zip(progress, local_batches):
+        state, step_metrics = step_fn(state, parallel.shard(local_batch), step)
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        _check_finite(step, values)
+        seen += config.batch_size
+        if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
+            rate = seen / max(time.perf_counter() - tick, 1e-9)
+            writer.write_scalars(step + 1, {**values, "images_per_second": rate})
+            progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
+            tick, seen = time.perf_counter(), 0
+        if after_step is not None:
+            after_step(step, state, local_batch)
+        checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
+    if checkpoints.latest_step() != config.num_steps:
+        checkpoints.save(config.num_steps, args=ocp.args.StandardSave(state), force=True)
+    checkpoints.wait_until_finished()
+    checkpoints.close()
+    return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=None) -> dict:
     """Trains per `config`, checkpointing to `workdir`; resumes from its last checkpoint.
 
@@ -369,8 +411,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     Returns the final evaluation metrics (also written to `workdir/eval.json`; those of
     the untrained encoder go to `workdir/eval_initial.json`).
     """
-    from tqdm import tqdm
-
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_lead = jax.process_index() == 0
@@ -408,48 +448,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
                       out_shardings=(replicated, replicated))
 
-    history = []
-    progress = tqdm(range(start_step, config.num_steps), initial=start_step,
-                    total=config.num_steps, disable=not is_lead or not config.get("progress", True),
-                    desc="train", unit="step")
-    tick, seen = time.perf_counter(), 0
-    rows = parallel.process_rows(config.batch_size)
-    # One thread renders or decodes the next batches while the devices train: a batch
-    # is a pure function of its step, so this changes nothing but the wait.
-    local_batches = data_common.ordered_map(
-        lambda step: source.batch(step, config.batch_size, rows),
-        range(start_step, config.num_steps), num_workers=1, prefetch=2)
-    for step, local_batch in zip(progress, local_batches):
-        batch = parallel.shard(local_batch)
-        state, step_metrics = step_fn(state, batch, jax.random.fold_in(train_key, step), decoder)
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        _check_finite(step, values)
-        seen += config.batch_size
-        history.append(values["loss"])
-        if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-            rate = seen / max(time.perf_counter() - tick, 1e-9)
-            writer.write_scalars(step + 1, {**values, "images_per_second": rate})
-            progress.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
-            tick, seen = time.perf_counter(), 0
+    image_step = jax.jit(functools.partial(eval_step, weights=weights))
+
+    def after_step(step: int, state: TrainState, local_batch: dict) -> None:
         if (step + 1) % config.image_every == 0 or step + 1 == config.num_steps:
             if is_lead:  # this process's rows of the batch
-                _, aux = jax.jit(functools.partial(eval_step, weights=weights))(
-                    local_copy(state), jax.tree.map(jnp.asarray, local_batch),
-                    local_copy(decoder))
+                _, aux = image_step(local_copy(state), jax.tree.map(jnp.asarray, local_batch),
+                                    local_copy(decoder))
                 sheet = contact_sheet(local_batch, jax.device_get(aux["render"]))
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
-        checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
         eval_every = config.get("eval_every", 0)
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < config.num_steps:
             # Learning curves of the test-set metrics (metrics.jsonl, "eval/...").
             interim = evaluation.evaluate_state(config, local_copy(state), local_copy(decoder),
                                                 weights)
             writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in interim.items()})
-    if checkpoints.latest_step() != config.num_steps:
-        checkpoints.save(config.num_steps, args=ocp.args.StandardSave(state), force=True)
-    checkpoints.wait_until_finished()
-    checkpoints.close()
+
+    state = run_steps(
+        config, state, lambda state, batch, step: step_fn(
+            state, batch, jax.random.fold_in(train_key, step), decoder),
+        source, parallel, checkpoints, writer, start_step, after_step=after_step)
 
     results = evaluation.evaluate_state(config, local_copy(state), local_copy(decoder), weights)
     if is_lead:
