@@ -444,36 +444,39 @@ def test_face_tracker_keeps_ids_and_starts_new_ones():
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 def test_video_tracks_every_face_streaming(renders, builtin_model, tmp_path):
-    """Two faces, one entering at frame 2: two tracks, each with its own identity over
-    its frames, its own face rig, and one overlay video at the source resolution."""
+    """Two faces moving (one turning, one sliding), one leaving after frame 3: two tracks,
+    each with its own identity over its frames, its own face rig, and one overlay video at
+    the source resolution."""
     imageio = pytest.importorskip("imageio.v3", reason="videos need imageio[ffmpeg]")
     faces, truth, frames, turning = renders
-    still = np.asarray(truth[3]) + [SIZE, 0.0]
     background = np.full_like(faces[3], faces[3][0, 0])
-    clip = [np.concatenate([frames[t], faces[3] if t >= 2 else background], axis=1)
-            for t in range(6)]
+    slide = lambda t: 3 * t  # noqa: E731  px to the right per frame
+    clip = [np.concatenate([frames[t], np.roll(faces[3], slide(t), axis=1) if t < 4
+                            else background], axis=1) for t in range(6)]
     video = tmp_path / "pair.mp4"
     imageio.imwrite(video, np.stack(clip), fps=10, codec="libx264", plugin="FFMPEG",
                     macro_block_size=16)
     calls = []
 
-    def detector(image):  # scripted detections, the newcomer listed first
+    def detector(image):  # scripted detections, in changing order
         t = len(calls)
         calls.append(t)
-        return ([still] if t >= 2 else []) + [turning[t]]
+        sliding = [np.asarray(truth[3]) + [SIZE + slide(t), 0.0]] if t < 4 else []
+        return [turning[t]] + sliding if t % 2 == 0 else sliding + [turning[t]]
 
     rec = inference.Reconstructor(builtin_model, render.Camera.from_fov(12.6, 64, 64),
-                                    batch_size=4, fit_steps=20)
+                                  batch_size=4, fit_steps=20)
     summary = reconstruct.run([str(video)], str(tmp_path / "out"), rec, detector=detector,
                               progress=False)
     assert len(calls) == 6  # detected once per frame, in the first pass only
     assert summary["num_faces"] == 6 + 4 and not summary["skipped"]
     entry = summary["videos"][0]
+    # Ids in the order the faces are first seen (largest first): the sliding face is 0.
     assert [(t["track"], t["first_frame"], t["last_frame"], t["faces"])
-            for t in entry["tracks"]] == [(0, 0, 5, 6), (1, 2, 5, 4)]
+            for t in entry["tracks"]] == [(0, 0, 3, 4), (1, 0, 5, 6)]
     codes = np.load(tmp_path / "out" / "pair_codes.npz")
-    assert list(codes["frame"]) == [0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    for track, frames_of in ((0, range(6)), (1, range(2, 6))):
+    assert sorted(codes["frame"]) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 5]
+    for track, frames_of in ((0, range(4)), (1, range(6))):
         rows = codes["track"] == track
         assert list(codes["frame"][rows]) == list(frames_of)
         np.testing.assert_allclose(codes["identity"][rows], codes["identity"][rows][:1].repeat(
@@ -484,8 +487,11 @@ def test_video_tracks_every_face_streaming(renders, builtin_model, tmp_path):
     first = codes["identity"][codes["track"] == 0][0]
     second = codes["identity"][codes["track"] == 1][0]
     assert np.linalg.norm(first - second) > 0.1
-    # The fitted landmarks follow each face in the original frame's pixels.
+    # The fitted landmarks follow each face in the original frame's pixels, the sliding
+    # one included.
     errors = np.linalg.norm(codes["landmarks"] - codes["landmarks_detected"], axis=-1)
     assert np.median(errors) < 4.0, np.median(errors)
+    sliding_x = codes["landmarks"][codes["track"] == 0][:, :, 0].mean(1)
+    np.testing.assert_allclose(np.diff(sliding_x), 3.0, atol=1.5)
     overlay = imageio.imread(tmp_path / "out" / "pair_overlay.mp4")
     assert overlay.shape == (6, SIZE, 2 * SIZE, 3)
