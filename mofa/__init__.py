@@ -13,11 +13,11 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     turns it off. Call before the first computation; returns the folder or None."""
     import jax
 
+    from mofa.facemodel import cache_dir
+
     if os.environ.get("MOFA_NO_COMPILATION_CACHE"):
         return None
-    path = path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-        os.environ.get("MOFA_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "mofa"), "jax")
+    path = path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_dir(), "jax")
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     # Only programs that take a while to compile are worth a file.

@@ -287,7 +287,7 @@ class ReconstructionJob:
 
         faces = [(index, track, landmarks) for index, found in enumerate(detections)
                  for track, landmarks in found]
-        codes, crop_info = [], []
+        codes = []
         window: list = []
 
         def fit_window():
@@ -295,8 +295,6 @@ class ReconstructionJob:
             known = {f: np.stack([shared[t][f] for t, _ in window])
                      for f in ("identity", "reflectance")}
             codes.append(self.rec.codes(crops, known=known, fixed=("identity", "reflectance")))
-            crop_info.extend({"origin": c["origin"], "scale": c["scale"],
-                              "detected": c["detected"]} for c in crops)
             window.clear()
 
         position = 0
@@ -326,11 +324,11 @@ class ReconstructionJob:
         stem = os.path.join(self.out_dir, stem)
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         landmarks = self._write_overlay_video(path, f"{stem}_overlay.mp4", fps, num_frames,
-                                              faces, code, crop_info)
+                                              faces, code)
         export.write_code(f"{stem}_codes", {
             **_code_arrays(code), "frame": frame_of, "track": track_of,
             "landmarks": landmarks,
-            "landmarks_detected": np.stack([c["detected"] for c in crop_info])},
+            "landmarks_detected": np.stack([f[2] for f in faces])},
             {"source": path, "fps": fps, "frames": num_frames,
              "face_model": self.rec.model.name, "smooth_sigma_frames": self.smooth,
              "note": "one row per face and frame: 'frame' its frame, 'track' its face"})
@@ -376,7 +374,7 @@ class ReconstructionJob:
             raise VideoError(f"unreadable video: {type(err).__name__}: {err}") from err
 
     def _write_overlay_video(self, path: str, out_path: str, fps: float, num_frames: int,
-                             faces: list, code: FaceCode, crop_info: list) -> np.ndarray:
+                             faces: list, code: FaceCode) -> np.ndarray:
         """The overlay video at the source resolution (frame by frame); returns the fitted
         landmarks of every face in the original frame's pixels."""
         writer, landmarks = None, []
@@ -404,8 +402,7 @@ class ReconstructionJob:
                     writer = _video_writer(out_path, _even(frame).shape, fps)
                 found = []
                 while position < len(faces) and faces[position][0] == index:
-                    info = crop_info[position]
-                    crop = crop_face(frame, info["detected"], self.rec.image_size)
+                    crop = crop_face(frame, faces[position][2], self.rec.image_size)
                     found.append((position, crop))
                     position += 1
                 pending.append((frame, found))
