@@ -55,10 +55,11 @@ class AlexNetEncoder(nn.Module):
         x = nn.relu(norm()(conv(6 * w, (3, 3), padding=1)(x)))
         x = nn.relu(norm()(conv(4 * w, (3, 3), padding=1)(x)))
         x = nn.relu(norm()(conv(4 * w, (3, 3), padding=1)(x)))
+        spatial = x
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
-        return nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+        return nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x)), spatial
 
 
 class ResNetBlock(nn.Module):
@@ -111,9 +112,10 @@ class ResNetEncoder(nn.Module):
             for j in range(size):
                 strides = (2, 2) if i > 0 and j == 0 else (1, 1)
                 x = self.block(self.width * 2**i, conv=conv, norm=norm, strides=strides)(x)
-        return jnp.mean(x, axis=(1, 2))
+        return jnp.mean(x, axis=(1, 2)), x
 
 
+# Backbones return (pooled features, their last spatial feature map).
 ENCODERS = {
     "alexnet": lambda dtype, width: AlexNetEncoder(width=width, dtype=dtype),
     "resnet18": lambda dtype, width: ResNetEncoder((2, 2, 2, 2), ResNetBlock, width, dtype),
@@ -182,12 +184,33 @@ def decode_outputs(raw: jax.Array, model: FaceModel, space: dict | None = None,
     return decode_head(code_raw, model, distance_mm), {"shape": shape, "albedo": albedo}
 
 
+def soft_argmax(heatmaps: jax.Array, image_size: float) -> jax.Array:
+    """Expected positions (B, K, 2) in pixels of K heatmaps (B, h, w, K) over an image of
+    `image_size` pixels: the softmax-weighted mean of the cell centres (integral
+    regression, Sun et al. 2018), continuous below the cell size."""
+    b, h, w, k = heatmaps.shape
+    prob = jax.nn.softmax(heatmaps.astype(jnp.float32).reshape(b, h * w, k), axis=1)
+    ys, xs = jnp.meshgrid((jnp.arange(h) + 0.5) * image_size / h,
+                          (jnp.arange(w) + 0.5) * image_size / w, indexing="ij")
+    centres = jnp.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # (h w, 2) as (x, y)
+    return jnp.einsum("bnk,nc->bkc", prob, centres)
+
+
+LAYOUT_WIDTH = 256
+
+
 class FaceEncoder(nn.Module):
     """Backbone + linear head emitting raw code values (decode with `decode_outputs`).
 
     The head starts at zero so the first reconstructions are exactly the mean
     face, frontal, at the default distance, under ambient light; the backbone
     receives gradients from the second step on, once the head has moved.
+    With `num_landmarks` > 0 a 1x1 convolution of the backbone's last feature map
+    gives one heatmap per landmark, whose soft-argmax (integral regression) is a
+    2D landmark position, sown as intermediates["landmarks"] (B, K, 2) pixels for
+    its own loss; an MLP of these positions joins the pooled features before the
+    head. A fully connected head localizes slowly: precise geometry (pose, then
+    identity and expression from the landmark layout) comes sooner from heatmaps.
     With `corrective_dims` = (shape, albedo) > 0 it also emits corrective
     coefficients and holds the (zero-initialized) corrective bases of
     `num_vertices` vertices in params["corrective"] (see `mofa.corrective`).
@@ -199,6 +222,12 @@ class FaceEncoder(nn.Module):
     dtype: Any = jnp.float32
     corrective_dims: tuple = (0, 0)
     num_vertices: int = 0
+    # > 0: also locate this many 2D landmarks by integral regression on the backbone's
+    # last feature map; their positions feed the head (see the class docstring).
+    num_landmarks: int = 0
+    # Append each image's per-channel mean and log standard deviation to the pooled
+    # features: the standardization below hides exposure, which the light must explain.
+    exposure_inputs: bool = False
 
     @nn.compact
     def __call__(self, images, train: bool = True):
@@ -208,7 +237,22 @@ class FaceEncoder(nn.Module):
         x = images.astype(self.dtype)
         x = (x - jnp.mean(x, axis=(1, 2, 3), keepdims=True)) * jax.lax.rsqrt(
             jnp.var(x, axis=(1, 2, 3), keepdims=True) + 1e-4)
-        features = ENCODERS[self.backbone](self.dtype, self.width)(x, train=train)
+        features, spatial = ENCODERS[self.backbone](self.dtype, self.width)(x, train=train)
+        if self.exposure_inputs:
+            pixels = images.astype(jnp.float32)
+            exposure = jnp.concatenate(
+                [jnp.mean(pixels, axis=(1, 2)),
+                 0.5 * jnp.log(jnp.var(pixels, axis=(1, 2)) + 1e-4)], -1)
+            features = jnp.concatenate([features.astype(jnp.float32), exposure], -1)
+        if self.num_landmarks:
+            heatmaps = nn.Conv(self.num_landmarks, (1, 1), dtype=jnp.float32,
+                               name="landmark_heatmaps")(spatial)
+            points = soft_argmax(heatmaps, images.shape[1])
+            self.sow("intermediates", "landmarks", points)
+            layout = (points / images.shape[1] - 0.5).reshape(points.shape[0], -1)
+            for i in range(2):
+                layout = nn.relu(nn.Dense(LAYOUT_WIDTH, name=f"layout_{i}")(layout))
+            features = jnp.concatenate([features.astype(jnp.float32), layout], -1)
         raw = nn.Dense(self.output_size, kernel_init=nn.initializers.zeros_init(),
                        dtype=jnp.float32, name="head")(features)
         if any(self.corrective_dims):

@@ -64,6 +64,9 @@ class LossWeights:
     photometric: float = losses.PHOTOMETRIC_WEIGHT
     vertex_photometric: float = 0.0
     landmark: float = losses.LANDMARK_WEIGHT
+    # The encoder's own 2D landmarks (`networks.FaceEncoder.num_landmarks`): the same
+    # detector noise as the rendered landmarks'.
+    landmark_head: float = losses.LANDMARK_WEIGHT
     prior_identity: float = losses.PRIOR_WEIGHT
     prior_expression: float = losses.PRIOR_WEIGHT
     prior_reflectance: float = losses.PRIOR_WEIGHT
@@ -82,14 +85,22 @@ class LossWeights:
         return weights_from_config(cls, config)
 
 
-def _augment(images_: jax.Array, key: jax.Array) -> jax.Array:
-    """Per-image brightness/contrast/colour jitter of the encoder input only."""
-    b = images_.shape[0]
-    k1, k2, k3 = jax.random.split(key, 3)
-    gain = jax.random.uniform(k1, (b, 1, 1, 1), minval=0.8, maxval=1.2)
-    colour = 1.0 + 0.05 * jax.random.normal(k2, (b, 1, 1, 3))
-    offset = 0.03 * jax.random.normal(k3, (b, 1, 1, 1))
-    return jnp.clip(images_ * gain * colour + offset, 0.0, 1.0)
+def _augment(batch: dict, key: jax.Array) -> dict:
+    """Per-image exposure and white-balance jitter of a batch, consistent everywhere.
+
+    The gain scales the photo the encoder reads *and* the photo the loss compares
+    against (and a ground-truth illumination, which a linear-RGB gain scales the
+    same way): exposure is part of the light the code must explain, so jittering
+    the input alone would teach the encoder to ignore it.
+    """
+    k1, k2 = jax.random.split(key)
+    b = batch["image"].shape[0]
+    gain = (jax.random.uniform(k1, (b, 1, 1, 1), minval=0.8, maxval=1.2)
+            * (1.0 + 0.05 * jax.random.normal(k2, (b, 1, 1, 3))))
+    out = dict(batch, image=jnp.clip(batch["image"] * gain, 0.0, 1.0))
+    if "code/illumination" in batch:  # (B, 9, 3) SH radiance per channel
+        out["code/illumination"] = batch["code/illumination"] * gain[:, 0]
+    return out
 
 
 def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeights,
@@ -136,16 +147,18 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
     """Encodes, renders and scores a batch; returns (total, (terms, new_batch_stats, aux))."""
     variables = {"params": params, "batch_stats": batch_stats}
     inputs = batch["image"] if inputs is None else inputs
-    if train:
-        raw, updates = apply_fn(variables, inputs, train=True, mutable=["batch_stats"])
-        new_batch_stats = updates["batch_stats"]
-    else:
-        raw = apply_fn(variables, inputs, train=False)
-        new_batch_stats = batch_stats
+    mutable = ["batch_stats", "intermediates"] if train else ["intermediates"]
+    raw, updates = apply_fn(variables, inputs, train=train, mutable=mutable)
+    new_batch_stats = updates["batch_stats"] if train else batch_stats
     space = params.get("corrective")  # the learned corrective bases, if the level is on
     code, coefficients = networks.decode_outputs(raw, decoder.face_model, space)
     total, terms, diagnostics, out = objective(code, batch, decoder, weights, space,
                                                coefficients)
+    if "landmarks" in updates.get("intermediates", {}):
+        (points,) = updates["intermediates"]["landmarks"]
+        terms["landmark_head"] = losses.landmark_alignment(
+            points, batch["landmarks"], batch["landmark_weight"], float(inputs.shape[1]))
+        total = total + weights.landmark_head * terms["landmark_head"]
     landmark_px = jnp.sum(jnp.linalg.norm(out.landmarks - batch["landmarks"], axis=-1)
                           * batch["landmark_weight"]) / jnp.maximum(
                               jnp.sum(batch["landmark_weight"]), 1.0)
@@ -157,11 +170,11 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
 def train_step(state: TrainState, batch: dict, key: jax.Array, decoder: Decoder,
                weights: LossWeights):
     """One optimizer step; pure. Returns the new state and scalar metrics."""
-    inputs = _augment(batch["image"], key)
+    batch = _augment(batch, key)
 
     def loss_fn(params):
         return compute_losses(params, state.batch_stats, state.apply_fn, batch, decoder, weights,
-                              inputs=inputs, train=True)
+                              train=True)
 
     (total, (terms, batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -201,7 +214,10 @@ def create_state(config: ml_collections.ConfigDict, model: facemodel.FaceModel,
                                    width=config.encoder.width,
                                    dtype=jnp.dtype(config.encoder.get("dtype", "float32")),
                                    corrective_dims=corrective_dims(config),
-                                   num_vertices=model.num_vertices)
+                                   num_vertices=model.num_vertices,
+                                   num_landmarks=(len(model.landmark_indices)
+                                                  if config.encoder.get("landmark_head") else 0),
+                                   exposure_inputs=bool(config.encoder.get("exposure_inputs")))
     dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     variables = jax.jit(functools.partial(encoder.init, train=False))(key, dummy)
     return TrainState.create(apply_fn=encoder.apply, params=variables["params"],

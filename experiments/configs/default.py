@@ -32,6 +32,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.encoder.backbone = "alexnet"  # alexnet | resnet18 | resnet50
     config.encoder.width = 64
     config.encoder.dtype = "float32"
+    # Locate the 68 landmarks by heatmaps (integral regression) and feed their layout
+    # to the head (`networks.FaceEncoder.num_landmarks`).
+    config.encoder.landmark_head = True
+    # Give the head each image's brightness and contrast (`FaceEncoder.exposure_inputs`).
+    config.encoder.exposure_inputs = True
 
     # The multi-level model's learned corrective space (`mofa.corrective`): sizes of
     # the corrective shape / albedo coefficients, 0 = off.
@@ -46,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.photometric = losses.PHOTOMETRIC_WEIGHT
     config.loss.vertex_photometric = 0.0
     config.loss.landmark = losses.LANDMARK_WEIGHT
+    config.loss.landmark_head = losses.LANDMARK_WEIGHT  # with encoder.landmark_head
     config.loss.prior_identity = losses.PRIOR_WEIGHT
     config.loss.prior_expression = losses.PRIOR_WEIGHT
     config.loss.prior_reflectance = losses.PRIOR_WEIGHT
