@@ -83,7 +83,8 @@ def test_self_supervised_training_learns_expression_and_landmarks(builtin_model,
     train.train_and_evaluate(config, str(tmp_path / "work"))
     initial, final = _initial_and_final(str(tmp_path / "work"))
     print("initial", initial, "\nfinal", final)
-    # Measured (150 steps): expression 7.6 -> 4.5 mm, NME 0.130 -> 0.087, jawOpen R^2 0.80.
+    # Measured (150 steps): expression 7.6 -> 5.3 mm, NME 0.130 -> 0.089, jawOpen R^2 0.60
+    # (without the landmark head 4.6 mm, 0.089, 0.78).
     assert final["expression_error_mm"] < 0.75 * initial["expression_error_mm"], (initial, final)
     assert final["landmark_nme"] < 0.85 * initial["landmark_nme"], (initial, final)
     assert final["r2/jawOpen"] > 0.5, final
