@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mofa import (export, facemodel, fitting, images, inference, reconstruct, render,
+from mofa import (export, facemodel, images, inference, reconstruct, render,
                   scan_eval)
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode, random_code
 

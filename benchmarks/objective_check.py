@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mofa import facemodel, fitting, render, train  # noqa: E402
+from mofa import facemodel, fitting, losses, render  # noqa: E402
+from mofa.decoder import Decoder  # noqa: E402
 from mofa.code import DEFAULT_FOV_DEGREES  # noqa: E402
 from mofa.data import synthetic  # noqa: E402
 
@@ -50,12 +51,12 @@ def main():
     print(f"{'config':22s} {'px':>4s} " + " ".join(f"{f'{s:g}':>9s}" for s in FACTORS))
     for name in CONFIGS:
         config = importlib.import_module(f"experiments.configs.{name}").get_config()
-        weights = train.LossWeights.from_config(config.loss)
+        weights = losses.LossWeights.from_config(config.loss)
         size = min(config.image_size, 128)
         camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
-        decoder = train.Decoder(face_model=model, camera=camera)
+        decoder = Decoder(face_model=model, camera=camera)
         truth, batch = faces(model, size, args.faces)
-        totals = [float(train.objective(shrunk(truth, s), batch, decoder, weights)[0])
+        totals = [float(losses.objective(shrunk(truth, s), batch, decoder, weights)[0])
                   for s in FACTORS]
         print(f"{name:22s} {size:4d} " + " ".join(f"{t:9.4f}" for t in totals))
     size = 128

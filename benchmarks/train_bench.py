@@ -26,7 +26,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.configs import default  # noqa: E402
-from mofa import networks, render, train  # noqa: E402
+from mofa import losses, networks, render, train  # noqa: E402
 from mofa.data import common, sources  # noqa: E402
 
 PAPER_HZ = 250.0
@@ -75,7 +75,7 @@ def bench(backbone: str, image_size: int, train_batch: int, repeats: int) -> dic
     config.encoder.backbone = backbone
     config.batch_size = train_batch
     decoder = train.make_decoder(config)
-    weights = train.LossWeights.from_config(config.loss)
+    weights = losses.LossWeights.from_config(config.loss)
     state = train.create_state(config, decoder.face_model, jax.random.key(0))
     source = sources.make_source(config, decoder.face_model)
     batch = jax.tree.map(jnp.asarray, source.batch(0, train_batch))

@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from mofa import train
+from mofa.decoder import Decoder
 from mofa.code import FaceCode
 from mofa.data import sources
 from mofa.data.synthetic import CodeDistribution, Framing
 
 
-def predict_codes(state, decoder: train.Decoder, source, num_images: int, batch_size: int
+def predict_codes(state, decoder: Decoder, source, num_images: int, batch_size: int
                   ) -> tuple[FaceCode, FaceCode | None]:
     """(the encoder's codes, the true codes or None) on the first `num_images` images of
     `source` (batch i of `batch_size`); the truth is there for synthetic sources."""

@@ -125,7 +125,7 @@ def mesh_operators(model: facemodel.FaceModel, symmetric: bool = True,
 # --- regularizers -------------------------------------------------------------
 
 
-def laplacian(field: jax.Array, ops: MeshOperators) -> jax.Array:
+def mesh_laplacian(field: jax.Array, ops: MeshOperators) -> jax.Array:
     """Uniform graph Laplacian x_i - mean of the neighbours x_j, of a field (..., V, C)."""
     i, j = ops.edges[:, 0], ops.edges[:, 1]
     summed = jnp.zeros_like(field).at[..., i, :].add(field[..., j, :])
@@ -135,7 +135,7 @@ def laplacian(field: jax.Array, ops: MeshOperators) -> jax.Array:
 
 def smoothness(field: jax.Array, ops: MeshOperators) -> jax.Array:
     """Mean squared Laplacian (..., V, C) -> batch mean of the per-vertex mean."""
-    return jnp.mean(jnp.sum(laplacian(field, ops) ** 2, -1))
+    return jnp.mean(jnp.sum(mesh_laplacian(field, ops) ** 2, -1))
 
 
 def magnitude(field: jax.Array) -> jax.Array:

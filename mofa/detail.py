@@ -105,7 +105,7 @@ def normals_from_depth(depth: jax.Array, camera: Camera, mask: Optional[jax.Arra
     return normals * mask[..., None]
 
 
-def laplacian(x: jax.Array) -> jax.Array:
+def image_laplacian(x: jax.Array) -> jax.Array:
     """5-point Laplacian of (B, H, W), edge-replicated."""
     p = jnp.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
     return p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:] - 4.0 * x
@@ -355,7 +355,7 @@ class DetailWeights:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "DetailWeights":
-        return train.weights_from_config(cls, config)
+        return losses.weights_from_config(cls, config)
 
 
 _CHARBONNIER = 0.05  # mm
@@ -395,7 +395,7 @@ def detail_losses(params, apply_fn, batch: dict, camera: Camera, weights: Detail
         terms["shading_detail"] = losses.photometric_dense(
             shading_ratio(shaded, skin), shading_ratio(batch["image"], skin), skin)
         terms["fidelity"] = _masked_mean(residual ** 2, mask)
-        terms["smoothness"] = _masked_mean(laplacian(residual) ** 2, mask)
+        terms["smoothness"] = _masked_mean(image_laplacian(residual) ** 2, mask)
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     return total, terms
 
@@ -679,7 +679,7 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
     coarse-vs-fine synthetic errors over config.eval_batches batches (also written to
     workdir/eval.json; none if 0).
     """
-    from mofa import metrics
+    from mofa import metric_log
 
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -703,7 +703,7 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError("supervised detail losses need data.source='synthetic_detail'")
     step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
                       out_shardings=(parallel.replicated, parallel.replicated))
-    writer = metrics.MetricWriter(workdir, enabled=is_lead)
+    writer = metric_log.MetricWriter(workdir, enabled=is_lead)
     state = train.run_steps(config, state, lambda state, batch, step: step_fn(state, batch, camera),
                             source, parallel, checkpoints, writer, start_step, desc="FineNet")
     results = {}

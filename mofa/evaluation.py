@@ -198,7 +198,7 @@ def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
     config, state, decoder, step = train.load_trained(workdir)
     if config.data.source not in ("synthetic", "synthetic_tfds"):
         config.data.source = "synthetic"  # trained on photos: test on rendered faces
-    results = evaluate_state(config, state, decoder, train.LossWeights.from_config(config.loss),
+    results = evaluate_state(config, state, decoder, losses.LossWeights.from_config(config.loss),
                              num_batches=num_batches, num_faces=num_faces,
                              face_model=face_model, yaw_split_degrees=yaw_split_degrees)
     results.update(step=step, face_model=face_model or config.face_model)

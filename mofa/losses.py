@@ -16,6 +16,9 @@ All take batched arrays and return a scalar averaged over the batch:
     causes, albedo and light;
   * `parameter_space`: the plain parameter loss it is compared against.
 
+`LossWeights` holds their weights and `objective` their weighted sum on a batch
+(what training minimizes; `mofa.fitting` has its own weighting of the same terms).
+
 `NoiseModel` derives the default weights of the self-supervised objective (in
 training and in fitting) from the noise each term's observations carry; see
 its docstring for the derivation.
@@ -28,9 +31,16 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mofa import facemodel
+from typing import TYPE_CHECKING
+
+from mofa import corrective, facemodel
 from mofa.code import FaceCode
 from mofa.render import camera as camera_lib
+
+if TYPE_CHECKING:  # the objective only calls the decoder it is given
+    import ml_collections
+
+    from mofa.decoder import Decoder
 
 _EPS = 1e-8
 
@@ -214,3 +224,87 @@ def parameter_space(predicted: FaceCode, target: FaceCode) -> jax.Array:
     diff = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2, axis=tuple(range(1, a.ndim))),
                         scaled(predicted), scaled(target))
     return jnp.mean(sum(jax.tree.leaves(diff)))
+
+
+# --- the objective ---------------------------------------------------------
+
+def weights_from_config(cls, config: ml_collections.ConfigDict):
+    """A frozen weights dataclass from `config.loss`, refusing unknown names."""
+    unknown = set(config.keys()) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"config.loss has unknown weights {sorted(unknown)}")
+    return cls(**{k: float(v) for k, v in config.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Static loss weights (hashable, closed over by the jitted step)."""
+
+    # Derived from the observation noise: `NoiseModel`.
+    photometric: float = PHOTOMETRIC_WEIGHT
+    vertex_photometric: float = 0.0
+    landmark: float = LANDMARK_WEIGHT
+    # The encoder's own 2D landmarks (`networks.FaceEncoder.num_landmarks`): the same
+    # detector noise as the rendered landmarks'.
+    landmark_head: float = LANDMARK_WEIGHT
+    prior_identity: float = PRIOR_WEIGHT
+    prior_expression: float = PRIOR_WEIGHT
+    prior_reflectance: float = PRIOR_WEIGHT
+    model_space: float = 0.0
+    parameter: float = 0.0
+    corrective_shape_smoothness: float = 0.0
+    corrective_albedo_smoothness: float = 0.0
+    corrective_shape_magnitude: float = 0.0
+    corrective_albedo_magnitude: float = 0.0
+    corrective_shape_symmetry: float = 0.0
+    corrective_albedo_symmetry: float = 0.0
+    identity_consistency: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "LossWeights":
+        return weights_from_config(cls, config)
+
+
+def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeights,
+              space: dict | None = None, coefficients: dict | None = None,
+              encoder_landmarks: jax.Array | None = None) -> tuple:
+    """The training objective of codes (and corrective coefficients) on a batch.
+
+    encoder_landmarks: (B, 68, 2) pixels, the encoder's own landmark estimates
+    (`networks.FaceEncoder.num_landmarks`), scored like the rendered ones.
+
+    Returns (total, terms, diagnostics, render output); `terms` are named like
+    their `LossWeights`, `diagnostics` (the model-space parts) are not summed.
+    """
+    model = decoder.face_model
+    out = decoder.render(code, space, coefficients, background=batch["image"])
+    size = float(decoder.camera.width)
+    terms = {
+        # Only the face region's skin: hair, ears, neck and background are not modelled.
+        "photometric": photometric_dense(out.image, batch["image"], out.mask, out.region),
+        "vertex_photometric": photometric_vertex(
+            batch["image"], out.screen_vertices, out.vertex_colors, out.vertex_visibility,
+            model.face_mask[None]),
+        "landmark": landmark_alignment(out.landmarks, batch["landmarks"],
+                                       batch["landmark_weight"], size),
+        **statistical_prior(code, model.expression_bounds),
+    }
+    if encoder_landmarks is not None:
+        terms["landmark_head"] = landmark_alignment(encoder_landmarks, batch["landmarks"],
+                                                    batch["landmark_weight"], size)
+    diagnostics = {}
+    if weights.model_space or weights.parameter:
+        target = FaceCode.from_batch(batch)
+        parts = model_space(model, code, target)
+        terms["model_space"] = parts.pop("total")
+        diagnostics = {f"model_space_{k}": v for k, v in parts.items()}
+        terms["parameter"] = parameter_space(code, target)
+    if space is not None:
+        terms.update(corrective.regularizers(space, coefficients, decoder.mesh))
+    if weights.identity_consistency and "person_id" in batch:
+        identity = code.identity if space is None else jnp.concatenate(
+            [code.identity, coefficients["shape"]], -1)
+        terms["identity_consistency"] = corrective.identity_consistency(
+            identity, batch["person_id"])
+    total = sum(getattr(weights, name) * value for name, value in terms.items())
+    return total, terms, diagnostics, out

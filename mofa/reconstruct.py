@@ -25,9 +25,9 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from mofa import export, facemodel, images, render
+from mofa import export, facemodel, images, render, visualize
 from mofa.code import FIELDS, FaceCode
 from mofa.inference import Reconstructor, crop_face, render_face
 from mofa.data import faces as faces_lib
@@ -36,7 +36,6 @@ from mofa.data import folder as folder_lib
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".webm", ".gif", ".mkv", ".m4v"})
-_LIGHT = np.array([0.3, 0.4, 0.85])
 
 
 def collect_inputs(paths: list[str]) -> tuple[list[tuple], list[tuple], list[tuple]]:
@@ -71,24 +70,6 @@ def collect_inputs(paths: list[str]) -> tuple[list[tuple], list[tuple], list[tup
             is_video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
             (videos if is_video else images_).append((path, stem))
     return images_, videos, skipped
-
-
-def _overlay(crop_linear: np.ndarray, mask: np.ndarray, normals: np.ndarray) -> np.ndarray:
-    """sRGB float: the crop with the shaded geometry blended in where the mesh covers it."""
-    srgb = images.linear_to_srgb(crop_linear)
-    shading = np.clip(normals @ _LIGHT, 0.0, 1.0)[..., None] * 0.8 + 0.1
-    m = mask[..., None]
-    return m * (0.65 * shading + 0.35 * srgb) + (1 - m) * srgb
-
-
-def _draw_landmarks(rgb8: np.ndarray, sets: list[tuple]) -> np.ndarray:
-    canvas = Image.fromarray(rgb8)
-    draw = ImageDraw.Draw(canvas)
-    r = max(1, min(rgb8.shape[:2]) // 128)
-    for points, colour in sets:
-        for x, y in points:
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-    return np.asarray(canvas)
 
 
 def _code_arrays(code: FaceCode, i=None) -> dict:
@@ -180,12 +161,12 @@ class ReconstructionJob:
                                    height=size, width=size)
             single = FaceCode(**{f: jnp.asarray(v)[None] for f, v in code.items()})
             shaded = render_face(self.rec.model, single, camera)
-            shading = np.clip(np.asarray(shaded.normals[0]) @ _LIGHT, 0.0, 1.0) * 0.8 + 0.1
+            shading = visualize.geometry_shading(shaded.normals[0])
             canvas = _paste_shading(canvas, shading, np.asarray(shaded.mask[0]), face)
             to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
-            points += [(face["detected"], (40, 220, 40)),
-                       (to_image(out["landmarks"]), (230, 40, 40))]
-        canvas = _draw_landmarks(canvas, points)
+            points += [(face["detected"], visualize.DETECTED),
+                       (to_image(out["landmarks"]), visualize.FITTED)]
+        canvas = visualize.draw_landmarks(canvas, points)
         for *_, folder in faces:
             Image.fromarray(canvas).save(os.path.join(folder, "overlay.png"))
 
@@ -219,9 +200,9 @@ class ReconstructionJob:
             from mofa import detail
             detail.write_detail(folder, self.rec.detail(face["image"], out["depth"], out["mask"]),
                                 out["mask"], self.rec.camera)
-        overlay = images.to_uint8(_overlay(face["image"], out["mask"], out["normals"]))
-        overlay = _draw_landmarks(overlay, [(face["landmarks"], (40, 220, 40)),
-                                            (out["landmarks"], (230, 40, 40))])
+        overlay = images.to_uint8(visualize.shaded_overlay(face["image"], out["mask"], out["normals"]))
+        overlay = visualize.draw_landmarks(overlay, [(face["landmarks"], visualize.DETECTED),
+                                            (out["landmarks"], visualize.FITTED)])
         Image.fromarray(overlay).save(os.path.join(folder, "overlay_crop.png"))
         extra = {
             "source": face["source"], "face_model": model.name,
@@ -389,7 +370,7 @@ class ReconstructionJob:
             k = 0
             for frame, found in pending:
                 for _, crop in found:
-                    overlay = _overlay(crop["image"], outs["mask"][k], outs["normals"][k])
+                    overlay = visualize.shaded_overlay(crop["image"], outs["mask"][k], outs["normals"][k])
                     frame = _paste(frame, images.to_uint8(overlay), outs["mask"][k], crop)
                     landmarks.append(outs["landmarks"][k] / crop["scale"] + crop["origin"])
                     k += 1

@@ -18,7 +18,6 @@ import os
 import time
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,61 +27,17 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mofa import corrective, evaluation, facemodel, images, losses, metrics, networks, render
-from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
+from mofa import (corrective, evaluation, facemodel, images, losses, metric_log, networks, render,
+                  visualize)
+from mofa.code import DEFAULT_FOV_DEGREES
+from mofa.decoder import Decoder
+from mofa.losses import LossWeights
 from mofa.data import common as data_common
 from mofa.data import sources
 
 
 class TrainState(train_state.TrainState):
     batch_stats: Any = None
-
-
-@flax.struct.dataclass
-class Decoder:
-    """The analytic decoder's arrays: face model, camera and, with the corrective
-    level, its mesh operators (replicated pytree)."""
-
-    face_model: facemodel.FaceModel
-    camera: render.Camera
-    mesh: corrective.MeshOperators | None = None
-
-
-def weights_from_config(cls, config: ml_collections.ConfigDict):
-    """A frozen weights dataclass from `config.loss`, refusing unknown names."""
-    unknown = set(config.keys()) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"config.loss has unknown weights {sorted(unknown)}")
-    return cls(**{k: float(v) for k, v in config.items()})
-
-
-@dataclasses.dataclass(frozen=True)
-class LossWeights:
-    """Static loss weights (hashable, closed over by the jitted step)."""
-
-    # Derived from the observation noise: `losses.NoiseModel`.
-    photometric: float = losses.PHOTOMETRIC_WEIGHT
-    vertex_photometric: float = 0.0
-    landmark: float = losses.LANDMARK_WEIGHT
-    # The encoder's own 2D landmarks (`networks.FaceEncoder.num_landmarks`): the same
-    # detector noise as the rendered landmarks'.
-    landmark_head: float = losses.LANDMARK_WEIGHT
-    prior_identity: float = losses.PRIOR_WEIGHT
-    prior_expression: float = losses.PRIOR_WEIGHT
-    prior_reflectance: float = losses.PRIOR_WEIGHT
-    model_space: float = 0.0
-    parameter: float = 0.0
-    corrective_shape_smoothness: float = 0.0
-    corrective_albedo_smoothness: float = 0.0
-    corrective_shape_magnitude: float = 0.0
-    corrective_albedo_magnitude: float = 0.0
-    corrective_shape_symmetry: float = 0.0
-    corrective_albedo_symmetry: float = 0.0
-    identity_consistency: float = 0.0
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "LossWeights":
-        return weights_from_config(cls, config)
 
 
 def _augment(batch: dict, key: jax.Array) -> dict:
@@ -103,62 +58,18 @@ def _augment(batch: dict, key: jax.Array) -> dict:
     return out
 
 
-def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeights,
-              space: dict | None = None, coefficients: dict | None = None) -> tuple:
-    """The training objective of codes (and corrective coefficients) on a batch.
-
-    Returns (total, terms, diagnostics, render output); `terms` are named like
-    their `LossWeights`, `diagnostics` (the model-space parts) are not summed.
-    """
-    model = decoder.face_model
-    out = corrective.render_corrected(model, code, decoder.camera, space, coefficients,
-                                 background=batch["image"])
-    size = float(decoder.camera.width)
-    terms = {
-        # Only the face region's skin: hair, ears, neck and background are not modelled.
-        "photometric": losses.photometric_dense(out.image, batch["image"], out.mask, out.region),
-        "vertex_photometric": losses.photometric_vertex(
-            batch["image"], out.screen_vertices, out.vertex_colors, out.vertex_visibility,
-            model.face_mask[None]),
-        "landmark": losses.landmark_alignment(out.landmarks, batch["landmarks"],
-                                              batch["landmark_weight"], size),
-        **losses.statistical_prior(code, model.expression_bounds),
-    }
-    diagnostics = {}
-    if weights.model_space or weights.parameter:
-        target = FaceCode.from_batch(batch)
-        parts = losses.model_space(model, code, target)
-        terms["model_space"] = parts.pop("total")
-        diagnostics = {f"model_space_{k}": v for k, v in parts.items()}
-        terms["parameter"] = losses.parameter_space(code, target)
-    if space is not None:
-        terms.update(corrective.regularizers(space, coefficients, decoder.mesh))
-    if weights.identity_consistency and "person_id" in batch:
-        identity = code.identity if space is None else jnp.concatenate(
-            [code.identity, coefficients["shape"]], -1)
-        terms["identity_consistency"] = corrective.identity_consistency(
-            identity, batch["person_id"])
-    total = sum(getattr(weights, name) * value for name, value in terms.items())
-    return total, terms, diagnostics, out
-
-
 def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weights: LossWeights,
-                   inputs=None, train: bool = True):
+                   train: bool = True):
     """Encodes, renders and scores a batch; returns (total, (terms, new_batch_stats, aux))."""
     variables = {"params": params, "batch_stats": batch_stats}
-    inputs = batch["image"] if inputs is None else inputs
     mutable = ["batch_stats", "intermediates"] if train else ["intermediates"]
-    raw, updates = apply_fn(variables, inputs, train=train, mutable=mutable)
+    raw, updates = apply_fn(variables, batch["image"], train=train, mutable=mutable)
     new_batch_stats = updates["batch_stats"] if train else batch_stats
     space = params.get("corrective")  # the learned corrective bases, if the level is on
     code, coefficients = networks.decode_outputs(raw, decoder.face_model, space)
-    total, terms, diagnostics, out = objective(code, batch, decoder, weights, space,
-                                               coefficients)
-    if "landmarks" in updates.get("intermediates", {}):
-        (points,) = updates["intermediates"]["landmarks"]
-        terms["landmark_head"] = losses.landmark_alignment(
-            points, batch["landmarks"], batch["landmark_weight"], float(inputs.shape[1]))
-        total = total + weights.landmark_head * terms["landmark_head"]
+    (encoder_landmarks,) = updates.get("intermediates", {}).get("landmarks", (None,))
+    total, terms, diagnostics, out = losses.objective(code, batch, decoder, weights, space,
+                                                      coefficients, encoder_landmarks)
     landmark_px = jnp.sum(jnp.linalg.norm(out.landmarks - batch["landmarks"], axis=-1)
                           * batch["landmark_weight"]) / jnp.maximum(
                               jnp.sum(batch["landmark_weight"]), 1.0)
@@ -242,34 +153,6 @@ def make_decoder(config: ml_collections.ConfigDict) -> Decoder:
                          or loss.get("corrective_albedo_symmetry", 0.0))
         mesh = corrective.mesh_operators(model, symmetric=symmetric)
     return Decoder(face_model=model, camera=camera, mesh=mesh)
-
-
-def contact_sheet(batch: dict, out: render.RenderOutput, max_rows: int = 8) -> np.ndarray:
-    """Rows of input | reconstruction | shaded-geometry overlay | landmarks (sRGB)."""
-    from PIL import Image, ImageDraw
-
-    n = min(max_rows, batch["image"].shape[0])
-    inputs = np.asarray(batch["image"][:n])
-    recon = np.asarray(out.image[:n])
-    mask = np.asarray(out.mask[:n])[..., None]
-    normals = np.asarray(out.normals[:n])
-    shading = np.clip(normals @ np.array([0.3, 0.4, 0.85]), 0.0, 1.0)[..., None] * 0.8 + 0.1
-    overlay = mask * (0.6 * shading + 0.4 * inputs) + (1 - mask) * inputs
-    tiles = []
-    for i in range(n):
-        size = inputs.shape[1]
-        canvas = Image.fromarray(images.to_uint8(images.linear_to_srgb(inputs[i])))
-        draw = ImageDraw.Draw(canvas)
-        r = max(1, size // 96)
-        for (x, y), w in zip(np.asarray(batch["landmarks"][i]), np.asarray(batch["landmark_weight"][i])):
-            if w > 0:
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=(40, 220, 40))
-        for x, y in np.asarray(out.landmarks[i]):
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=(230, 40, 40))
-        landmark_tile = np.asarray(canvas, np.float32) / 255.0
-        row = [images.linear_to_srgb(t) for t in (inputs[i], recon[i], overlay[i])] + [landmark_tile]
-        tiles.extend(row)
-    return images.grid(np.stack(tiles), columns=4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     if is_lead:  # what `load_trained` needs to rebuild the model from the workdir alone
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
-    writer = metrics.MetricWriter(workdir, enabled=is_lead)
+    writer = metric_log.MetricWriter(workdir, enabled=is_lead)
     weights = LossWeights.from_config(config.loss)
     decoder = make_decoder(config)
 
@@ -471,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
             if is_lead:  # this process's rows of the batch
                 _, aux = image_step(local_copy(state), jax.tree.map(jnp.asarray, local_batch),
                                     local_copy(decoder))
-                sheet = contact_sheet(local_batch, jax.device_get(aux["render"]))
+                sheet = visualize.contact_sheet(local_batch, jax.device_get(aux["render"]))
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
         eval_every = config.get("eval_every", 0)

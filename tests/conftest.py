@@ -5,6 +5,7 @@ import os
 import pathlib
 import shutil
 import tarfile
+import sys
 import tempfile
 
 import jax
@@ -27,7 +28,9 @@ for _name, _value in (("jax_compilation_cache_dir", _JAX_CACHE),
     jax.config.update(_name, _value)
     os.environ[_name.upper()] = str(_value)
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))  # experiments.configs for the end-to-end tests
 
 
 def random_rotation(rng):
@@ -88,3 +91,27 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"machine speed: numpy SVD of a 400x400 matrix {_SPEED['svd_ms']:.1f} ms "
             "(measured before the tests)")
+
+
+def tiny_config(**overrides):
+    """The quickstart config cut down to a few steps at 32 px (end-to-end tests)."""
+    from experiments.configs import quickstart
+
+    config = quickstart.get_config()
+    config.image_size = 32
+    config.encoder.width = 8
+    config.batch_size = 8
+    config.num_steps = 4
+    config.log_every = 1
+    config.image_every = 1000
+    config.checkpoint_every = 2
+    config.eval_batches = 1
+    config.eval_batch_size = 8
+    config.progress = False
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config

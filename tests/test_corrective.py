@@ -1,6 +1,5 @@
-"""The multi-level face model (corrective space, regularizers) and InverseFaceNet bootstrapping."""
+"""The multi-level face model: corrective space, its regularizers, training end to end."""
 
-import json
 import os
 import sys
 
@@ -10,15 +9,14 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from mofa import corrective, metrics, render, train
-from mofa.data import sources
+from mofa import corrective, metric_log, render, train
 from mofa.code import random_code
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from experiments.configs import multilevel  # noqa: E402
-from tests.test_train import tiny_config  # noqa: E402
+from conftest import tiny_config  # noqa: E402
 
 
 def tiny_multilevel(**overrides):
@@ -146,7 +144,7 @@ def test_multilevel_config_trains_the_bases_end_to_end(ict_dir, tmp_path):
     config.data.face_model = f"ict:{ict_dir}"
     config.eval_batch_size = 4
     results = train.train_and_evaluate(config, str(tmp_path))
-    log = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+    log = [r for r in metric_log.read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
     assert [r["step"] for r in log] == [1, 2]
     assert np.isfinite(log[-1]["loss/corrective_shape_symmetry"])
     # Multi-view batches (4 views per person) switch identity consistency on.
@@ -159,118 +157,3 @@ def test_multilevel_config_trains_the_bases_end_to_end(ict_dir, tmp_path):
     assert step == 2 and state.params["corrective"]["shape"].shape[0] == 4
     assert float(jnp.abs(state.params["corrective"]["shape"]).max()) > 0
     assert float(jnp.abs(state.params["corrective"]["albedo"]).max()) > 0
-
-
-# --- InverseFaceNet bootstrapping ---------------------------------------------
-
-
-def test_code_distribution_fit_and_redraw(builtin_model):
-    from mofa.code import FaceCode
-    from mofa.data.synthetic import CodeDistribution, redraw
-
-    model = builtin_model
-    codes = FaceCode.neutral(model, (4,))
-    codes = codes.replace(identity=codes.identity.at[:, 0].set(jnp.array([1.0, 3.0, 1.0, 3.0])))
-    floor = CodeDistribution(mean=FaceCode.neutral(model),
-                             std=jax.tree.map(lambda x: jnp.full(x.shape[1:], 0.4), codes))
-    fitted = CodeDistribution.fit(codes, floor, min_relative_std=0.25)
-    assert float(fitted.mean.identity[0]) == pytest.approx(2.0)
-    assert float(fitted.std.identity[0]) == pytest.approx(1.0)
-    assert float(fitted.std.identity[1]) == pytest.approx(0.1)  # collapsed -> 0.25 * 0.4
-    assert float(fitted.std.rotation[1]) == pytest.approx(0.1)  # every field is fitted
-    error = jax.tree.map(lambda x: np.full(x.shape, 0.75), fitted.std)
-    deshrunk = CodeDistribution.fit(codes, floor, 0.25, error_std=error)
-    assert float(deshrunk.std.identity[0]) == pytest.approx(1.25)  # sqrt(1 + 0.75^2)
-    assert float(deshrunk.mean.identity[0]) == pytest.approx(2.0)
-    # A draw one source std up lands one target std above the target mean.
-    source = CodeDistribution(mean=jax.tree.map(jnp.zeros_like, fitted.mean),
-                              std=jax.tree.map(lambda x: jnp.full_like(x, 0.5), fitted.std))
-    draw = jax.tree.map(lambda x: jnp.full((4,) + x.shape, 0.5), fitted.mean)
-    moved = redraw(draw, source, fitted)
-    np.testing.assert_allclose(moved.identity[:, 0], 3.0, rtol=1e-6)
-    np.testing.assert_allclose(moved.expression, 0.1, rtol=1e-6)
-    same = redraw(draw, fitted, fitted)  # a distribution onto itself is a no-op
-    np.testing.assert_allclose(same.identity, draw.identity, rtol=1e-6)
-    with pytest.raises(ValueError, match="at least 2"):
-        CodeDistribution.fit(FaceCode.neutral(model, (1,)))
-
-
-def test_framing_moments_match_the_prior(builtin_model):
-    from mofa.data.synthetic import CodeDistribution, Framing
-
-    wide = Framing(max_yaw_degrees=60.0, expression_scale=1.2)
-    prior = CodeDistribution.of_framing(builtin_model, Framing(), num_samples=4096)
-    population = CodeDistribution.of_framing(builtin_model, wide, num_samples=4096)
-    # Uniform yaw in [-a, a] has std a / sqrt(3); codes are standard normal times the scale.
-    assert float(prior.std.rotation[1]) == pytest.approx(np.radians(35.0) / np.sqrt(3), rel=0.05)
-    assert float(population.std.rotation[1]) == pytest.approx(np.radians(60.0) / np.sqrt(3),
-                                                              rel=0.05)
-    assert float(jnp.mean(prior.std.identity)) == pytest.approx(1.0, rel=0.03)
-    assert float(jnp.mean(population.std.expression)) == pytest.approx(1.2, rel=0.03)
-
-
-def test_redrawn_synthetic_source_follows_the_distribution(builtin_model):
-    from mofa.data.synthetic import CodeDistribution, Framing
-
-    prior = CodeDistribution.of_framing(builtin_model, Framing())
-    plain = sources.SyntheticSource(builtin_model, 32, 0, "train").batch(3, 2)
-    onto_prior = sources.SyntheticSource(builtin_model, 32, 0, "train",
-                                         distribution=prior).batch(3, 2)
-    for key in plain:  # codes equal up to rounding, which may flip a silhouette pixel
-        if key.startswith("code/") or key == "landmarks":
-            np.testing.assert_allclose(onto_prior[key], plain[key], rtol=1e-4, atol=1e-3,
-                                       err_msg=key)
-    shifted = prior.replace(mean=prior.mean.replace(identity=prior.mean.identity + 3.0))
-    batch = sources.SyntheticSource(builtin_model, 32, 0, "train",
-                                    distribution=shifted).batch(3, 2)
-    np.testing.assert_allclose(batch["code/identity"], plain["code/identity"] + 3.0, atol=0.05)
-
-
-def test_multi_view_batches_share_identity_and_name_the_person(builtin_model):
-    from mofa.data.synthetic import Framing
-
-    source = sources.SyntheticSource(builtin_model, 32, 0, "train",
-                                     framing=Framing(views_per_person=3))
-    batch = source.batch(0, 7)
-    np.testing.assert_array_equal(batch["person_id"], [0, 0, 0, 1, 1, 1, 2])
-    for field in ("identity", "reflectance"):
-        values = batch[f"code/{field}"]
-        np.testing.assert_array_equal(values[0], values[2])
-        np.testing.assert_array_equal(values[3], values[5])
-        assert not np.allclose(values[0], values[3])
-    for field in ("rotation", "expression", "illumination"):  # each view its own
-        assert not np.allclose(batch[f"code/{field}"][0], batch[f"code/{field}"][1])
-    with pytest.raises(ValueError, match="views_per_person"):
-        Framing(views_per_person=0)
-
-
-def test_unknown_framing_field_is_named(builtin_model):
-    config = tiny_config()
-    config.data.framing = {"max_yaw": 60.0}
-    with pytest.raises(ValueError, match=r"config.data.framing.*max_yaw"):
-        sources.make_source(config, builtin_model)
-    config.data.source = "folder"
-    config.data.framing = {"max_yaw_degrees": 60.0}
-    with pytest.raises(ValueError, match="only applies"):
-        sources.make_source(config, builtin_model)
-
-
-def test_bootstrap_config_runs_two_rounds(tmp_path):
-    from experiments.configs import bootstrap as bootstrap_config
-    from mofa import bootstrap
-
-    config = bootstrap_config.get_config()
-    for key, value in tiny_config(num_steps=1).items():
-        if key not in ("loss", "data"):
-            config[key] = value
-    config.eval_before_training = False
-    config.bootstrap.num_rounds = 2
-    config.bootstrap.num_images = 8
-    results = bootstrap.train_rounds(config, str(tmp_path))
-    assert len(results) == 2 and all(np.isfinite(r["vertex_error_mm_mean"]) for r in results)
-    fitted = json.loads((tmp_path / "round_0" / "code_distribution.json").read_text())
-    assert len(fitted["std"]["identity"]) == 100 and len(fitted["mean"]["rotation"]) == 3
-    assert (tmp_path / "round_1" / "eval.json").exists()
-    config.bootstrap.oracle = True  # the upper bound trains on the population itself
-    (oracle,) = bootstrap.train_rounds(config, str(tmp_path))
-    assert np.isfinite(oracle["pose_error_deg"]) and (tmp_path / "oracle" / "eval.json").exists()

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,10 +14,10 @@ from PIL import Image
 from mofa import images
 from mofa.code import FaceCode
 from mofa.data import faces as faces_lib
-from mofa.data import synthetic
+from mofa.data import sources, synthetic
 from mofa.data.folder import FolderDataset, find_images
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, tiny_config
 
 CODE_SIZES = lambda m: {  # noqa: E731
     "code/rotation": (3,), "code/translation": (3,), "code/identity": (m.num_identity,),
@@ -410,3 +411,97 @@ def test_process_shares_make_exactly_the_global_batch(builtin_model, tmp_path):
     parts = [next(dataset.batches(4, shuffle=True, seed=2, rows=slice(i * 2, i * 2 + 2)))["image"]
              for i in range(2)]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+# --- synthetic code distributions and framing ---------------------------------
+
+
+def test_code_distribution_fit_and_redraw(builtin_model):
+    from mofa.code import FaceCode
+    from mofa.data.synthetic import CodeDistribution, redraw
+
+    model = builtin_model
+    codes = FaceCode.neutral(model, (4,))
+    codes = codes.replace(identity=codes.identity.at[:, 0].set(jnp.array([1.0, 3.0, 1.0, 3.0])))
+    floor = CodeDistribution(mean=FaceCode.neutral(model),
+                             std=jax.tree.map(lambda x: jnp.full(x.shape[1:], 0.4), codes))
+    fitted = CodeDistribution.fit(codes, floor, min_relative_std=0.25)
+    assert float(fitted.mean.identity[0]) == pytest.approx(2.0)
+    assert float(fitted.std.identity[0]) == pytest.approx(1.0)
+    assert float(fitted.std.identity[1]) == pytest.approx(0.1)  # collapsed -> 0.25 * 0.4
+    assert float(fitted.std.rotation[1]) == pytest.approx(0.1)  # every field is fitted
+    error = jax.tree.map(lambda x: np.full(x.shape, 0.75), fitted.std)
+    deshrunk = CodeDistribution.fit(codes, floor, 0.25, error_std=error)
+    assert float(deshrunk.std.identity[0]) == pytest.approx(1.25)  # sqrt(1 + 0.75^2)
+    assert float(deshrunk.mean.identity[0]) == pytest.approx(2.0)
+    # A draw one source std up lands one target std above the target mean.
+    source = CodeDistribution(mean=jax.tree.map(jnp.zeros_like, fitted.mean),
+                              std=jax.tree.map(lambda x: jnp.full_like(x, 0.5), fitted.std))
+    draw = jax.tree.map(lambda x: jnp.full((4,) + x.shape, 0.5), fitted.mean)
+    moved = redraw(draw, source, fitted)
+    np.testing.assert_allclose(moved.identity[:, 0], 3.0, rtol=1e-6)
+    np.testing.assert_allclose(moved.expression, 0.1, rtol=1e-6)
+    same = redraw(draw, fitted, fitted)  # a distribution onto itself is a no-op
+    np.testing.assert_allclose(same.identity, draw.identity, rtol=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        CodeDistribution.fit(FaceCode.neutral(model, (1,)))
+
+
+def test_framing_moments_match_the_prior(builtin_model):
+    from mofa.data.synthetic import CodeDistribution, Framing
+
+    wide = Framing(max_yaw_degrees=60.0, expression_scale=1.2)
+    prior = CodeDistribution.of_framing(builtin_model, Framing(), num_samples=4096)
+    population = CodeDistribution.of_framing(builtin_model, wide, num_samples=4096)
+    # Uniform yaw in [-a, a] has std a / sqrt(3); codes are standard normal times the scale.
+    assert float(prior.std.rotation[1]) == pytest.approx(np.radians(35.0) / np.sqrt(3), rel=0.05)
+    assert float(population.std.rotation[1]) == pytest.approx(np.radians(60.0) / np.sqrt(3),
+                                                              rel=0.05)
+    assert float(jnp.mean(prior.std.identity)) == pytest.approx(1.0, rel=0.03)
+    assert float(jnp.mean(population.std.expression)) == pytest.approx(1.2, rel=0.03)
+
+
+def test_redrawn_synthetic_source_follows_the_distribution(builtin_model):
+    from mofa.data.synthetic import CodeDistribution, Framing
+
+    prior = CodeDistribution.of_framing(builtin_model, Framing())
+    plain = sources.SyntheticSource(builtin_model, 32, 0, "train").batch(3, 2)
+    onto_prior = sources.SyntheticSource(builtin_model, 32, 0, "train",
+                                         distribution=prior).batch(3, 2)
+    for key in plain:  # codes equal up to rounding, which may flip a silhouette pixel
+        if key.startswith("code/") or key == "landmarks":
+            np.testing.assert_allclose(onto_prior[key], plain[key], rtol=1e-4, atol=1e-3,
+                                       err_msg=key)
+    shifted = prior.replace(mean=prior.mean.replace(identity=prior.mean.identity + 3.0))
+    batch = sources.SyntheticSource(builtin_model, 32, 0, "train",
+                                    distribution=shifted).batch(3, 2)
+    np.testing.assert_allclose(batch["code/identity"], plain["code/identity"] + 3.0, atol=0.05)
+
+
+def test_multi_view_batches_share_identity_and_name_the_person(builtin_model):
+    from mofa.data.synthetic import Framing
+
+    source = sources.SyntheticSource(builtin_model, 32, 0, "train",
+                                     framing=Framing(views_per_person=3))
+    batch = source.batch(0, 7)
+    np.testing.assert_array_equal(batch["person_id"], [0, 0, 0, 1, 1, 1, 2])
+    for field in ("identity", "reflectance"):
+        values = batch[f"code/{field}"]
+        np.testing.assert_array_equal(values[0], values[2])
+        np.testing.assert_array_equal(values[3], values[5])
+        assert not np.allclose(values[0], values[3])
+    for field in ("rotation", "expression", "illumination"):  # each view its own
+        assert not np.allclose(batch[f"code/{field}"][0], batch[f"code/{field}"][1])
+    with pytest.raises(ValueError, match="views_per_person"):
+        Framing(views_per_person=0)
+
+
+def test_unknown_framing_field_is_named(builtin_model):
+    config = tiny_config()
+    config.data.framing = {"max_yaw": 60.0}
+    with pytest.raises(ValueError, match=r"config.data.framing.*max_yaw"):
+        sources.make_source(config, builtin_model)
+    config.data.source = "folder"
+    config.data.framing = {"max_yaw_degrees": 60.0}
+    with pytest.raises(ValueError, match="only applies"):
+        sources.make_source(config, builtin_model)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from mofa import cli, evaluation, scan_eval, train
+from mofa import cli, evaluation, losses, scan_eval, train
 from mofa.code import random_code
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,7 +212,7 @@ def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir,
     # Any other model: the builtin one under another name exercises the cross-model path.
     monkeypatch.setattr(evaluation.facemodel, "load", lambda spec: builtin_model)
     results = evaluation.evaluate_state(config, state, decoder,
-                                        train.LossWeights.from_config(config.loss),
+                                        losses.LossWeights.from_config(config.loss),
                                         num_faces=2, face_model="other:model")
     assert "vertex_error_mm_mean" not in results
     assert 0 < results["surface_error_mm_median"] < 20 and np.isfinite(results["landmark_nme"])
@@ -220,7 +220,7 @@ def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir,
 
 def test_yaw_split_averages_each_side_of_the_split(trained_workdir):
     config, state, decoder, _ = train.load_trained(str(trained_workdir))
-    weights = train.LossWeights.from_config(config.loss)
+    weights = losses.LossWeights.from_config(config.loss)
     plain = evaluation.evaluate_state(config, state, decoder, weights, num_faces=8)
     split = evaluation.evaluate_state(config, state, decoder, weights, num_faces=8,
                                       yaw_split_degrees=20.0)

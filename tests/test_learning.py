@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mofa import facemodel, metrics, train
+from mofa import facemodel, metric_log, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -107,6 +107,6 @@ def test_supervised_training_recovers_the_leading_identity_components(builtin_mo
     assert abs(initial["r2/identity_0"]) < 0.05  # the mean face explains nothing
     assert final["r2/identity_0"] > 0.3, final
     assert final["identity_shape_error_mm"] < 0.92 * initial["identity_shape_error_mm"]
-    log = metrics.read_jsonl(str(tmp_path / "work" / "metrics.jsonl"))
+    log = metric_log.read_jsonl(str(tmp_path / "work" / "metrics.jsonl"))
     shape = [r["loss/model_space_shape"] for r in log if "loss/model_space_shape" in r]
     assert np.mean(shape[-3:]) < 0.8 * shape[0], shape

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from mofa import fitting, losses, render, train
+from mofa import fitting, losses, render
+from mofa.decoder import Decoder
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.data import synthetic
 
@@ -173,12 +174,12 @@ def test_training_objective_is_lowest_at_the_truth(name, builtin_model):
     import importlib
 
     config = importlib.import_module(f"experiments.configs.{name}").get_config()
-    weights = train.LossWeights.from_config(config.loss)
+    weights = losses.LossWeights.from_config(config.loss)
     size = min(config.image_size, 64)  # the terms are resolution-independent
     camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
-    decoder = train.Decoder(face_model=builtin_model, camera=camera)
+    decoder = Decoder(face_model=builtin_model, camera=camera)
     truth, batch = _faces(builtin_model, size)
-    totals = [float(train.objective(_shrunk(truth, s), batch, decoder, weights)[0])
+    totals = [float(losses.objective(_shrunk(truth, s), batch, decoder, weights)[0])
               for s in (1.0, 0.5, 0.0)]
     assert totals[0] < totals[1] < totals[2], totals
     # By a clear margin, not a tie.
@@ -207,6 +208,6 @@ def test_derived_weights_follow_the_noise_model():
         4 * noise.landmark_weight(1.92))
     assert losses.NoiseModel(independent_patches=180.0).prior_weight(1.92) == pytest.approx(
         prior / 2)
-    defaults = train.LossWeights()
+    defaults = losses.LossWeights()
     assert (defaults.prior_identity, defaults.landmark) == (losses.PRIOR_WEIGHT,
                                                              losses.LANDMARK_WEIGHT)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from mofa import metrics
+from mofa import metric_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -55,7 +55,7 @@ def _finish(processes) -> None:
 
 def _curve(workdir) -> dict:
     """step -> loss, the last record of each step (a resumed run repeats none it kept)."""
-    return {r["step"]: r["loss"] for r in metrics.read_jsonl(str(workdir / "metrics.jsonl"))
+    return {r["step"]: r["loss"] for r in metric_log.read_jsonl(str(workdir / "metrics.jsonl"))
             if "loss" in r}
 
 

@@ -1,5 +1,5 @@
-"""Training: losses on analytic cases, data-parallel equivalence, configs (kill-and-resume:
-test_multiprocess.py)."""
+"""Training: the augmentation, data-parallel equivalence, every config end to end
+(kill-and-resume: test_multiprocess.py; the objective: test_losses.py)."""
 
 import functools
 import os
@@ -10,83 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
-from jax.test_util import check_grads
 
-from mofa import losses, metrics, networks, train
-from mofa.code import FaceCode
+from mofa import losses, metric_log, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from experiments.configs import quickstart  # noqa: E402
-
-
-def tiny_config(**overrides):
-    config = quickstart.get_config()
-    config.image_size = 32
-    config.encoder.width = 8
-    config.batch_size = 8
-    config.num_steps = 4
-    config.log_every = 1
-    config.image_every = 1000
-    config.checkpoint_every = 2
-    config.eval_batches = 1
-    config.eval_batch_size = 8
-    config.progress = False
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return config
-
-
-@pytest.mark.parametrize("backbone", ["resnet18", "alexnet"])
-def test_encoder_head_starts_at_the_neutral_code(builtin_model, backbone):
-    """With and without the landmark heatmaps and exposure inputs: zero head, neutral code."""
-    model = builtin_model
-    images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
-    for extras in ({}, {"num_landmarks": 68, "exposure_inputs": True}):
-        encoder = networks.FaceEncoder(backbone=backbone, output_size=networks.code_size(model),
-                                       width=8, **extras)
-        variables = encoder.init(jax.random.key(1), images, train=False)
-        raw, sown = encoder.apply(variables, images, train=False, mutable=["intermediates"])
-        code = networks.decode_head(raw, model)
-        neutral = FaceCode.neutral(model, (2,))
-        for a, b in zip(jax.tree.leaves(code), jax.tree.leaves(neutral)):
-            np.testing.assert_allclose(a, b, atol=0.05)
-        if extras:
-            (points,) = sown["intermediates"]["landmarks"]
-            assert points.shape == (2, 68, 2)
-            assert np.all((points > 0) & (points < 32))
-        else:
-            assert "intermediates" not in sown or not sown["intermediates"]
-    with pytest.raises(ValueError, match="head output"):
-        networks.decode_head(jnp.zeros((2, 5)), model)
-
-
-def test_soft_argmax_finds_the_peak_cell_centre_and_interpolates():
-    size, h, w = 64.0, 8, 4
-    peaks = [(0, 0), (7, 3), (2, 1)]  # (row, column)
-    logits = np.full((1, h, w, len(peaks)), -50.0, np.float32)
-    for k, (r, c) in enumerate(peaks):
-        logits[0, r, c, k] = 50.0
-    points = np.asarray(networks.soft_argmax(jnp.asarray(logits), size))[0]
-    for (r, c), (x, y) in zip(peaks, points):
-        np.testing.assert_allclose([x, y], [(c + 0.5) * size / w, (r + 0.5) * size / h],
-                                   atol=1e-3)
-    # Equal mass on two neighbouring cells: their midpoint (below the cell size).
-    two = np.full((1, h, w, 1), -50.0, np.float32)
-    two[0, 3, 1, 0] = two[0, 3, 2, 0] = 10.0
-    np.testing.assert_allclose(networks.soft_argmax(jnp.asarray(two), size)[0, 0],
-                               [2 * size / w, 3.5 * size / h], atol=1e-3)
-    # Uniform heatmaps point at the image centre; the map is differentiable.
-    np.testing.assert_allclose(networks.soft_argmax(jnp.zeros((2, h, w, 5)), size),
-                               size / 2, atol=1e-4)
-    check_grads(lambda x: networks.soft_argmax(x, size),
-                              (jax.random.normal(jax.random.key(0), (2, h, w, 3)),),
-                              order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+from conftest import tiny_config  # noqa: E402
 
 
 def test_augmentation_scales_photo_and_light_together(builtin_model):
@@ -117,7 +47,7 @@ def test_data_parallel_step_equals_single_device():
     assert jax.device_count() == 8
     config = tiny_config()
     decoder = train.make_decoder(config)
-    weights = train.LossWeights.from_config(config.loss)
+    weights = losses.LossWeights.from_config(config.loss)
     from mofa.data import sources
 
     batch = sources.make_source(config, decoder.face_model).batch(0, 8)
@@ -148,7 +78,7 @@ def test_quickstart_trains_end_to_end_and_writes_outputs(tmp_path):
     config = tiny_config(num_steps=3, image_every=3)
     results = train.train_and_evaluate(config, str(tmp_path))
     assert np.isfinite(results["vertex_error_mm_mean"]) and results["landmark_nme"] > 0
-    log = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    log = metric_log.read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     assert os.path.exists(tmp_path / "images" / "step_0000003.png")
     assert os.path.exists(tmp_path / "eval.json")
@@ -177,7 +107,7 @@ def test_synthetic_supervised_config_takes_a_step(tmp_path):
             config[key] = value
     config.num_steps = 1
     results = train.train_and_evaluate(config, str(tmp_path))
-    log = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+    log = [r for r in metric_log.read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
     assert log[0]["loss/model_space"] > 0 and np.isfinite(results["pose_error_deg"])
 
 
@@ -207,7 +137,7 @@ def test_mofa_folder_config_takes_a_step_on_photos(builtin_model, tmp_path):
     config.data.path = str(photos)
     results = train.train_and_evaluate(config, str(tmp_path / "work"))
     assert np.isfinite(results["photometric_error"])
-    log = metrics.read_jsonl(str(tmp_path / "work" / "metrics.jsonl"))
+    log = metric_log.read_jsonl(str(tmp_path / "work" / "metrics.jsonl"))
     assert log[0]["step"] == 1 and np.isfinite(log[0]["loss/landmark"])
 
 
@@ -239,19 +169,6 @@ def test_mofa_celeba_config_takes_a_step_on_mock_tfds(tmp_path, monkeypatch):
     with tfds.testing.mock_data(num_examples=16):
         results = train.train_and_evaluate(config, str(tmp_path))
     assert np.isfinite(results["photometric_error"])
-
-
-def test_code_fields_are_the_dataclass_fields_and_round_trip_through_a_batch(builtin_model):
-    import dataclasses
-
-    from mofa.code import FIELDS, random_code
-
-    assert FIELDS == tuple(f.name for f in dataclasses.fields(FaceCode))
-    code = random_code(builtin_model, jax.random.key(0), (2,))
-    batch = {f"code/{k}": v for k, v in code.as_dict().items()}
-    again = FaceCode.from_batch(batch)
-    for field in FIELDS:
-        np.testing.assert_array_equal(getattr(again, field), getattr(code, field))
 
 
 def test_every_config_names_a_task_the_launcher_runs():

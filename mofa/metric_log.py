@@ -1,4 +1,4 @@
-"""Metric writers: TensorBoard event files (tensorboardX), a JSON-lines log and logging.
+"""The metric log of a run: writers to TensorBoard event files (tensorboardX), a JSON-lines log and logging.
 
 clu's writers import TensorFlow at import time; mofa does not depend on
 TensorFlow, so this small writer with the same methods (write_scalars,
@@ -67,39 +67,3 @@ class MetricWriter:
 def read_jsonl(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def plot_curves(records: list[dict], keys: list[str], path: str, title: str = "") -> None:
-    """Writes a PNG with one panel per metric key: value vs step (from `read_jsonl`).
-
-    A key's records without the key are skipped; a baseline dashed line marks its
-    value at step 0 (the untrained encoder: the mean face) where there is one.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    present = [k for k in keys if any(k in r for r in records)]
-    if not present:
-        raise ValueError(f"none of {keys} is in the metric records")
-    columns = min(3, len(present))
-    rows = -(-len(present) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
-    for ax, key in zip(axes.ravel(), present):
-        points = sorted((r["step"], r[key]) for r in records if key in r)
-        steps, values = zip(*points)
-        ax.plot(steps, values, marker="o" if len(points) < 30 else None, ms=3)
-        if steps[0] == 0:
-            ax.axhline(values[0], color="gray", ls="--", lw=0.8)
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(present):]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
