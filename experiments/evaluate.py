@@ -13,7 +13,7 @@ import os
 
 from absl import app, flags
 
-from mofa import evaluation
+from mofa import evaluation, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdir/quickstart", "Holds checkpoints/ of the trained run.")
@@ -25,8 +25,8 @@ flags.DEFINE_float("yaw_split", None, "Also report every metric for faces whose 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    results = evaluation.evaluate_checkpoint(FLAGS.workdir, num_batches=FLAGS.eval_batches,
-                                             yaw_split_degrees=FLAGS.yaw_split)
+    results = train.evaluate_checkpoint(FLAGS.workdir, num_batches=FLAGS.eval_batches,
+                                        yaw_split_degrees=FLAGS.yaw_split)
     evaluation.write_json(os.path.join(FLAGS.workdir, "eval.json"), results)
     print(json.dumps(results, indent=2, sort_keys=True))
 

@@ -33,12 +33,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from mofa import evaluation
+    from mofa import evaluation, train
 
     if args.mode == "synthetic":
-        results = evaluation.evaluate_checkpoint(args.checkpoint, num_faces=args.num_faces,
-                                                 face_model=args.face_model,
-                                                 yaw_split_degrees=args.yaw_split)
+        results = train.evaluate_checkpoint(args.checkpoint, num_faces=args.num_faces,
+                                            face_model=args.face_model,
+                                            yaw_split_degrees=args.yaw_split)
         out = args.out or os.path.join(args.checkpoint, "eval_synthetic.json")
     else:
         from mofa import scan_eval

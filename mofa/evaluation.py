@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mofa import corrective, facemodel, geometry, losses, render
+from mofa import facemodel, geometry, losses, render
 from mofa.code import FaceCode
 from mofa.render import camera as camera_lib
 from mofa.render import sh
@@ -186,29 +186,14 @@ def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
             "translation_error_mm": centroid_error}
 
 
-def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
-                        num_batches: int | None = None, face_model: str | None = None,
-                        yaw_split_degrees: float | None = None) -> dict:
-    """`evaluate_state` of a training workdir's latest checkpoint on synthetic test faces
-    (rendered ones where it trained on photos); adds "step" and "face_model"."""
-    from mofa import train
-
-    if num_faces is not None and num_faces < 1:
-        raise ValueError(f"num_faces={num_faces}: must be at least 1")
-    config, state, decoder, step = train.load_trained(workdir)
-    if config.data.source not in ("synthetic", "synthetic_tfds"):
-        config.data.source = "synthetic"  # trained on photos: test on rendered faces
-    results = evaluate_state(config, state, decoder, losses.LossWeights.from_config(config.loss),
-                             num_batches=num_batches, num_faces=num_faces,
-                             face_model=face_model, yaw_split_degrees=yaw_split_degrees)
-    results.update(step=step, face_model=face_model or config.face_model)
-    return results
-
-
-def evaluate_state(config, state, decoder, weights, num_batches: int | None = None, *,
-                   num_faces: int | None = None, face_model: str | None = None,
-                   yaw_split_degrees: float | None = None) -> dict:
+def evaluate_predictions(config, predict, decoder, num_batches: int | None = None, *,
+                         num_faces: int | None = None, face_model: str | None = None,
+                         yaw_split_degrees: float | None = None) -> dict:
     """Averages `reconstruction_errors` over the synthetic test split of `config`.
+
+    predict(batch) -> (FaceCode, RenderOutput, shape offset (B, V, 3) mm or None): a
+    method's reconstruction of a batch (a trained encoder: `train.predictor`); decoder:
+    its face model and camera.
 
     num_faces: evaluate that many test faces (default: `num_batches` batches);
     face_model: SPEC of another face model whose synthetic faces to evaluate on
@@ -219,7 +204,6 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
     "NAME/yaw>S"), e.g. inside / outside the training prior's pose range.
     """
     from mofa.data import sources
-    from mofa.train import eval_step
 
     face_model = face_model or config.data.get("face_model") or None
     data_model = decoder.face_model
@@ -236,18 +220,13 @@ def evaluate_state(config, state, decoder, weights, num_batches: int | None = No
         batch_size = min(batch_size, num_faces)
         num_batches = -(-num_faces // batch_size)
     num_batches = num_batches or config.get("eval_batches", 4)
-    step = jax.jit(functools.partial(eval_step, weights=weights))
     errors = jax.jit(functools.partial(reconstruction_errors, decoder.face_model, decoder.camera,
                                        vertex_errors=not cross_model))
     totals: dict = {}
     codes: dict = {"predicted": {}, "truth": {}}
     for i in range(num_batches):
         batch = jax.tree.map(jnp.asarray, source.batch(i, batch_size))
-        _, aux = step(state, batch, decoder)
-        code, out = aux["code"], aux["render"]
-        offset = None
-        if aux["corrective"] is not None:
-            offset = corrective.corrections(state.params["corrective"], aux["corrective"])[0]
+        code, out, offset = predict(batch)
         if "code/rotation" in batch:
             target = FaceCode.from_batch(batch)
             values = errors(code, target, batch["image"], batch["landmarks"], out, offset)

@@ -301,6 +301,46 @@ def run_steps(config: ml_collections.ConfigDict, state, step_fn, source, paralle
     return state
 
 
+def predictor(state: TrainState, decoder: Decoder, weights: LossWeights):
+    """The trained encoder's reconstruction of a batch, jitted, as evaluation wants it:
+    batch -> (FaceCode, RenderOutput, corrective shape offset (B, V, 3) or None)."""
+
+    @jax.jit
+    def predict(state, decoder, batch):
+        _, aux = eval_step(state, batch, decoder, weights)
+        offset = None
+        if aux["corrective"] is not None:
+            offset = corrective.corrections(state.params["corrective"], aux["corrective"])[0]
+        return aux["code"], aux["render"], offset
+
+    return lambda batch: predict(state, decoder, batch)
+
+
+def evaluate_state(config, state: TrainState, decoder: Decoder, weights: LossWeights,
+                   num_batches: int | None = None, **options) -> dict:
+    """`evaluation.evaluate_predictions` of a trained state (options: num_faces,
+    face_model, yaw_split_degrees)."""
+    return evaluation.evaluate_predictions(config, predictor(state, decoder, weights), decoder,
+                                           num_batches, **options)
+
+
+def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
+                        num_batches: int | None = None, face_model: str | None = None,
+                        yaw_split_degrees: float | None = None) -> dict:
+    """`evaluate_state` of a training workdir's latest checkpoint on synthetic test faces
+    (rendered ones where it trained on photos); adds "step" and "face_model"."""
+    if num_faces is not None and num_faces < 1:
+        raise ValueError(f"num_faces={num_faces}: must be at least 1")
+    config, state, decoder, step = load_trained(workdir)
+    if config.data.source not in ("synthetic", "synthetic_tfds"):
+        config.data.source = "synthetic"  # trained on photos: test on rendered faces
+    results = evaluate_state(config, state, decoder, losses.LossWeights.from_config(config.loss),
+                             num_batches=num_batches, num_faces=num_faces,
+                             face_model=face_model, yaw_split_degrees=yaw_split_degrees)
+    results.update(step=step, face_model=face_model or config.face_model)
+    return results
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=None) -> dict:
     """Trains per `config`, checkpointing to `workdir`; resumes from its last checkpoint.
 
@@ -334,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
 
     if start_step == 0 and config.get("eval_before_training", True):
         # The untrained encoder (mean face, frontal) is the baseline for "it learns".
-        initial = evaluation.evaluate_state(config, local_copy(state), local_copy(decoder),
+        initial = evaluate_state(config, local_copy(state), local_copy(decoder),
                                             weights)
         if is_lead:
             evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
@@ -360,7 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         eval_every = config.get("eval_every", 0)
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < config.num_steps:
             # Learning curves of the test-set metrics (metrics.jsonl, "eval/...").
-            interim = evaluation.evaluate_state(config, local_copy(state), local_copy(decoder),
+            interim = evaluate_state(config, local_copy(state), local_copy(decoder),
                                                 weights)
             writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in interim.items()})
 
@@ -369,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
             state, batch, jax.random.fold_in(train_key, step), decoder),
         source, parallel, checkpoints, writer, start_step, after_step=after_step)
 
-    results = evaluation.evaluate_state(config, local_copy(state), local_copy(decoder), weights)
+    results = evaluate_state(config, local_copy(state), local_copy(decoder), weights)
     if is_lead:
         writer.write_scalars(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
         evaluation.write_json(os.path.join(workdir, "eval.json"), results)

@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -12,6 +13,7 @@ sys.path.insert(0, REPO)
 from conftest import tiny_config  # noqa: E402
 
 
+@pytest.mark.slow
 def test_bootstrap_config_runs_two_rounds(tmp_path):
     from experiments.configs import bootstrap as bootstrap_config
     from mofa import bootstrap

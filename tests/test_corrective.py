@@ -139,6 +139,7 @@ def test_corrective_gradients(builtin_model, operators):
     check_grads(regularized, (space, coefficients), **tolerances)
 
 
+@pytest.mark.slow
 def test_multilevel_config_trains_the_bases_end_to_end(ict_dir, tmp_path):
     config = tiny_multilevel(num_steps=2)  # step 0 has learning rate 0 (warmup)
     config.data.face_model = f"ict:{ict_dir}"

@@ -215,6 +215,7 @@ def test_detail_mesh_exports_one_vertex_per_meshed_pixel(tmp_path, batch):
     assert np.mean(mesh.face_normals[:, 2] > 0) > 0.9
 
 
+@pytest.mark.slow
 def test_train_detail_runs_both_phases_and_resumes(tmp_path):
     def tiny(module, **extra):
         config = module.get_config()
@@ -289,6 +290,7 @@ def test_coarse_codes_are_estimated_once_per_face_and_kept(builtin_model, tmp_pa
     assert changed.faces == 3
 
 
+@pytest.mark.slow
 def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tmp_path):
     pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
     from PIL import Image

@@ -211,7 +211,7 @@ def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir,
     config, state, decoder, _ = train.load_trained(str(trained_workdir))
     # Any other model: the builtin one under another name exercises the cross-model path.
     monkeypatch.setattr(evaluation.facemodel, "load", lambda spec: builtin_model)
-    results = evaluation.evaluate_state(config, state, decoder,
+    results = train.evaluate_state(config, state, decoder,
                                         losses.LossWeights.from_config(config.loss),
                                         num_faces=2, face_model="other:model")
     assert "vertex_error_mm_mean" not in results
@@ -221,8 +221,8 @@ def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir,
 def test_yaw_split_averages_each_side_of_the_split(trained_workdir):
     config, state, decoder, _ = train.load_trained(str(trained_workdir))
     weights = losses.LossWeights.from_config(config.loss)
-    plain = evaluation.evaluate_state(config, state, decoder, weights, num_faces=8)
-    split = evaluation.evaluate_state(config, state, decoder, weights, num_faces=8,
+    plain = train.evaluate_state(config, state, decoder, weights, num_faces=8)
+    split = train.evaluate_state(config, state, decoder, weights, num_faces=8,
                                       yaw_split_degrees=20.0)
     near, far = split["num_faces/yaw<=20"], split["num_faces/yaw>20"]
     assert near + far == 8 and near > 0 and far > 0  # prior yaw is uniform in +-35 degrees

@@ -66,6 +66,7 @@ def _assert_same_curve(got: dict, expected: dict) -> None:
         assert loss == pytest.approx(expected[step], rel=2e-5), step
 
 
+@pytest.mark.slow
 def test_two_processes_train_kill_resume_and_hand_over_to_one(tmp_path):
     reference = _launch(tmp_path / "reference", 8)
     _finish([reference])

@@ -36,6 +36,7 @@ def renders(builtin_model):
     return faces, batch["landmarks"], frames, turning_landmarks
 
 
+@pytest.mark.slow
 # imageio-ffmpeg runs ffmpeg through subprocess (fork + exec at once): harmless here.
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
@@ -222,6 +223,7 @@ def test_reconstruct_with_a_checkpoint(renders, tmp_path):
     assert cli.main(args + ["--image-size", "64"]) == 1  # the checkpoint's size is fixed
 
 
+@pytest.mark.slow
 def test_reconstruct_with_detail_writes_the_refined_depth_normals_and_mesh(renders, tmp_path,
                                                                             capsys):
     pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")

@@ -74,6 +74,7 @@ def test_data_parallel_step_equals_single_device():
 # --- end to end ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_quickstart_trains_end_to_end_and_writes_outputs(tmp_path):
     config = tiny_config(num_steps=3, image_every=3)
     results = train.train_and_evaluate(config, str(tmp_path))
