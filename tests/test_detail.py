@@ -13,7 +13,7 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from mofa import detail, export, train
+from mofa import detail, export, trainer
 from mofa.render import Camera
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,7 +140,7 @@ def _state(tx=optax.adam(1e-3), width=4):
     net = detail.FineNet(width=width, depth=1)  # shallow: quick to compile
     params = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, detail.NUM_FEATURES)),
                       jnp.zeros((1, SIZE, SIZE)))["params"]
-    return train.TrainState.create(apply_fn=net.apply, params=params, batch_stats={},
+    return trainer.TrainState.create(apply_fn=net.apply, params=params, batch_stats={},
                                    tx=tx)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from mofa import cli, evaluation, losses, scan_eval, train
+from mofa import cli, evaluation, losses, scan_eval, train, trainer
 from mofa.code import random_code
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +186,7 @@ def trained_workdir(tmp_path_factory):
     (workdir / "config.json").write_text(config.to_json_best_effort())
     decoder = train.make_decoder(config)
     state = train.create_state(config, decoder.face_model, jax.random.key(0))
-    manager = train.checkpoint_manager(str(workdir), config)
+    manager = trainer.checkpoint_manager(str(workdir), config)
     manager.save(2, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()
     manager.close()

@@ -10,7 +10,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from mofa import cli, export, facemodel, images, inference, reconstruct, render
+from mofa import cli, export, facemodel, images, inference, reconstruct, render, trainer
 from mofa.code import FaceCode
 from mofa.data import synthetic
 
@@ -207,7 +207,7 @@ def test_reconstruct_with_a_checkpoint(renders, tmp_path):
     work.mkdir()
     (work / "config.json").write_text(config.to_json_best_effort())
     state = train.create_state(config, train.make_decoder(config).face_model, jax.random.key(0))
-    manager = train.checkpoint_manager(str(work), config)
+    manager = trainer.checkpoint_manager(str(work), config)
     manager.save(1, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()
     manager.close()

@@ -19,7 +19,7 @@ turn a coarse render into a refined depth map, normal map and mesh.
 Modules: `geometry` (depth and image operators), `synthetic` (synthetic detail,
 coarse inputs), `model` (FineNet), `losses` (both phases' losses, the train
 step), `data` (cached coarse codes of photos, the photo source), `evaluation`,
-`training` (`train_detail` on `train.run_steps`), `outputs` (refined depth,
+`training` (`train_detail` on `trainer.run_steps`), `outputs` (refined depth,
 normal maps, meshes). Their public names are importable from `mofa.detail`.
 
 """

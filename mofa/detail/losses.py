@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mofa import losses, train
+from mofa import losses, trainer
 from mofa.render import Camera
 from mofa.detail.geometry import image_laplacian, normals_from_depth, shading_ratio
 from mofa.detail.synthetic import shade, skin_weight
@@ -76,7 +76,7 @@ def detail_losses(params, apply_fn, batch: dict, camera: Camera, weights: Detail
     return total, terms
 
 
-def train_step(state: train.TrainState, batch: dict, camera: Camera, weights: DetailWeights):
+def train_step(state: trainer.TrainState, batch: dict, camera: Camera, weights: DetailWeights):
     """One optimizer step of FineNet; pure."""
     (total, terms), grads = jax.value_and_grad(detail_losses, has_aux=True)(
         state.params, state.apply_fn, batch, camera, weights)

@@ -1,4 +1,4 @@
-"""FineNet's training on `train.run_steps`: its state, checkpoints and `train_detail`."""
+"""FineNet's training on `trainer.run_steps`: its state, checkpoints and `train_detail`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mofa import facemodel, train
+from mofa import facemodel, trainer
 from mofa.detail.synthetic import camera_for
 from mofa.detail.model import FineNet, NUM_FEATURES
 from mofa.detail.losses import DetailWeights, train_step
@@ -18,16 +18,16 @@ from mofa.detail.data import CoarseSource
 from mofa.detail.evaluation import evaluate_photos, evaluate_synthetic
 
 
-def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> train.TrainState:
+def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> trainer.TrainState:
     net = FineNet(width=config.fine.width, depth=config.fine.depth)
     size = config.image_size
     variables = jax.jit(net.init)(key, jnp.zeros((1, size, size, NUM_FEATURES)),
                                   jnp.zeros((1, size, size)))
-    return train.TrainState.create(apply_fn=net.apply, params=variables["params"],
-                                   batch_stats={}, tx=train.make_optimizer(config))
+    return trainer.TrainState.create(apply_fn=net.apply, params=variables["params"],
+                                   batch_stats={}, tx=trainer.make_optimizer(config))
 
 
-def load_detail(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainState, int]:
+def load_detail(workdir: str) -> tuple[ml_collections.ConfigDict, trainer.TrainState, int]:
     """(config, state, step) of the latest checkpoint of a `train_detail` workdir."""
     workdir = os.path.abspath(workdir)
     config_path = os.path.join(workdir, "config.json")
@@ -38,10 +38,10 @@ def load_detail(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainSta
     if "fine" not in config:
         raise ValueError(f"{workdir} is a training workdir without a FineNet (config.fine)")
     state = create_state(config, jax.random.key(config.seed))
-    manager = train.checkpoint_manager(workdir, config)
+    manager = trainer.checkpoint_manager(workdir, config)
     if manager.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-    state, step = train.restore_latest(manager, state)
+    state, step = trainer.restore_latest(manager, state)
     manager.close()
     return config, state, step
 
@@ -65,10 +65,10 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
     weights = DetailWeights.from_config(config.loss)
     model = facemodel.load(config.face_model)
     camera = camera_for(config.image_size)
-    parallel = train.DataParallel.create(config.batch_size)
+    parallel = trainer.DataParallel.create(config.batch_size)
     state = jax.device_put(create_state(config, jax.random.key(config.seed)), parallel.replicated)
-    checkpoints = train.checkpoint_manager(workdir, config)
-    state, start_step = train.restore_latest(checkpoints, state)
+    checkpoints = trainer.checkpoint_manager(workdir, config)
+    state, start_step = trainer.restore_latest(checkpoints, state)
     init_workdir = config.detail.get("init_workdir", "")
     if start_step == 0 and init_workdir:
         _, init_state, _ = load_detail(init_workdir)
@@ -79,10 +79,10 @@ def train_detail(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
                       out_shardings=(parallel.replicated, parallel.replicated))
     writer = metric_log.MetricWriter(workdir, enabled=is_lead)
-    state = train.run_steps(config, state, lambda state, batch, step: step_fn(state, batch, camera),
+    state = trainer.run_steps(config, state, lambda state, batch, step: step_fn(state, batch, camera),
                             source, parallel, checkpoints, writer, start_step, desc="FineNet")
     results = {}
-    params = train.local_copy(state.params)  # each process evaluates alone
+    params = trainer.local_copy(state.params)  # each process evaluates alone
     if config.eval_batches:
         results.update(evaluate_synthetic(model, state.apply_fn, params, config.image_size,
                                           config.eval_batches, config.eval_batch_size,
