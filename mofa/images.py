@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -14,9 +16,12 @@ def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
 
 
-def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
-    x = np.clip(np.asarray(srgb, np.float32), 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, np.power((x + 0.055) / 1.055, 2.4))
+def srgb_to_linear(srgb):
+    """The inverse transfer function, input clipped to [0, 1]: numpy in, numpy out; a JAX
+    array (also traced, inside jit) in, a JAX array out."""
+    xp = jnp if isinstance(srgb, jax.Array) else np
+    x = xp.clip(xp.asarray(srgb, xp.float32), 0.0, 1.0)
+    return xp.where(x <= 0.04045, x / 12.92, xp.power((x + 0.055) / 1.055, 2.4))
 
 
 def to_uint8(srgb: np.ndarray) -> np.ndarray:

@@ -85,11 +85,6 @@ def person_ids(batch_size: int, views_per_person: int) -> np.ndarray:
     return (np.arange(batch_size) // views_per_person).astype(np.int32)
 
 
-def _srgb_to_linear(x):
-    x = jnp.clip(x, 0.0, 1.0)
-    return jnp.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
 def random_backgrounds(key: jax.Array, batch: int, height: int, width: int) -> jax.Array:
     """(B, H, W, 3) linear-RGB backgrounds: a third each (in expectation) of smooth
     two-colour gradients, low-frequency colour noise and flat colours."""
@@ -113,7 +108,7 @@ def random_backgrounds(key: jax.Array, batch: int, height: int, width: int) -> j
     flat = jnp.broadcast_to(c1, (batch, height, width, 3))
     kind = jax.random.randint(keys[6], (batch, 1, 1, 1), 0, 3)
     srgb = jnp.where(kind == 0, gradient, jnp.where(kind == 1, textured, flat))
-    return _srgb_to_linear(srgb)
+    return images.srgb_to_linear(srgb)
 
 
 def random_face_codes(model: FaceModel, key: jax.Array, batch: int,
