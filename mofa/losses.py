@@ -27,11 +27,10 @@ its docstring for the derivation.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-
-from typing import TYPE_CHECKING
 
 from mofa import corrective, facemodel
 from mofa.code import FaceCode

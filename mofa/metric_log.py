@@ -1,4 +1,5 @@
-"""The metric log of a run: writers to TensorBoard event files (tensorboardX), a JSON-lines log and logging.
+"""The metric log of a run: a writer to TensorBoard event files (tensorboardX), a JSON-lines
+log (metrics.jsonl) and logging, and its reader.
 
 clu's writers import TensorFlow at import time; mofa does not depend on
 TensorFlow, so this small writer with the same methods (write_scalars,

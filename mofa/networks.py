@@ -233,17 +233,19 @@ class FaceEncoder(nn.Module):
     def __call__(self, images, train: bool = True):
         if self.backbone not in ENCODERS:
             raise ValueError(f"unknown encoder {self.backbone!r}: expected one of {sorted(ENCODERS)}")
-        # Per-image standardization keeps the encoder indifferent to exposure.
+        # Per-image standardization keeps the backbone indifferent to exposure (with
+        # `exposure_inputs` the head gets it back).
         x = images.astype(self.dtype)
         x = (x - jnp.mean(x, axis=(1, 2, 3), keepdims=True)) * jax.lax.rsqrt(
             jnp.var(x, axis=(1, 2, 3), keepdims=True) + 1e-4)
         features, spatial = ENCODERS[self.backbone](self.dtype, self.width)(x, train=train)
+        features = features.astype(jnp.float32)
         if self.exposure_inputs:
             pixels = images.astype(jnp.float32)
             exposure = jnp.concatenate(
                 [jnp.mean(pixels, axis=(1, 2)),
                  0.5 * jnp.log(jnp.var(pixels, axis=(1, 2)) + 1e-4)], -1)
-            features = jnp.concatenate([features.astype(jnp.float32), exposure], -1)
+            features = jnp.concatenate([features, exposure], -1)
         if self.num_landmarks:
             heatmaps = nn.Conv(self.num_landmarks, (1, 1), dtype=jnp.float32,
                                name="landmark_heatmaps")(spatial)
@@ -252,7 +254,7 @@ class FaceEncoder(nn.Module):
             layout = (points / images.shape[1] - 0.5).reshape(points.shape[0], -1)
             for i in range(2):
                 layout = nn.relu(nn.Dense(LAYOUT_WIDTH, name=f"layout_{i}")(layout))
-            features = jnp.concatenate([features.astype(jnp.float32), layout], -1)
+            features = jnp.concatenate([features, layout], -1)
         raw = nn.Dense(self.output_size, kernel_init=nn.initializers.zeros_init(),
                        dtype=jnp.float32, name="head")(features)
         if any(self.corrective_dims):

@@ -200,9 +200,10 @@ class ReconstructionJob:
             from mofa import detail
             detail.write_detail(folder, self.rec.detail(face["image"], out["depth"], out["mask"]),
                                 out["mask"], self.rec.camera)
-        overlay = images.to_uint8(visualize.shaded_overlay(face["image"], out["mask"], out["normals"]))
+        overlay = images.to_uint8(visualize.shaded_overlay(face["image"], out["mask"],
+                                                           out["normals"]))
         overlay = visualize.draw_landmarks(overlay, [(face["landmarks"], visualize.DETECTED),
-                                            (out["landmarks"], visualize.FITTED)])
+                                                     (out["landmarks"], visualize.FITTED)])
         Image.fromarray(overlay).save(os.path.join(folder, "overlay_crop.png"))
         extra = {
             "source": face["source"], "face_model": model.name,
@@ -370,7 +371,8 @@ class ReconstructionJob:
             k = 0
             for frame, found in pending:
                 for _, crop in found:
-                    overlay = visualize.shaded_overlay(crop["image"], outs["mask"][k], outs["normals"][k])
+                    overlay = visualize.shaded_overlay(crop["image"], outs["mask"][k],
+                                                       outs["normals"][k])
                     frame = _paste(frame, images.to_uint8(overlay), outs["mask"][k], crop)
                     landmarks.append(outs["landmarks"][k] / crop["scale"] + crop["origin"])
                     k += 1
