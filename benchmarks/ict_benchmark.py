@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from mofa import (export, facemodel, images, inference, reconstruct, render,
+from mofa import (export, facemodel, fitting, images, inference, reconstruct, render,
                   scan_eval)
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode, random_code
 
@@ -275,7 +275,7 @@ def main(argv=None) -> None:
     sub.choices["make"].add_argument("--occluders", action="store_true")
     r = sub.choices["run"]
     r.add_argument("--variants", default="ict-mean,ict-placed,ict,builtin-placed,builtin")
-    r.add_argument("--fit-steps", type=int, default=200)
+    r.add_argument("--fit-steps", type=int, default=fitting.DEFAULT_FIT_STEPS)
     r.add_argument("--image-size", type=int, default=128)
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--tag", default="default")

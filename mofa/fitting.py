@@ -5,7 +5,9 @@ The usual coarse-to-fine schedule of model-based fitting:
      from a closed-form estimate: landmark centroid and scale vs the mean face);
   2. shape: pose, identity and expression from the landmarks plus the prior;
   3. appearance: everything, with the dense photometric term added (reflectance
-     and SH illumination only get gradients from it).
+     and SH illumination only get gradients from it); its first
+     `coarse_fraction` of steps on the images at half resolution, where a step
+     costs about half as much and moves the code about as far.
 Each stage is one `jax.lax.scan` of Adam steps, so a whole fit compiles once
 per (batch size, image size, step counts). Faces in a batch are fitted
 independently: every loss is a per-face mean and Adam scales per parameter,
@@ -44,6 +46,16 @@ FIT_NOISE = losses.NoiseModel(photometric_scale=0.05, independent_patches=100.0,
                               landmark_sigma=0.006)
 _FIT_PHOTOMETRIC = 20.0
 _FIT_PRIOR = FIT_NOISE.prior_weight(_FIT_PHOTOMETRIC)  # 5e-3
+# Identity, one per person, is held 2.5x more loosely than the derived prior: on
+# rendered ICT faces a fit started at the true code drifts to a third of its
+# identity under 5e-3 (benchmarks/ict_benchmark.py; README, "Accuracy on rendered
+# ICT faces": 2e-3 and 1e-3 fit shape equally well, 2e-4 worse).
+_FIT_PRIOR_IDENTITY = 0.4 * _FIT_PRIOR
+# The coarse appearance steps' smallest image: 64 px fits nearly as well as 128 px
+# (README), smaller was not measured, so crops under 128 px fit at full size only.
+MIN_COARSE_SIZE = 64
+# Steps of a fit from the mean face (`fit`, `mofa reconstruct`).
+DEFAULT_FIT_STEPS = 400
 # `_landmark_term` is in percent of the image size squared (1e4 x `landmark_alignment`).
 _FIT_LANDMARK = FIT_NOISE.landmark_weight(_FIT_PHOTOMETRIC) / 1e4  # 0.94
 
@@ -60,7 +72,7 @@ class FitOptions:
 
     landmark: float = _FIT_LANDMARK
     photometric: float = _FIT_PHOTOMETRIC
-    prior_identity: float = _FIT_PRIOR
+    prior_identity: float = _FIT_PRIOR_IDENTITY
     prior_expression: float = _FIT_PRIOR
     prior_reflectance: float = _FIT_PRIOR
     lr_rotation: float = 0.02  # rad
@@ -71,6 +83,10 @@ class FitOptions:
     # Of `fit`'s steps (fit_landmarks gives it the rest). Short: with calibrated
     # landmark weights the shape comes mostly from the photometric stage.
     shape_fraction: float = 0.15
+    # Of the appearance stage, run first on 2x2-averaged images (even sizes, from
+    # 2 x MIN_COARSE_SIZE up): as
+    # accurate per step at half the cost (README, "Accuracy on rendered ICT faces").
+    coarse_fraction: float = 2 / 3
 
     def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0
                             ) -> "FitOptions":
@@ -96,7 +112,21 @@ def stage_steps(steps: int, options: FitOptions, photometric: bool) -> dict:
     if not photometric:
         return {"rigid": rigid, "shape": steps - rigid, "appearance": 0}
     shape = int(round(steps * options.shape_fraction))
-    return {"rigid": rigid, "shape": shape, "appearance": steps - rigid - shape}
+    appearance = steps - rigid - shape
+    coarse = int(round(appearance * options.coarse_fraction))
+    return {"rigid": rigid, "shape": shape, "coarse": coarse, "appearance": appearance - coarse}
+
+
+def half_resolution(camera: Camera, images: jax.Array, landmarks: jax.Array):
+    """The camera, images (2x2 means) and landmarks of the same view at half the size:
+    pixel centres sit at +0.5, so every pixel coordinate simply halves."""
+    batch, height, width, channels = images.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"half resolution needs even image sizes, got {height}x{width}")
+    coarse = images.reshape(batch, height // 2, 2, width // 2, 2, channels).mean((2, 4))
+    half = Camera(focal=jnp.asarray(camera.focal) / 2, principal_point=camera.principal_point / 2,
+                  height=height // 2, width=width // 2)
+    return half, coarse, landmarks / 2
 
 
 
@@ -306,7 +336,8 @@ def fit_landmarks(model: FaceModel, camera: Camera, landmarks: jax.Array, weight
 
 @functools.partial(jax.jit, static_argnames=("steps", "options", "fixed"))
 def fit(model: FaceModel, camera: Camera, images: jax.Array, landmarks: jax.Array,
-        landmark_weight: jax.Array, init_code: Optional[FaceCode] = None, steps: int = 200,
+        landmark_weight: jax.Array, init_code: Optional[FaceCode] = None,
+        steps: int = DEFAULT_FIT_STEPS,
         options: FitOptions = FitOptions(), fixed: tuple = (),
         contour: Optional[jax.Array] = None) -> FaceCode:
     """Fits B faces to linear-RGB images (B, H, W, 3) and their 68 landmarks (pixels).
@@ -319,11 +350,20 @@ def fit(model: FaceModel, camera: Camera, images: jax.Array, landmarks: jax.Arra
     if init_code is None:
         init_code = initial_code(model, camera, landmarks, landmark_weight)
     split = stage_steps(steps, options, photometric=True)
+    if (camera.height % 2 or camera.width % 2
+            or min(camera.height, camera.width) < 2 * MIN_COARSE_SIZE):
+        # No half resolution (odd, or below what was measured): all of it at full size.
+        split = {**split, "coarse": 0, "appearance": split["coarse"] + split["appearance"]}
     code = init_code
-    for stage in ("rigid", "shape", "appearance"):
+    for stage in ("rigid", "shape"):
         code = _run_stage(model, camera, options, stage, split[stage], fixed, code, images,
                           landmarks, landmark_weight, contour)
-    return code
+    if split["coarse"]:
+        half, coarse_images, coarse_landmarks = half_resolution(camera, images, landmarks)
+        code = _run_stage(model, half, options, "appearance", split["coarse"], fixed, code,
+                          coarse_images, coarse_landmarks, landmark_weight, contour)
+    return _run_stage(model, camera, options, "appearance", split["appearance"], fixed, code,
+                      images, landmarks, landmark_weight, contour)
 
 
 @jax.jit

@@ -40,7 +40,7 @@ class Reconstructor:
     model: facemodel.FaceModel
     camera: render.Camera
     batch_size: int = 8
-    fit_steps: int = 200
+    fit_steps: int = fitting.DEFAULT_FIT_STEPS
     encoder: Optional[Callable] = None  # images (B, S, S, 3) linear -> FaceCode
     detail: Optional[Callable] = None  # `detail.load_refiner`: per-face FineNet refinement
     # None: `fitting.FitOptions()` with the landmark weight derived from the calibrated
@@ -147,7 +147,8 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
                        warn: Callable[[str], None] = print) -> Reconstructor:
     """A Reconstructor from a training workdir's encoder (`checkpoint`, refined by
     `fit_steps`, default 0) or from a face model alone (fitting from the mean face,
-    default 200 steps). FineNet refinement: set `.detail = detail.load_refiner(WORKDIR,
+    default `fitting.DEFAULT_FIT_STEPS`).
+    FineNet refinement: set `.detail = detail.load_refiner(WORKDIR,
     reconstructor.camera)`."""
     encoder = None
     if checkpoint:
@@ -166,7 +167,7 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
         model = facemodel.load(face_model or "builtin")
         size = image_size or 128
         camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
-    steps = fit_steps if fit_steps is not None else (0 if encoder else 200)
+    steps = fit_steps if fit_steps is not None else (0 if encoder else fitting.DEFAULT_FIT_STEPS)
     if steps < 0 or batch_size < 1:
         raise ValueError(f"fit_steps={steps} must be >= 0 and batch_size={batch_size} >= 1")
     return Reconstructor(model, camera, batch_size=batch_size, fit_steps=steps,

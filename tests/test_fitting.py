@@ -86,6 +86,28 @@ def test_photometric_fit_lowers_the_photometric_error(builtin_model):
     assert np.all(np.asarray(after["landmark_px"]) < 1.0)
 
 
+def test_half_resolution_is_the_same_view(builtin_model):
+    """The coarse appearance steps see the same face: every projected point halves, and
+    the rendered half-size image is the 2x2 mean of the full one wherever all four
+    fine pixels and the coarse pixel lie inside the face."""
+    camera = _camera(64)
+    code = _random_codes(builtin_model, jax.random.key(8), 2)
+    full = render.render_face(builtin_model, code, camera)
+    lm, _ = _landmarks(builtin_model, code, camera)
+    half, images, marks = fitting.half_resolution(camera, full.image, lm)
+    assert (half.height, half.width, images.shape) == (32, 32, (2, 32, 32, 3))
+    np.testing.assert_allclose(np.asarray(marks), np.asarray(
+        fitting.project_landmarks(builtin_model, half, code)), atol=1e-4)
+    coarse = render.render_face(builtin_model, code, half)
+    inside = (np.asarray(full.mask).reshape(2, 32, 2, 32, 2).min((2, 4)) > 0) & (
+        np.asarray(coarse.mask) > 0)
+    assert inside.sum() > 500
+    difference = np.abs(np.asarray(coarse.image) - np.asarray(images))[inside]
+    assert np.median(difference) < 0.01, np.median(difference)
+    with pytest.raises(ValueError, match="even"):
+        fitting.half_resolution(_camera(63), full.image[:, :63, :63], lm)
+
+
 def test_bad_shapes_are_named(builtin_model):
     camera = _camera(32)
     with pytest.raises(ValueError, match="landmarks have shape"):
