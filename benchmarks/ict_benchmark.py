@@ -15,11 +15,16 @@ as NoW-style scans: scans/<stem>.obj (the posed-neutral mesh of the face
 region, model space, mm) and scans/<stem>.txt (its 7 NoW landmarks), plus
 truth.json (yaw per face, codes).
 
-The photos are drawn by mofa's own renderer (`render.render_face`); the
-benchmark therefore shares the renderer's image formation with the fit (same
-SH shading, same rasterizer). What it measures is the fitting pipeline's
-ability to recover shape through a real detector, crop and optimisation, not
-robustness to a different image formation.
+By default the photos are drawn by mofa's own renderer (`render.render_face`),
+so the benchmark shares the fit's image formation (same SH shading, same
+rasterizer): it measures the pipeline's ability to recover shape through a real
+detector, crop and optimisation. `make --renderer open3d` draws them with
+Open3D's Embree ray caster instead (`pip install open3d`; on a bare Linux it
+also needs `apt-get install libusb-1.0-0`): exact ray-triangle hits and their
+own barycentrics, 3x3 supersampling per pixel (anti-aliased edges, as a camera
+integrates over its pixel, where mofa samples pixel centres) and back faces
+seen through the open mouth and eye sockets drawn as a dark interior (mofa
+culls them). Only the Lambertian SH shading formula is shared.
 
 `run` reconstructs the photos in-process with `mofa.reconstruct` (MediaPipe
 detection, crop, fit), then scores every variant with `mofa.scan_eval`'s NoW
@@ -50,6 +55,7 @@ from PIL import Image
 from mofa import (export, facemodel, fitting, images, inference, reconstruct, render,
                   scan_eval)
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode, random_code
+from mofa.render import sh
 
 SIZE = 224
 CROP_RADIUS_MM = 95.0
@@ -97,6 +103,43 @@ def _occlude(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator)
     return np.asarray(canvas)
 
 
+def _ray_traced(model: facemodel.FaceModel, code: FaceCode, camera: render.Camera,
+                background: np.ndarray, supersample: int = 3) -> np.ndarray:
+    """One face (batch 1 code) drawn by Open3D's ray caster: (H, W, 3) linear RGB."""
+    import open3d as o3d
+
+    vertices, albedo = (np.asarray(x[0]) for x in render.face_geometry(model, code))
+    triangles = np.asarray(model.triangles)
+    normals = np.asarray(facemodel.vertex_normals(jnp.asarray(vertices), model.triangles))
+    height, width = camera.height * supersample, camera.width * supersample
+    focal = float(camera.focal) * supersample
+    centre = np.asarray(camera.principal_point) * supersample
+    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    directions = np.stack([(u - centre[0]) / focal, -(v - centre[1]) / focal,
+                           -np.ones_like(u)], -1)
+    rays = np.concatenate([np.zeros_like(directions), directions], -1).astype(np.float32)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)),
+                        o3d.core.Tensor(triangles.astype(np.uint32)))
+    hit = scene.cast_rays(o3d.core.Tensor(rays))
+    ids = hit["primitive_ids"].numpy().astype(np.int64)
+    covered = ids != o3d.t.geometry.RaycastingScene.INVALID_ID
+    ids = np.where(covered, ids, 0)
+    uv = hit["primitive_uvs"].numpy()  # weights of corners 1 and 2
+    weights = np.stack([1.0 - uv[..., 0] - uv[..., 1], uv[..., 0], uv[..., 1]], -1)
+    corners = triangles[ids]  # (H, W, 3)
+    pixel_albedo = np.einsum("hwk,hwkc->hwc", weights, albedo[corners])
+    pixel_normals = np.einsum("hwk,hwkc->hwc", weights, normals[corners])
+    pixel_normals /= np.maximum(np.linalg.norm(pixel_normals, axis=-1, keepdims=True), 1e-9)
+    front = np.sum(pixel_normals * directions, -1) < 0
+    shaded = np.asarray(sh.shade_lambertian(jnp.asarray(pixel_albedo), jnp.asarray(
+        pixel_normals), jnp.asarray(code.illumination[0])[None, None]))
+    interior = 0.04 * pixel_albedo  # inside the mouth or an eye socket: little light
+    big = np.repeat(np.repeat(background, supersample, 0), supersample, 1)
+    image = np.where(covered[..., None], np.where(front[..., None], shaded, interior), big)
+    return image.reshape(camera.height, supersample, camera.width, supersample, 3).mean((1, 3))
+
+
 def make(args) -> None:
     head = _ict(args.ict, "face_and_head")
     face = _ict(args.ict, "face")
@@ -114,7 +157,9 @@ def make(args) -> None:
     for i in range(args.faces):
         one = jax.tree.map(lambda x: x[i:i + 1], code)
         out = draw(head, one, camera, background=background[i:i + 1])
-        photo = images.to_uint8(images.linear_to_srgb(np.clip(np.asarray(out.image[0]), 0, 1)))
+        linear = (np.asarray(out.image[0]) if args.renderer == "mofa" else
+                  _ray_traced(head, one, camera, np.asarray(background[i])))
+        photo = images.to_uint8(images.linear_to_srgb(np.clip(linear, 0, 1)))
         occluded = bool(args.occluders and i % 2 == 1)
         if occluded:
             photo = _occlude(photo, np.asarray(out.landmarks[0]), rng)
@@ -273,6 +318,8 @@ def main(argv=None) -> None:
     sub.choices["make"].add_argument("--faces", type=int, default=50)
     sub.choices["make"].add_argument("--seed", type=int, default=7)
     sub.choices["make"].add_argument("--occluders", action="store_true")
+    sub.choices["make"].add_argument("--renderer", choices=("mofa", "open3d"), default="mofa",
+                                     help="who draws the photos (module docstring)")
     r = sub.choices["run"]
     r.add_argument("--variants", default="ict-mean,ict-placed,ict,builtin-placed,builtin")
     r.add_argument("--fit-steps", type=int, default=fitting.DEFAULT_FIT_STEPS)
