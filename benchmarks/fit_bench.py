@@ -123,9 +123,7 @@ def main():
     parser.add_argument("--faces", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--steps", type=int, default=300)
-    # The README's table ran with 5e-3 for both, the derived prior that expression
-    # still uses (the photometric fit holds identity looser: FitOptions).
-    parser.add_argument("--prior", type=float, default=fitting.FitOptions().prior_expression,
+    parser.add_argument("--prior", type=float, default=fitting.FitOptions().prior_identity,
                         help="mofa's identity/expression prior weight")
     parser.add_argument("--size", type=int, default=256, help="image size, pixels")
     parser.add_argument("--noise", type=float, default=0.0, help="landmark noise std, pixels")

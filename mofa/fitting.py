@@ -46,11 +46,14 @@ FIT_NOISE = losses.NoiseModel(photometric_scale=0.05, independent_patches=100.0,
                               landmark_sigma=0.006)
 _FIT_PHOTOMETRIC = 20.0
 _FIT_PRIOR = FIT_NOISE.prior_weight(_FIT_PHOTOMETRIC)  # 5e-3
-# Identity, one per person, is held 2.5x more loosely than the derived prior: on
-# rendered ICT faces a fit started at the true code drifts to a third of its
-# identity under 5e-3 (benchmarks/ict_benchmark.py; README, "Accuracy on rendered
-# ICT faces": 2e-3 and 1e-3 fit shape equally well, 2e-4 worse).
-_FIT_PRIOR_IDENTITY = 0.4 * _FIT_PRIOR
+# With landmarks weighted by their measured noise (`FitOptions.with_landmark_noise`)
+# identity is held 2.5x more loosely than the derived prior: on rendered ICT faces
+# a fit started at the true code drifts to a third of its identity under 5e-3, and
+# 2e-3 and 1e-3 fit shape equally well, 2e-4 worse. With the uncalibrated landmark
+# weight (which trusts a detector to 0.6% of the crop) the looser prior fits the
+# detector's noise instead: worse, 1.61 -> 1.67 mm (README, "Accuracy on rendered
+# ICT faces").
+CALIBRATED_PRIOR_IDENTITY = 0.4 * _FIT_PRIOR
 # The coarse appearance steps' smallest image: 64 px fits nearly as well as 128 px
 # (README), smaller was not measured, so crops under 128 px fit at full size only.
 MIN_COARSE_SIZE = 64
@@ -72,7 +75,7 @@ class FitOptions:
 
     landmark: float = _FIT_LANDMARK
     photometric: float = _FIT_PHOTOMETRIC
-    prior_identity: float = _FIT_PRIOR_IDENTITY
+    prior_identity: float = _FIT_PRIOR
     prior_expression: float = _FIT_PRIOR
     prior_reflectance: float = _FIT_PRIOR
     lr_rotation: float = 0.02  # rad
@@ -93,10 +96,13 @@ class FitOptions:
         """These options with the landmark weight derived (`FIT_NOISE`) for detector noise
         of `sigma` x crop size per coordinate, of which `independent_fraction` of the
         136 coordinates are independent (a calibrated detector's,
-        `landmark_calibration.LandmarkTable`): correlated errors carry less evidence."""
+        `landmark_calibration.LandmarkTable`): correlated errors carry less evidence.
+        The identity prior becomes `CALIBRATED_PRIOR_IDENTITY`, measured with such
+        weights only."""
         noise = dataclasses.replace(FIT_NOISE, landmark_sigma=sigma)
         weight = noise.landmark_weight(self.photometric) / 1e4 * independent_fraction
-        return dataclasses.replace(self, landmark=weight)
+        return dataclasses.replace(self, landmark=weight,
+                                   prior_identity=CALIBRATED_PRIOR_IDENTITY)
 
     def learning_rates(self) -> dict:
         return {"rotation": self.lr_rotation, "translation": self.lr_translation,
