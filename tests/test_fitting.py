@@ -92,13 +92,14 @@ def test_half_resolution_is_the_same_view(builtin_model):
     fine pixels and the coarse pixel lie inside the face."""
     camera = _camera(64)
     code = _random_codes(builtin_model, jax.random.key(8), 2)
-    full = render.render_face(builtin_model, code, camera)
+    draw = jax.jit(render.render_face)
+    full = draw(builtin_model, code, camera)
     lm, _ = _landmarks(builtin_model, code, camera)
     half, images, marks = fitting.half_resolution(camera, full.image, lm)
     assert (half.height, half.width, images.shape) == (32, 32, (2, 32, 32, 3))
     np.testing.assert_allclose(np.asarray(marks), np.asarray(
-        fitting.project_landmarks(builtin_model, half, code)), atol=1e-4)
-    coarse = render.render_face(builtin_model, code, half)
+        jax.jit(fitting.project_landmarks)(builtin_model, half, code)), atol=1e-4)
+    coarse = draw(builtin_model, code, half)
     inside = (np.asarray(full.mask).reshape(2, 32, 2, 32, 2).min((2, 4)) > 0) & (
         np.asarray(coarse.mask) > 0)
     assert inside.sum() > 500
