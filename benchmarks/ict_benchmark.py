@@ -56,6 +56,7 @@ from mofa import (export, facemodel, fitting, images, inference, reconstruct, re
                   scan_eval)
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode, random_code
 from mofa.render import sh
+from render_bench import camera_rays  # Open3D rays through our pixel centres
 
 SIZE = 224
 CROP_RADIUS_MM = 95.0
@@ -111,13 +112,9 @@ def _ray_traced(model: facemodel.FaceModel, code: FaceCode, camera: render.Camer
     vertices, albedo = (np.asarray(x[0]) for x in render.face_geometry(model, code))
     triangles = np.asarray(model.triangles)
     normals = np.asarray(facemodel.vertex_normals(jnp.asarray(vertices), model.triangles))
-    height, width = camera.height * supersample, camera.width * supersample
-    focal = float(camera.focal) * supersample
-    centre = np.asarray(camera.principal_point) * supersample
-    u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    directions = np.stack([(u - centre[0]) / focal, -(v - centre[1]) / focal,
-                           -np.ones_like(u)], -1)
-    rays = np.concatenate([np.zeros_like(directions), directions], -1).astype(np.float32)
+    rays = camera_rays(camera.width * supersample, float(camera.focal) * supersample,
+                       np.asarray(camera.principal_point) * supersample)  # square images
+    directions = rays[..., 3:]
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)),
                         o3d.core.Tensor(triangles.astype(np.uint32)))

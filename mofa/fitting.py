@@ -86,8 +86,7 @@ class FitOptions:
     # Of `fit`'s steps (fit_landmarks gives it the rest). Short: with calibrated
     # landmark weights the shape comes mostly from the photometric stage.
     shape_fraction: float = 0.15
-    # Of the appearance stage, run first on 2x2-averaged images (even sizes, from
-    # 2 x MIN_COARSE_SIZE up): as
+    # Of the appearance stage, run first on 2x2-averaged images (`coarse_ok`): as
     # accurate per step at half the cost (README, "Accuracy on rendered ICT faces").
     coarse_fraction: float = 2 / 3
 
@@ -110,8 +109,17 @@ class FitOptions:
                 "reflectance": self.lr_code, "illumination": self.lr_illumination}
 
 
-def stage_steps(steps: int, options: FitOptions, photometric: bool) -> dict:
-    """How `steps` splits into the rigid, shape (and appearance) stages."""
+def coarse_ok(camera: Camera) -> bool:
+    """Whether a fit through `camera` runs coarse appearance steps: even sizes whose
+    half is at least MIN_COARSE_SIZE (smaller was not measured)."""
+    return (camera.height % 2 == 0 and camera.width % 2 == 0
+            and min(camera.height, camera.width) >= 2 * MIN_COARSE_SIZE)
+
+
+def stage_steps(steps: int, options: FitOptions, photometric: bool,
+                coarse: bool = False) -> dict:
+    """How `steps` splits into the rigid, shape (and coarse and full-size appearance)
+    stages; `coarse`: whether the image allows coarse steps (`coarse_ok`)."""
     if steps < 0:
         raise ValueError(f"fit steps must be >= 0, got {steps}")
     rigid = int(round(steps * options.rigid_fraction))
@@ -119,7 +127,7 @@ def stage_steps(steps: int, options: FitOptions, photometric: bool) -> dict:
         return {"rigid": rigid, "shape": steps - rigid, "appearance": 0}
     shape = int(round(steps * options.shape_fraction))
     appearance = steps - rigid - shape
-    coarse = int(round(appearance * options.coarse_fraction))
+    coarse = int(round(appearance * options.coarse_fraction)) if coarse else 0
     return {"rigid": rigid, "shape": shape, "coarse": coarse, "appearance": appearance - coarse}
 
 
@@ -355,11 +363,7 @@ def fit(model: FaceModel, camera: Camera, images: jax.Array, landmarks: jax.Arra
     _check_inputs(camera, landmarks, landmark_weight, images)
     if init_code is None:
         init_code = initial_code(model, camera, landmarks, landmark_weight)
-    split = stage_steps(steps, options, photometric=True)
-    if (camera.height % 2 or camera.width % 2
-            or min(camera.height, camera.width) < 2 * MIN_COARSE_SIZE):
-        # No half resolution (odd, or below what was measured): all of it at full size.
-        split = {**split, "coarse": 0, "appearance": split["coarse"] + split["appearance"]}
+    split = stage_steps(steps, options, photometric=True, coarse=coarse_ok(camera))
     code = init_code
     for stage in ("rigid", "shape"):
         code = _run_stage(model, camera, options, stage, split[stage], fixed, code, images,
