@@ -66,7 +66,8 @@ def main(argv):
                           "checkpoint in %s", jax.process_index(), jax.process_count(),
                           FLAGS.workdir)
         raise
-    logging.info("evaluation: %s", results)
+    if results:  # process 0's
+        logging.info("evaluation: %s", results)
 
 
 if __name__ == "__main__":

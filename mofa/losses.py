@@ -305,5 +305,10 @@ def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeight
             [code.identity, coefficients["shape"]], -1)
         terms["identity_consistency"] = corrective.identity_consistency(
             identity, batch["person_id"])
-    total = sum(getattr(weights, name) * value for name, value in terms.items())
+    # Terms of weight zero are reported, not differentiated: a zero-weighted term still
+    # costs its whole backward pass (0 * x is not simplified away for floats).
+    total = sum((getattr(weights, name) * value for name, value in terms.items()
+                 if getattr(weights, name)), jnp.zeros((), jnp.float32))
+    terms = {name: value if getattr(weights, name) else jax.lax.stop_gradient(value)
+             for name, value in terms.items()}
     return total, terms, diagnostics, out

@@ -210,7 +210,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     `config.data`'s, which then serves evaluation only (e.g. `mofa.bootstrap`).
 
     Returns the final evaluation metrics (also written to `workdir/eval.json`; those of
-    the untrained encoder go to `workdir/eval_initial.json`).
+    the untrained encoder go to `workdir/eval_initial.json`). Evaluation runs on one
+    device of process 0 only (every process would score the same test faces); the other
+    processes return an empty dict.
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -234,13 +236,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     checkpoints = checkpoint_manager(workdir, config)
     state, start_step = restore_latest(checkpoints, state)
 
-    if start_step == 0 and config.get("eval_before_training", True):
+    if start_step == 0 and config.eval_before_training and is_lead:
         # The untrained encoder (mean face, frontal) is the baseline for "it learns".
-        initial = evaluate_state(config, local_copy(state), local_copy(decoder),
-                                            weights)
-        if is_lead:
-            evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
-            writer.write_scalars(0, {f"eval/{k}": v for k, v in initial.items()})
+        initial = evaluate_state(config, local_copy(state), local_copy(decoder), weights)
+        evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
+        writer.write_scalars(0, {f"eval/{k}": v for k, v in initial.items()})
 
     if source is None:
         data_model = (facemodel.load(config.data.face_model) if config.data.get("face_model")
@@ -260,10 +260,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
         eval_every = config.get("eval_every", 0)
-        if eval_every and (step + 1) % eval_every == 0 and step + 1 < config.num_steps:
+        if (is_lead and eval_every and (step + 1) % eval_every == 0
+                and step + 1 < config.num_steps):
             # Learning curves of the test-set metrics (metrics.jsonl, "eval/...").
-            interim = evaluate_state(config, local_copy(state), local_copy(decoder),
-                                                weights)
+            interim = evaluate_state(config, local_copy(state), local_copy(decoder), weights)
             writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in interim.items()})
 
     state = run_steps(
@@ -271,8 +271,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
             state, batch, jax.random.fold_in(train_key, step), decoder),
         source, parallel, checkpoints, writer, start_step, after_step=after_step)
 
-    results = evaluate_state(config, local_copy(state), local_copy(decoder), weights)
+    results = {}
     if is_lead:
+        results = evaluate_state(config, local_copy(state), local_copy(decoder), weights)
         writer.write_scalars(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
         evaluation.write_json(os.path.join(workdir, "eval.json"), results)
     writer.close()

@@ -36,7 +36,8 @@ def _launch(workdir, devices: int, *flags: str) -> subprocess.Popen:
          f"--workdir={workdir}", f"--config.num_steps={STEPS}", "--config.image_size=32",
          "--config.encoder.width=8", "--config.batch_size=8", "--config.log_every=1",
          "--config.checkpoint_every=3", "--config.image_every=1000", "--config.eval_batches=1",
-         "--config.eval_batch_size=8", "--config.progress=False", *flags],
+         "--config.eval_batch_size=8", "--config.eval_before_training=False",
+         "--config.progress=False", *flags],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
