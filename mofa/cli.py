@@ -38,7 +38,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.mode == "synthetic":
         results = train.evaluate_checkpoint(args.checkpoint, num_faces=args.num_faces,
                                             face_model=args.face_model,
-                                            yaw_split_degrees=args.yaw_split)
+                                            yaw_split_degrees=args.yaw_split,
+                                            refine_steps=args.refine_steps)
         out = args.out or os.path.join(args.checkpoint, "eval_synthetic.json")
     else:
         from mofa import scan_eval
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="evaluate on this model's faces (default: the trained model)")
     synthetic.add_argument("--num-faces", type=int, default=None,
                            help="test faces (default: the config's eval_batches batches)")
+    synthetic.add_argument("--refine-steps", type=int, default=0,
+                           help="refine the encoder's codes by this many landmark-fit steps "
+                           "to its own heatmap landmarks (train.refine_code; needs the "
+                           "landmark head)")
     synthetic.add_argument("--yaw-split", type=float, default=None,
                            help="also report every metric for faces whose true |yaw| (degrees) "
                            "is at most / above this (e.g. 35, the prior's range)")

@@ -8,6 +8,7 @@ jitted code: it is turned into a static `LossWeights` and array pytrees first.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -17,8 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mofa import (corrective, evaluation, facemodel, images, losses, metric_log, networks, render,
-                  visualize)
+from mofa import (corrective, evaluation, facemodel, fitting, images, losses, metric_log,
+                  networks, render, visualize)
 from mofa.code import DEFAULT_FOV_DEGREES
 from mofa.decoder import Decoder
 from mofa.losses import LossWeights
@@ -61,7 +62,8 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
                           * batch["landmark_weight"]) / jnp.maximum(
                               jnp.sum(batch["landmark_weight"]), 1.0)
     aux = {"code": code, "corrective": coefficients, "render": out,
-           "landmark_error_px": landmark_px, "diagnostics": diagnostics}
+           "landmark_error_px": landmark_px, "diagnostics": diagnostics,
+           "encoder_landmarks": encoder_landmarks}
     return total, (terms, new_batch_stats, aux)
 
 
@@ -163,32 +165,68 @@ def code_encoder(state: TrainState, model: facemodel.FaceModel):
         state.apply_fn(variables, images, train=False), model, space)[0])
 
 
-def predictor(state: TrainState, decoder: Decoder, weights: LossWeights):
+# The encoder's own heatmap landmarks (`config.encoder.landmark_head`) refine its code
+# with the training noise model's detector sigma, a quarter of their 136 coordinates
+# counted as independent (the encoder's errors are correlated, e.g. a shared offset from
+# its pose), and the derived priors of fitting. Measured on two quickstart encoders:
+# counting all of them (or loosening the identity prior) fits their noise into identity.
+REFINE_OPTIONS = dataclasses.replace(
+    fitting.FitOptions().with_landmark_noise(losses.NoiseModel().landmark_sigma,
+                                             independent_fraction=0.25),
+    prior_identity=fitting.FitOptions().prior_identity)
+# The encoder's translation is kept: soft-argmax of immature heatmaps pulls landmarks
+# towards the image centre, which a fit reads as a smaller face, farther away.
+REFINE_FIXED = ("translation",)
+
+
+def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int):
+    """The encoder's code refined by a landmark fit (`fitting.fit_landmarks`: `steps`
+    Adam steps on pose, then identity and expression) to the encoder's own heatmap
+    landmarks (B, 68, 2). The head reads those landmarks only through a small MLP and
+    learns from them slowly, so they are more accurate than its code's landmarks
+    (README, "Quickstart results"); the fit closes that gap without a detector."""
+    weight = jnp.ones(encoder_landmarks.shape[:2], encoder_landmarks.dtype)
+    return fitting.fit_landmarks(decoder.face_model, decoder.camera, encoder_landmarks, weight,
+                                 steps=steps, init_code=code, options=REFINE_OPTIONS,
+                                 fixed=REFINE_FIXED)
+
+
+def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_steps: int = 0):
     """The trained encoder's reconstruction of a batch, jitted, as evaluation wants it:
-    batch -> (FaceCode, RenderOutput, corrective shape offset (B, V, 3) or None)."""
+    batch -> (FaceCode, RenderOutput, corrective shape offset (B, V, 3) or None).
+    refine_steps > 0: the code refined to the encoder's landmarks (`refine_code`)."""
 
     @jax.jit
     def predict(state, decoder, batch):
         _, aux = eval_step(state, batch, decoder, weights)
+        code, out = aux["code"], aux["render"]
+        if refine_steps:
+            if aux["encoder_landmarks"] is None:
+                raise ValueError("refine_steps needs an encoder with the landmark heatmap "
+                                 "head (config.encoder.landmark_head)")
+            code = refine_code(code, aux["encoder_landmarks"], decoder, refine_steps)
+            out = decoder.render(code, state.params.get("corrective"), aux["corrective"],
+                                 background=batch["image"])
         offset = None
         if aux["corrective"] is not None:
             offset = corrective.corrections(state.params["corrective"], aux["corrective"])[0]
-        return aux["code"], aux["render"], offset
+        return code, out, offset
 
     return lambda batch: predict(state, decoder, batch)
 
 
 def evaluate_state(config, state: TrainState, decoder: Decoder, weights: LossWeights,
-                   num_batches: int | None = None, **options) -> dict:
+                   num_batches: int | None = None, refine_steps: int = 0, **options) -> dict:
     """`evaluation.evaluate_predictions` of a trained state (options: num_faces,
-    face_model, yaw_split_degrees)."""
-    return evaluation.evaluate_predictions(config, predictor(state, decoder, weights), decoder,
-                                           num_batches, **options)
+    face_model, yaw_split_degrees; refine_steps: see `predictor`)."""
+    return evaluation.evaluate_predictions(
+        config, predictor(state, decoder, weights, refine_steps), decoder, num_batches,
+        **options)
 
 
 def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
                         num_batches: int | None = None, face_model: str | None = None,
-                        yaw_split_degrees: float | None = None) -> dict:
+                        yaw_split_degrees: float | None = None, refine_steps: int = 0) -> dict:
     """`evaluate_state` of a training workdir's latest checkpoint on synthetic test faces
     (rendered ones where it trained on photos); adds "step" and "face_model"."""
     if num_faces is not None and num_faces < 1:
@@ -198,8 +236,10 @@ def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
         config.data.source = "synthetic"  # trained on photos: test on rendered faces
     results = evaluate_state(config, state, decoder, losses.LossWeights.from_config(config.loss),
                              num_batches=num_batches, num_faces=num_faces,
-                             face_model=face_model, yaw_split_degrees=yaw_split_degrees)
-    results.update(step=step, face_model=face_model or config.face_model)
+                             face_model=face_model, yaw_split_degrees=yaw_split_degrees,
+                             refine_steps=refine_steps)
+    results.update(step=step, face_model=face_model or config.face_model,
+                   refine_steps=refine_steps)
     return results
 
 

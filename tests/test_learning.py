@@ -88,6 +88,12 @@ def test_self_supervised_training_learns_expression_and_landmarks(builtin_model,
     assert final["expression_error_mm"] < 0.75 * initial["expression_error_mm"], (initial, final)
     assert final["landmark_nme"] < 0.85 * initial["landmark_nme"], (initial, final)
     assert final["r2/jawOpen"] > 0.5, final
+    # Its code refined to its own heatmap landmarks (train.refine_code), same test faces:
+    # the face's landmarks move onto them. Measured: NME 0.091 -> 0.089; expression is
+    # not better after 150 steps (5.30 -> 5.42 mm), it is after the quickstart (README).
+    refined = train.evaluate_checkpoint(str(tmp_path / "work"), refine_steps=100)
+    print("refined", refined)
+    assert refined["landmark_nme"] < 0.99 * final["landmark_nme"], (final, refined)
 
 
 @pytest.mark.slow
