@@ -195,8 +195,9 @@ def trained_workdir(tmp_path_factory):
 
 def test_evaluate_synthetic_checkpoint(trained_workdir, capsys):
     assert cli.main(["evaluate", "synthetic", "--checkpoint", str(trained_workdir),
-                     "--num-faces", "2"]) == 0
+                     "--num-faces", "2", "--refine-steps", "4"]) == 0
     results = json.loads((trained_workdir / "eval_synthetic.json").read_text())
+    assert results["refine_steps"] == 4
     for key in ("vertex_error_mm_mean", "vertex_error_mm_median", "landmark_nme",
                 "photometric_error"):
         assert np.isfinite(results[key]) and results[key] > 0
