@@ -27,11 +27,12 @@ from mofa.data import sources
 from mofa.data.synthetic import CodeDistribution, Framing
 
 
-def predict_codes(state, decoder: Decoder, source, num_images: int, batch_size: int
-                  ) -> tuple[FaceCode, FaceCode | None]:
+def predict_codes(state, decoder: Decoder, source, num_images: int, batch_size: int,
+                  refine_steps: int = 0) -> tuple[FaceCode, FaceCode | None]:
     """(the encoder's codes, the true codes or None) on the first `num_images` images of
-    `source` (batch i of `batch_size`); the truth is there for synthetic sources."""
-    encode = train.code_encoder(state, decoder.face_model)
+    `source` (batch i of `batch_size`); the truth is there for synthetic sources.
+    refine_steps: the encoder's own refinement (`train.encode`)."""
+    encode = train.code_encoder(state, decoder, refine_steps)
     predicted, truth = [], []
     for i in range(-(-num_images // batch_size)):
         batch = source.batch(i, batch_size)
@@ -81,8 +82,10 @@ def train_rounds(config, workdir: str) -> list[dict]:
         if r + 1 == rounds:
             break
         _, state, _, _ = train.load_trained(round_dir)
-        codes, _ = predict_codes(state, decoder, unlabeled, num, batch_size)
-        corpus_codes, corpus_truth = predict_codes(state, decoder, corpus, num, batch_size)
+        steps = train.config_refine_steps(config)
+        codes, _ = predict_codes(state, decoder, unlabeled, num, batch_size, steps)
+        corpus_codes, corpus_truth = predict_codes(state, decoder, corpus, num, batch_size,
+                                                   steps)
         error_std = jax.tree.map(lambda p, t: np.std(p - t, axis=0), corpus_codes, corpus_truth)
         distribution = CodeDistribution.fit(codes, prior, config.bootstrap.min_relative_std,
                                             error_std=error_std)

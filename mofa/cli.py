@@ -120,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="evaluate on this model's faces (default: the trained model)")
     synthetic.add_argument("--num-faces", type=int, default=None,
                            help="test faces (default: the config's eval_batches batches)")
-    synthetic.add_argument("--refine-steps", type=int, default=0,
-                           help="refine the encoder's codes by this many landmark-fit steps "
-                           "to its own heatmap landmarks (train.refine_code; needs the "
-                           "landmark head)")
+    synthetic.add_argument("--refine-steps", type=int, default=None,
+                           help="landmark-fit steps refining the encoder's codes to its own "
+                           "heatmap landmarks (train.refine_code; needs the landmark head; "
+                           "default: the checkpoint's config.encoder.refine_steps)")
     synthetic.add_argument("--yaw-split", type=float, default=None,
                            help="also report every metric for faces whose true |yaw| (degrees) "
                            "is at most / above this (e.g. 35, the prior's range)")

@@ -152,7 +152,7 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
     reconstructor.camera)`."""
     encoder = None
     if checkpoint:
-        from mofa.train import code_encoder, load_trained
+        from mofa.train import code_encoder, config_refine_steps, load_trained
 
         config, state, decoder, _ = load_trained(checkpoint, face_model)
         if image_size and image_size != config.image_size:
@@ -162,7 +162,7 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
         if "corrective" in state.params:
             warn("the checkpoint has a corrective level; meshes and codes are exported at "
                  "the 3DMM level")
-        encoder = code_encoder(state, model)
+        encoder = code_encoder(state, decoder, config_refine_steps(config))
     else:
         model = facemodel.load(face_model or "builtin")
         size = image_size or 128

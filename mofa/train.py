@@ -46,16 +46,35 @@ def _augment(batch: dict, key: jax.Array) -> dict:
     return out
 
 
-def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weights: LossWeights,
-                   train: bool = True):
-    """Encodes, renders and scores a batch; returns (total, (terms, new_batch_stats, aux))."""
+def encode(params, batch_stats, apply_fn, images, decoder: Decoder, train: bool = False,
+           refine_steps: int = 0) -> tuple:
+    """The encoder's reading of images (B, S, S, 3): (FaceCode, corrective coefficients or
+    None, its heatmap landmarks (B, 68, 2) or None, new batch stats).
+
+    refine_steps > 0 (`config.encoder.refine_steps`): the code is refined to the
+    encoder's own heatmap landmarks (`refine_code`), a differentiable part of the model
+    in training and evaluation alike."""
     variables = {"params": params, "batch_stats": batch_stats}
     mutable = ["batch_stats", "intermediates"] if train else ["intermediates"]
-    raw, updates = apply_fn(variables, batch["image"], train=train, mutable=mutable)
+    raw, updates = apply_fn(variables, images, train=train, mutable=mutable)
     new_batch_stats = updates["batch_stats"] if train else batch_stats
     space = params.get("corrective")  # the learned corrective bases, if the level is on
     code, coefficients = networks.decode_outputs(raw, decoder.face_model, space)
     (encoder_landmarks,) = updates.get("intermediates", {}).get("landmarks", (None,))
+    if refine_steps:
+        if encoder_landmarks is None:
+            raise ValueError("refine_steps needs an encoder with the landmark heatmap head "
+                             "(config.encoder.landmark_head)")
+        code = refine_code(code, encoder_landmarks, decoder, refine_steps)
+    return code, coefficients, encoder_landmarks, new_batch_stats
+
+
+def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weights: LossWeights,
+                   train: bool = True, refine_steps: int = 0):
+    """Encodes, renders and scores a batch; returns (total, (terms, new_batch_stats, aux))."""
+    code, coefficients, encoder_landmarks, new_batch_stats = encode(
+        params, batch_stats, apply_fn, batch["image"], decoder, train, refine_steps)
+    space = params.get("corrective")
     total, terms, diagnostics, out = losses.objective(code, batch, decoder, weights, space,
                                                       coefficients, encoder_landmarks)
     landmark_px = jnp.sum(jnp.linalg.norm(out.landmarks - batch["landmarks"], axis=-1)
@@ -68,13 +87,13 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, decoder: Decoder,
-               weights: LossWeights):
+               weights: LossWeights, refine_steps: int = 0):
     """One optimizer step; pure. Returns the new state and scalar metrics."""
     batch = _augment(batch, key)
 
     def loss_fn(params):
         return compute_losses(params, state.batch_stats, state.apply_fn, batch, decoder, weights,
-                              train=True)
+                              train=True, refine_steps=refine_steps)
 
     (total, (terms, batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -86,11 +105,13 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, decoder: Decoder,
     return new_state, metrics_
 
 
-def eval_step(state: TrainState, batch: dict, decoder: Decoder, weights: LossWeights):
+def eval_step(state: TrainState, batch: dict, decoder: Decoder, weights: LossWeights,
+              refine_steps: int = 0):
     """Reconstruction of a batch without updates: metrics and the `compute_losses` aux
     (code, corrective coefficients, render)."""
     total, (terms, _, aux) = compute_losses(state.params, state.batch_stats, state.apply_fn,
-                                            batch, decoder, weights, train=False)
+                                            batch, decoder, weights, train=False,
+                                            refine_steps=refine_steps)
     return {"loss": total, **{f"loss/{k}": v for k, v in terms.items()},
             "landmark_error_px": aux["landmark_error_px"]}, aux
 
@@ -156,13 +177,17 @@ def load_trained(workdir: str, face_model: str | None = None):
     return config, state, decoder, step
 
 
-def code_encoder(state: TrainState, model: facemodel.FaceModel):
+def code_encoder(state: TrainState, decoder: Decoder, refine_steps: int = 0):
     """The trained encoder as a jitted function: images (B, S, S, 3) linear RGB -> FaceCode
-    (the 3DMM level; a corrective level's coefficients are dropped)."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    space = state.params.get("corrective")
-    return jax.jit(lambda images: networks.decode_outputs(
-        state.apply_fn(variables, images, train=False), model, space)[0])
+    (the 3DMM level; a corrective level's coefficients are dropped). refine_steps: the
+    encoder's own refinement (`encode`; a training config's `encoder.refine_steps`)."""
+    return jax.jit(lambda images: encode(state.params, state.batch_stats, state.apply_fn,
+                                         images, decoder, refine_steps=refine_steps)[0])
+
+
+def config_refine_steps(config: ml_collections.ConfigDict) -> int:
+    """The encoder's refinement steps of a training config (0 where the key predates it)."""
+    return int(config.encoder.get("refine_steps", 0))
 
 
 # The encoder's own heatmap landmarks (`config.encoder.landmark_head`) refine its code
@@ -174,51 +199,44 @@ REFINE_OPTIONS = dataclasses.replace(
     fitting.FitOptions().with_landmark_noise(losses.NoiseModel().landmark_sigma,
                                              independent_fraction=0.25),
     prior_identity=fitting.FitOptions().prior_identity)
-# The encoder's translation is kept: soft-argmax of immature heatmaps pulls landmarks
-# towards the image centre, which a fit reads as a smaller face, farther away.
-REFINE_FIXED = ("translation",)
 
 
 def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int):
     """The encoder's code refined by a landmark fit (`fitting.fit_landmarks`: `steps`
-    Adam steps on pose, then identity and expression) to the encoder's own heatmap
-    landmarks (B, 68, 2). The head reads those landmarks only through a small MLP and
-    learns from them slowly, so they are more accurate than its code's landmarks
-    (README, "Quickstart results"); the fit closes that gap without a detector."""
+    Adam steps on pose, then identity and expression, unrolled, so differentiable) to
+    the encoder's own heatmap landmarks (B, 68, 2). The head reads those landmarks only
+    through a small MLP and learns from them slowly, so they are more accurate than its
+    code's landmarks; the fit closes that gap without a detector, and in training the
+    losses of the refined code reach the heatmaps and the head through it (README,
+    "Quickstart results")."""
     weight = jnp.ones(encoder_landmarks.shape[:2], encoder_landmarks.dtype)
     return fitting.fit_landmarks(decoder.face_model, decoder.camera, encoder_landmarks, weight,
-                                 steps=steps, init_code=code, options=REFINE_OPTIONS,
-                                 fixed=REFINE_FIXED)
+                                 steps=steps, init_code=code, options=REFINE_OPTIONS)
 
 
 def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_steps: int = 0):
     """The trained encoder's reconstruction of a batch, jitted, as evaluation wants it:
     batch -> (FaceCode, RenderOutput, corrective shape offset (B, V, 3) or None).
-    refine_steps > 0: the code refined to the encoder's landmarks (`refine_code`)."""
+    refine_steps: the encoder's refinement to its own landmarks (`encode`)."""
 
     @jax.jit
     def predict(state, decoder, batch):
-        _, aux = eval_step(state, batch, decoder, weights)
-        code, out = aux["code"], aux["render"]
-        if refine_steps:
-            if aux["encoder_landmarks"] is None:
-                raise ValueError("refine_steps needs an encoder with the landmark heatmap "
-                                 "head (config.encoder.landmark_head)")
-            code = refine_code(code, aux["encoder_landmarks"], decoder, refine_steps)
-            out = decoder.render(code, state.params.get("corrective"), aux["corrective"],
-                                 background=batch["image"])
+        _, aux = eval_step(state, batch, decoder, weights, refine_steps)
         offset = None
         if aux["corrective"] is not None:
             offset = corrective.corrections(state.params["corrective"], aux["corrective"])[0]
-        return code, out, offset
+        return aux["code"], aux["render"], offset
 
     return lambda batch: predict(state, decoder, batch)
 
 
 def evaluate_state(config, state: TrainState, decoder: Decoder, weights: LossWeights,
-                   num_batches: int | None = None, refine_steps: int = 0, **options) -> dict:
+                   num_batches: int | None = None, refine_steps: int | None = None,
+                   **options) -> dict:
     """`evaluation.evaluate_predictions` of a trained state (options: num_faces,
-    face_model, yaw_split_degrees; refine_steps: see `predictor`)."""
+    face_model, yaw_split_degrees; refine_steps: see `encode`, default the config's)."""
+    if refine_steps is None:
+        refine_steps = config_refine_steps(config)
     return evaluation.evaluate_predictions(
         config, predictor(state, decoder, weights, refine_steps), decoder, num_batches,
         **options)
@@ -226,7 +244,8 @@ def evaluate_state(config, state: TrainState, decoder: Decoder, weights: LossWei
 
 def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
                         num_batches: int | None = None, face_model: str | None = None,
-                        yaw_split_degrees: float | None = None, refine_steps: int = 0) -> dict:
+                        yaw_split_degrees: float | None = None,
+                        refine_steps: int | None = None) -> dict:
     """`evaluate_state` of a training workdir's latest checkpoint on synthetic test faces
     (rendered ones where it trained on photos); adds "step" and "face_model"."""
     if num_faces is not None and num_faces < 1:
@@ -239,7 +258,8 @@ def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
                              face_model=face_model, yaw_split_degrees=yaw_split_degrees,
                              refine_steps=refine_steps)
     results.update(step=step, face_model=face_model or config.face_model,
-                   refine_steps=refine_steps)
+                   refine_steps=config_refine_steps(config) if refine_steps is None
+                   else refine_steps)
     return results
 
 
@@ -277,8 +297,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     state, start_step = restore_latest(checkpoints, state)
 
     if start_step == 0 and config.eval_before_training and is_lead:
-        # The untrained encoder (mean face, frontal) is the baseline for "it learns".
-        initial = evaluate_state(config, local_copy(state), local_copy(decoder), weights)
+        # The untrained head's code (mean face, frontal) is the baseline for "it learns";
+        # refined to untrained heatmaps it would be a worse, arbitrary one.
+        initial = evaluate_state(config, local_copy(state), local_copy(decoder), weights,
+                                 refine_steps=0)
         evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
         writer.write_scalars(0, {f"eval/{k}": v for k, v in initial.items()})
 
@@ -286,10 +308,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         data_model = (facemodel.load(config.data.face_model) if config.data.get("face_model")
                       else decoder.face_model)
         source = sources.make_source(config, data_model, split="train")
-    step_fn = jax.jit(functools.partial(train_step, weights=weights), donate_argnums=(0,),
+    refine_steps = config_refine_steps(config)
+    step_fn = jax.jit(functools.partial(train_step, weights=weights, refine_steps=refine_steps),
+                      donate_argnums=(0,),
                       out_shardings=(replicated, replicated))
 
-    image_step = jax.jit(functools.partial(eval_step, weights=weights))
+    image_step = jax.jit(functools.partial(eval_step, weights=weights,
+                                           refine_steps=refine_steps))
 
     def after_step(step: int, state: TrainState, local_batch: dict) -> None:
         if (step + 1) % config.image_every == 0 or step + 1 == config.num_steps:

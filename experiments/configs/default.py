@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.encoder.landmark_head = True
     # Give the head each image's brightness and contrast (`FaceEncoder.exposure_inputs`).
     config.encoder.exposure_inputs = True
+    # > 0: the code is refined by this many landmark-fit steps to the encoder's own
+    # heatmap landmarks, differentiably, in training and evaluation (`train.encode`).
+    config.encoder.refine_steps = 0
 
     # The multi-level model's learned corrective space (`mofa.corrective`): sizes of
     # the corrective shape / albedo coefficients, 0 = off.

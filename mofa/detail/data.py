@@ -95,7 +95,8 @@ class CoarseSource:
             if coarse_config.image_size != config.image_size:
                 raise ValueError(f"CoarseNet {coarse_workdir} works at {coarse_config.image_size}"
                                  f" px, the detail config at {config.image_size} px")
-            self.encoder = train.code_encoder(coarse_state, decoder.face_model)
+            self.encoder = train.code_encoder(coarse_state, decoder,
+                                              train.config_refine_steps(coarse_config))
         self.photos = self.coarse_codes = None
         if self.encoder is not None or fit_steps > 0:
             reconstructor = inference.Reconstructor(
