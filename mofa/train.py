@@ -81,8 +81,7 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
                           * batch["landmark_weight"]) / jnp.maximum(
                               jnp.sum(batch["landmark_weight"]), 1.0)
     aux = {"code": code, "corrective": coefficients, "render": out,
-           "landmark_error_px": landmark_px, "diagnostics": diagnostics,
-           "encoder_landmarks": encoder_landmarks}
+           "landmark_error_px": landmark_px, "diagnostics": diagnostics}
     return total, (terms, new_batch_stats, aux)
 
 
@@ -253,13 +252,14 @@ def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
     config, state, decoder, step = load_trained(workdir)
     if config.data.source not in ("synthetic", "synthetic_tfds"):
         config.data.source = "synthetic"  # trained on photos: test on rendered faces
+    if refine_steps is None:
+        refine_steps = config_refine_steps(config)
     results = evaluate_state(config, state, decoder, losses.LossWeights.from_config(config.loss),
                              num_batches=num_batches, num_faces=num_faces,
                              face_model=face_model, yaw_split_degrees=yaw_split_degrees,
                              refine_steps=refine_steps)
     results.update(step=step, face_model=face_model or config.face_model,
-                   refine_steps=config_refine_steps(config) if refine_steps is None
-                   else refine_steps)
+                   refine_steps=refine_steps)
     return results
 
 
