@@ -19,10 +19,16 @@ jax.config.update("jax_platforms", "cpu")
 # repeat, in this process and in the subprocesses the tests start (the killed-run
 # test, notebooks, the CLI), load the executable instead of compiling it again.
 # Set before the first compilation: JAX decides once whether the cache is used.
+# Under pytest-xdist (`-n 2`) the controller makes the folders and its workers inherit
+# them through the environment, so every worker loads what another compiled.
 _JAX_CACHE = os.environ.get("MOFA_TEST_JAX_CACHE_DIR")
 if not _JAX_CACHE:
     _JAX_CACHE = tempfile.mkdtemp(prefix="mofa-jax-cache-")
     atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+    os.environ["MOFA_TEST_JAX_CACHE_DIR"] = _JAX_CACHE
+if not os.environ.get("MOFA_TEST_CACHE_DIR"):
+    os.environ["MOFA_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="mofa-cache-")
+    atexit.register(shutil.rmtree, os.environ["MOFA_TEST_CACHE_DIR"], ignore_errors=True)
 for _name, _value in (("jax_compilation_cache_dir", _JAX_CACHE),
                       ("jax_persistent_cache_min_compile_time_secs", 0.2)):
     jax.config.update(_name, _value)
@@ -43,9 +49,9 @@ def random_rotation(rng):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _mofa_cache(tmp_path_factory):
+def _mofa_cache():
     """Keeps model caches out of the user's home during tests (built once per session)."""
-    cache = os.environ.get("MOFA_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("mofa_cache"))
+    cache = os.environ["MOFA_TEST_CACHE_DIR"]
     os.environ["MOFA_CACHE_DIR"] = cache
     yield cache
 

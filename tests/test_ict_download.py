@@ -5,6 +5,8 @@ import http.server
 import io
 import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 
@@ -131,13 +133,19 @@ def test_interrupted_download_leaves_no_partial_cache_and_retry_works(server, ca
     assert os.path.isfile(os.path.join(folder, "LICENSE"))
 
 
-def test_killed_download_leftovers_are_removed(server, cache):
-    stale = cache / ".partial-killed"
-    stale.mkdir(parents=True)
-    (stale / "archive").write_bytes(b"half")
+def test_killed_download_leftovers_are_removed_but_running_ones_kept(server, cache):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)  # that process has exited
+    stale = cache / f".partial-{dead_pid}-abc"
+    legacy = cache / ".partial-killed"
+    running = cache / f".partial-{os.getppid()}-xyz"  # a live process's download
+    for folder in (stale, legacy, running):
+        folder.mkdir(parents=True)
+        (folder / "archive").write_bytes(b"half")
     server.routes["/ict.tar.gz"] = _archive(FILES)
     folder = ict.fetch(server.url("/ict.tar.gz"), manifest=MANIFEST, progress=False)
-    assert _cache_entries(cache) == [os.path.basename(folder)]
+    assert _cache_entries(cache) == sorted([os.path.basename(folder), running.name])
 
 
 def test_offline_error_names_the_url_and_the_path_alternative(cache):

@@ -258,10 +258,10 @@ def fetch(url: str | None = None, manifest: dict | None = None, progress: bool =
     if os.path.isfile(os.path.join(final, _NEUTRAL)):
         return final
     os.makedirs(root, exist_ok=True)
-    for stale in os.listdir(root):  # left by a killed download
-        if stale.startswith(".partial-"):
+    for stale in os.listdir(root):  # left by a killed download, not a running one
+        if stale.startswith(".partial-") and not _owner_alive(stale):
             shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
-    work = tempfile.mkdtemp(prefix=".partial-", dir=root)
+    work = tempfile.mkdtemp(prefix=f".partial-{os.getpid()}-", dir=root)
     try:
         archive = os.path.join(work, "archive")
         _download(url, archive, progress)
@@ -276,6 +276,22 @@ def fetch(url: str | None = None, manifest: dict | None = None, progress: bool =
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def _owner_alive(partial: str) -> bool:
+    """Whether the process named in `.partial-<pid>-...` still runs on this host (two
+    processes sharing a cache, such as the workers of one training run, must not remove
+    each other's downloads in flight)."""
+    pid = partial.split("-")[1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _download(url: str, path: str, progress: bool) -> None:
