@@ -39,7 +39,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         results = train.evaluate_checkpoint(args.checkpoint, num_faces=args.num_faces,
                                             face_model=args.face_model,
                                             yaw_split_degrees=args.yaw_split,
-                                            refine_steps=args.refine_steps)
+                                            refine_steps=args.refine_steps,
+                                            fit_steps=args.fit_steps)
         out = args.out or os.path.join(args.checkpoint, "eval_synthetic.json")
     else:
         from mofa import scan_eval
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="landmark-fit steps refining the encoder's codes to its own "
                            "heatmap landmarks (train.refine_code; needs the landmark head; "
                            "default: the checkpoint's config.encoder.refine_steps)")
+    synthetic.add_argument("--fit-steps", type=int, default=None,
+                           help="photometric fit steps after the encoder (train.fit_code; 0 "
+                           "scores the encoder alone; default: the checkpoint's "
+                           "config.encoder.fit_steps)")
     synthetic.add_argument("--yaw-split", type=float, default=None,
                            help="also report every metric for faces whose true |yaw| (degrees) "
                            "is at most / above this (e.g. 35, the prior's range)")

@@ -81,6 +81,7 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
                           * batch["landmark_weight"]) / jnp.maximum(
                               jnp.sum(batch["landmark_weight"]), 1.0)
     aux = {"code": code, "corrective": coefficients, "render": out,
+           "encoder_landmarks": encoder_landmarks,
            "landmark_error_px": landmark_px, "diagnostics": diagnostics}
     return total, (terms, new_batch_stats, aux)
 
@@ -189,6 +190,12 @@ def config_refine_steps(config: ml_collections.ConfigDict) -> int:
     return int(config.encoder.get("refine_steps", 0))
 
 
+def config_fit_steps(config: ml_collections.ConfigDict) -> int:
+    """The test-time photometric fit's steps of a training config (`fit_code`; 0 where
+    the key predates it)."""
+    return int(config.encoder.get("fit_steps", 0))
+
+
 # The encoder's own heatmap landmarks (`config.encoder.landmark_head`) refine its code
 # with the training noise model's detector sigma, a quarter of their 136 coordinates
 # counted as independent (the encoder's errors are correlated, e.g. a shared offset from
@@ -213,10 +220,34 @@ def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int
                                  steps=steps, init_code=code, options=REFINE_OPTIONS)
 
 
-def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_steps: int = 0):
+# Analysis by synthesis at test time (`config.encoder.fit_steps`): the encoder's code as
+# the start of a photometric fit (`fitting.fit`) to the image and the encoder's own
+# landmarks, weighted as in `refine_code`. Every step fits all fields with the dense
+# term: the encoder's pose is already close, and on the quickstart encoder that beat
+# fitting's rigid and landmark-shape stages first (expression 1.80 against 1.88 mm
+# after 150 steps; README, "Quickstart results").
+FIT_OPTIONS = dataclasses.replace(REFINE_OPTIONS, rigid_fraction=0.0, shape_fraction=0.0)
+
+
+def fit_code(code: FaceCode, images: jax.Array, encoder_landmarks: jax.Array,
+             decoder: Decoder, steps: int) -> FaceCode:
+    """The encoder's code fitted to its images (B, S, S, 3) for `steps` photometric
+    steps (`FIT_OPTIONS`), the encoder's heatmap landmarks (B, 68, 2) as the landmark
+    term. Evaluation and inference only: training never differentiates through it."""
+    if encoder_landmarks is None:
+        raise ValueError("fit_steps needs an encoder with the landmark heatmap head "
+                         "(config.encoder.landmark_head)")
+    weight = jnp.ones(encoder_landmarks.shape[:2], encoder_landmarks.dtype)
+    return fitting.fit(decoder.face_model, decoder.camera, images, encoder_landmarks, weight,
+                       init_code=code, steps=steps, options=FIT_OPTIONS)
+
+
+def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_steps: int = 0,
+              fit_steps: int = 0):
     """The trained encoder's reconstruction of a batch, jitted, as evaluation wants it:
     batch -> (FaceCode, RenderOutput, corrective shape offset (B, V, 3) or None).
-    refine_steps: the encoder's refinement to its own landmarks (`encode`)."""
+    refine_steps: the encoder's refinement to its own landmarks (`encode`); fit_steps:
+    then the test-time photometric fit (`fit_code`, the 3DMM level only)."""
 
     @jax.jit
     def predict(state, decoder, batch):
@@ -224,6 +255,13 @@ def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_
         offset = None
         if aux["corrective"] is not None:
             offset = corrective.corrections(state.params["corrective"], aux["corrective"])[0]
+        if fit_steps:
+            if offset is not None:
+                raise ValueError("fit_steps fits the 3DMM code only; the corrective level "
+                                 "(config.corrective) is not supported")
+            code = fit_code(aux["code"], batch["image"], aux["encoder_landmarks"], decoder,
+                            fit_steps)
+            return code, decoder.render(code), None
         return aux["code"], aux["render"], offset
 
     return lambda batch: predict(state, decoder, batch)
@@ -231,20 +269,23 @@ def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_
 
 def evaluate_state(config, state: TrainState, decoder: Decoder, weights: LossWeights,
                    num_batches: int | None = None, refine_steps: int | None = None,
-                   **options) -> dict:
+                   fit_steps: int | None = None, **options) -> dict:
     """`evaluation.evaluate_predictions` of a trained state (options: num_faces,
-    face_model, yaw_split_degrees; refine_steps: see `encode`, default the config's)."""
+    face_model, yaw_split_degrees; refine_steps: see `encode`, fit_steps: see
+    `fit_code`, both default to the config's)."""
     if refine_steps is None:
         refine_steps = config_refine_steps(config)
+    if fit_steps is None:
+        fit_steps = config_fit_steps(config)
     return evaluation.evaluate_predictions(
-        config, predictor(state, decoder, weights, refine_steps), decoder, num_batches,
-        **options)
+        config, predictor(state, decoder, weights, refine_steps, fit_steps), decoder,
+        num_batches, **options)
 
 
 def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
                         num_batches: int | None = None, face_model: str | None = None,
                         yaw_split_degrees: float | None = None,
-                        refine_steps: int | None = None) -> dict:
+                        refine_steps: int | None = None, fit_steps: int | None = None) -> dict:
     """`evaluate_state` of a training workdir's latest checkpoint on synthetic test faces
     (rendered ones where it trained on photos); adds "step" and "face_model"."""
     if num_faces is not None and num_faces < 1:
@@ -254,12 +295,14 @@ def evaluate_checkpoint(workdir: str, num_faces: int | None = None,
         config.data.source = "synthetic"  # trained on photos: test on rendered faces
     if refine_steps is None:
         refine_steps = config_refine_steps(config)
+    if fit_steps is None:
+        fit_steps = config_fit_steps(config)
     results = evaluate_state(config, state, decoder, losses.LossWeights.from_config(config.loss),
                              num_batches=num_batches, num_faces=num_faces,
                              face_model=face_model, yaw_split_degrees=yaw_split_degrees,
-                             refine_steps=refine_steps)
+                             refine_steps=refine_steps, fit_steps=fit_steps)
     results.update(step=step, face_model=face_model or config.face_model,
-                   refine_steps=refine_steps)
+                   refine_steps=refine_steps, fit_steps=fit_steps)
     return results
 
 
@@ -300,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         # The untrained head's code (mean face, frontal) is the baseline for "it learns";
         # refined to untrained heatmaps it would be a worse, arbitrary one.
         initial = evaluate_state(config, local_copy(state), local_copy(decoder), weights,
-                                 refine_steps=0)
+                                 refine_steps=0, fit_steps=0)
         evaluation.write_json(os.path.join(workdir, "eval_initial.json"), initial)
         writer.write_scalars(0, {f"eval/{k}": v for k, v in initial.items()})
 
@@ -324,11 +367,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
                 sheet = visualize.contact_sheet(local_batch, jax.device_get(aux["render"]))
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
+
         eval_every = config.get("eval_every", 0)
         if (is_lead and eval_every and (step + 1) % eval_every == 0
                 and step + 1 < config.num_steps):
             # Learning curves of the test-set metrics (metrics.jsonl, "eval/...").
-            interim = evaluate_state(config, local_copy(state), local_copy(decoder), weights)
+            interim = evaluate_state(config, local_copy(state), local_copy(decoder), weights,
+                                     fit_steps=0)
             writer.write_scalars(step + 1, {f"eval/{k}": v for k, v in interim.items()})
 
     state = run_steps(
@@ -338,8 +383,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
 
     results = {}
     if is_lead:
-        results = evaluate_state(config, local_copy(state), local_copy(decoder), weights)
-        writer.write_scalars(config.num_steps, {f"eval/{k}": v for k, v in results.items()})
+        # The learning curves ("eval/...") follow the encoder alone; with a test-time fit
+        # (`fit_code`) eval.json scores the encoder and the fit, eval_encoder.json the
+        # encoder alone, and the curves end with both ("eval_fitted/..."). Contact sheets
+        # of the first test faces show either.
+        def final_evaluation(fit_steps: int, name: str) -> dict:
+            predict = predictor(local_copy(state), local_copy(decoder), weights,
+                                config_refine_steps(config), fit_steps)
+            first = []
+
+            def keep_first(batch):
+                out = predict(batch)
+                if not first:
+                    first.append(visualize.contact_sheet(batch, jax.device_get(out[1])))
+                return out
+
+            summary = evaluation.evaluate_predictions(config, keep_first, local_copy(decoder))
+            images.save_png(os.path.join(workdir, "images", f"test_{name}.png"), first[0])
+            return summary
+
+        fit_steps = config_fit_steps(config)
+        encoder_only = final_evaluation(0, "encoder")
+        writer.write_scalars(config.num_steps, {f"eval/{k}": v for k, v in encoder_only.items()})
+        results = encoder_only
+        if fit_steps:
+            evaluation.write_json(os.path.join(workdir, "eval_encoder.json"), encoder_only)
+            results = final_evaluation(fit_steps, "fitted")
+            writer.write_scalars(config.num_steps,
+                                 {f"eval_fitted/{k}": v for k, v in results.items()})
         evaluation.write_json(os.path.join(workdir, "eval.json"), results)
     writer.close()
     return results

@@ -114,6 +114,7 @@ def tiny_config(**overrides):
     config.eval_batches = 1
     config.eval_batch_size = 8
     config.progress = False
+    config.encoder.fit_steps = 0  # the test-time fit: where a test asks for it
     for key, value in overrides.items():
         target = config
         *parents, leaf = key.split(".")

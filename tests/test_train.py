@@ -2,6 +2,7 @@
 (kill-and-resume: test_multiprocess.py; the objective: test_losses.py)."""
 
 import functools
+import json
 import os
 import sys
 
@@ -76,13 +77,23 @@ def test_data_parallel_step_equals_single_device():
 
 @pytest.mark.slow
 def test_quickstart_trains_end_to_end_and_writes_outputs(tmp_path):
-    config = tiny_config(num_steps=3, image_every=3)
+    config = tiny_config(num_steps=3, image_every=3, **{"encoder.fit_steps": 4})
     results = train.train_and_evaluate(config, str(tmp_path))
     assert np.isfinite(results["vertex_error_mm_mean"]) and results["landmark_nme"] > 0
     log = metric_log.read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
-    assert os.path.exists(tmp_path / "images" / "step_0000003.png")
-    assert os.path.exists(tmp_path / "eval.json")
+    for name in ("step_0000003.png", "test_encoder.png", "test_fitted.png"):
+        assert os.path.exists(tmp_path / "images" / name)
+    # eval.json: encoder and test-time fit; eval_encoder.json: the encoder alone, which
+    # also ends the learning curves.
+    encoder_only = json.loads((tmp_path / "eval_encoder.json").read_text())
+    assert json.loads((tmp_path / "eval.json").read_text()) == results
+    assert results["photometric_error"] != encoder_only["photometric_error"]
+    final = [r for r in log if "eval/landmark_nme" in r][-1]
+    assert final["step"] == 3 and final["eval/landmark_nme"] == pytest.approx(
+        encoder_only["landmark_nme"])
+    assert [r for r in log if "eval_fitted/landmark_nme" in r][-1][
+        "eval_fitted/landmark_nme"] == pytest.approx(results["landmark_nme"])
     assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "3"
     restored_config, state, _, step = train.load_trained(str(tmp_path))
     assert step == 3 and restored_config.image_size == config.image_size

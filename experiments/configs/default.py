@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0: the code is refined by this many landmark-fit steps to the encoder's own
     # heatmap landmarks, differentiably, in training and evaluation (`train.encode`).
     config.encoder.refine_steps = 0
+    # > 0: evaluation and inference then fit the code photometrically to the image for
+    # this many steps (analysis by synthesis at test time, `train.fit_code`); training
+    # never runs it. eval.json scores encoder and fit, eval_encoder.json the encoder.
+    config.encoder.fit_steps = 0
 
     # The multi-level model's learned corrective space (`mofa.corrective`): sizes of
     # the corrective shape / albedo coefficients, 0 = off.

@@ -12,6 +12,7 @@ def get_config():
     config.image_size = 64
     config.encoder.width = 32
     config.encoder.refine_steps = 30  # README, "Quickstart results"
+    config.encoder.fit_steps = 150  # at evaluation; README, "Quickstart results"
     config.batch_size = 16
     config.num_steps = 1400
     config.learning_rate = 1e-3
