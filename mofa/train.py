@@ -20,7 +20,7 @@ import optax
 
 from mofa import (corrective, evaluation, facemodel, fitting, images, losses, metric_log,
                   networks, render, visualize)
-from mofa.code import DEFAULT_FOV_DEGREES
+from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.decoder import Decoder
 from mofa.losses import LossWeights
 from mofa.data import sources
