@@ -2,6 +2,8 @@
 
 python -m experiments.evaluate --workdir=workdir/quickstart
 
+Scores the encoder as its config runs it at evaluation (its landmark refinement
+and test-time fit, `encoder.refine_steps` / `encoder.fit_steps`).
 Prints and writes WORKDIR/eval.json: per-vertex error after similarity alignment
 (mm, mean and median over the face region), landmark NME, photometric error,
 pose (degrees), translation (mm) and illumination errors; with --yaw_split=35

@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training workdir whose encoder gives the first estimate "
                        "(default: fit from the mean face)")
     recon.add_argument("--fit-steps", type=int, default=None,
-                       help="analysis-by-synthesis steps (default 0 with --checkpoint, else "
+                       help="analysis-by-synthesis steps (default with --checkpoint: its "
+                       "config's encoder.fit_steps, 150 for the quickstart; else "
                        "mofa.fitting.DEFAULT_FIT_STEPS: 400)")
     recon.add_argument("--face-model", default=None,
                        help="face model spec (default: the checkpoint's, else builtin)")

@@ -146,13 +146,14 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
                        batch_size: int = 8,
                        warn: Callable[[str], None] = print) -> Reconstructor:
     """A Reconstructor from a training workdir's encoder (`checkpoint`, refined by
-    `fit_steps`, default 0) or from a face model alone (fitting from the mean face,
-    default `fitting.DEFAULT_FIT_STEPS`).
+    `fit_steps`, default its config's test-time fit `encoder.fit_steps`) or from a
+    face model alone (fitting from the mean face, default `fitting.DEFAULT_FIT_STEPS`).
     FineNet refinement: set `.detail = detail.load_refiner(WORKDIR,
     reconstructor.camera)`."""
     encoder = None
+    default_steps = fitting.DEFAULT_FIT_STEPS
     if checkpoint:
-        from mofa.train import code_encoder, config_refine_steps, load_trained
+        from mofa.train import code_encoder, config_fit_steps, config_refine_steps, load_trained
 
         config, state, decoder, _ = load_trained(checkpoint, face_model)
         if image_size and image_size != config.image_size:
@@ -163,11 +164,12 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
             warn("the checkpoint has a corrective level; meshes and codes are exported at "
                  "the 3DMM level")
         encoder = code_encoder(state, decoder, config_refine_steps(config))
+        default_steps = config_fit_steps(config)
     else:
         model = facemodel.load(face_model or "builtin")
         size = image_size or 128
         camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
-    steps = fit_steps if fit_steps is not None else (0 if encoder else fitting.DEFAULT_FIT_STEPS)
+    steps = fit_steps if fit_steps is not None else default_steps
     if steps < 0 or batch_size < 1:
         raise ValueError(f"fit_steps={steps} must be >= 0 and batch_size={batch_size} >= 1")
     return Reconstructor(model, camera, batch_size=batch_size, fit_steps=steps,

@@ -261,7 +261,7 @@ def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_
                                  "(config.corrective) is not supported")
             code = fit_code(aux["code"], batch["image"], aux["encoder_landmarks"], decoder,
                             fit_steps)
-            return code, decoder.render(code), None
+            return code, decoder.render(code, background=batch["image"]), None
         return aux["code"], aux["render"], offset
 
     return lambda batch: predict(state, decoder, batch)

@@ -182,6 +182,7 @@ def trained_workdir(tmp_path_factory):
     config.image_size = 32
     config.encoder.width = 8
     config.eval_batch_size = 4
+    config.encoder.fit_steps = 2  # the test-time fit, cut short
     workdir = tmp_path_factory.mktemp("trained")
     (workdir / "config.json").write_text(config.to_json_best_effort())
     decoder = train.make_decoder(config)
@@ -195,9 +196,9 @@ def trained_workdir(tmp_path_factory):
 
 def test_evaluate_synthetic_checkpoint(trained_workdir, capsys):
     assert cli.main(["evaluate", "synthetic", "--checkpoint", str(trained_workdir),
-                     "--num-faces", "2", "--refine-steps", "4"]) == 0
+                     "--num-faces", "2", "--refine-steps", "4", "--fit-steps", "3"]) == 0
     results = json.loads((trained_workdir / "eval_synthetic.json").read_text())
-    assert results["refine_steps"] == 4
+    assert results["refine_steps"] == 4 and results["fit_steps"] == 3
     for key in ("vertex_error_mm_mean", "vertex_error_mm_median", "landmark_nme",
                 "photometric_error"):
         assert np.isfinite(results[key]) and results[key] > 0

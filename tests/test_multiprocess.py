@@ -39,7 +39,7 @@ def _launch(workdir, devices: int, *flags: str) -> subprocess.Popen:
          "--config.eval_batch_size=8", "--config.eval_before_training=False",
          # The head's code alone: the refinement's unrolled Adam steps amplify the
          # all-reduce's summation-order differences (1.7e-4 relative by step 10).
-         "--config.encoder.refine_steps=0",
+         "--config.encoder.refine_steps=0", "--config.encoder.fit_steps=0",
          "--config.progress=False", *flags],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

@@ -203,6 +203,7 @@ def test_reconstruct_with_a_checkpoint(renders, tmp_path):
     config = quickstart.get_config()
     config.update(image_size=32, checkpoint_every=1)
     config.encoder.width = 8
+    config.encoder.fit_steps = 3  # the test-time fit: reconstruction's default steps
     work = tmp_path / "work"
     work.mkdir()
     (work / "config.json").write_text(config.to_json_best_effort())
@@ -218,7 +219,7 @@ def test_reconstruct_with_a_checkpoint(renders, tmp_path):
             "--out", str(out), "--quiet"]
     assert cli.main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["checkpoint"] and summary["fit_steps"] == 0 and summary["image_size"] == 32
+    assert summary["checkpoint"] and summary["fit_steps"] == 3 and summary["image_size"] == 32
     assert (out / "face_face0" / "mesh.ply").is_file()
     assert cli.main(args + ["--image-size", "64"]) == 1  # the checkpoint's size is fixed
 
