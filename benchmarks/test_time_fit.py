@@ -2,8 +2,9 @@
 
 `--checkpoint WORKDIR`: the encoder's code (as trained, refined to its own
 landmarks) fitted photometrically for `--steps` (`mofa.train.fit_code`), with
-`--rigid-fraction` / `--shape-fraction` / `--lr-illumination` overriding
-`train.FIT_OPTIONS` for ablations, scored on the config's synthetic test faces.
+`--rigid-fraction` / `--shape-fraction` / `--lr-illumination` /
+`--prior-identity` / `--prior-reflectance` overriding `train.FIT_OPTIONS` for
+ablations, scored on the config's synthetic test faces.
 Without `--checkpoint`: the mean face at each test face's *true* pose fitted
 to its exact landmarks, jittered by `--jitter-px` (landmark fit only, the
 refinement's weights): the best a landmark-only method gets. Run by hand:
@@ -35,6 +36,8 @@ def main():
     parser.add_argument("--rigid-fraction", type=float, default=None)
     parser.add_argument("--shape-fraction", type=float, default=None)
     parser.add_argument("--lr-illumination", type=float, default=None)
+    parser.add_argument("--prior-identity", type=float, default=None)
+    parser.add_argument("--prior-reflectance", type=float, default=None)
     parser.add_argument("--jitter-px", type=float, default=0.0)
     parser.add_argument("--batches", type=int, default=4, help="test batches of the config's size")
     args = parser.parse_args()
@@ -43,7 +46,9 @@ def main():
 
     changes = {k: v for k, v in (("rigid_fraction", args.rigid_fraction),
                                  ("shape_fraction", args.shape_fraction),
-                                 ("lr_illumination", args.lr_illumination)) if v is not None}
+                                 ("lr_illumination", args.lr_illumination),
+                                 ("prior_identity", args.prior_identity),
+                                 ("prior_reflectance", args.prior_reflectance)) if v is not None}
     if args.checkpoint:
         config, state, decoder, _ = train.load_trained(args.checkpoint)
         refine = train.config_refine_steps(config)
