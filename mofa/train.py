@@ -225,8 +225,14 @@ def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int
 # landmarks, weighted as in `refine_code`. Every step fits all fields with the dense
 # term: the encoder's pose is already close, and on the quickstart encoder that beat
 # fitting's rigid and landmark-shape stages first (expression 1.80 against 1.88 mm
-# after 150 steps; README, "Quickstart results").
-FIT_OPTIONS = dataclasses.replace(REFINE_OPTIONS, rigid_fraction=0.0, shape_fraction=0.0)
+# after 150 steps). With the dense term's evidence the identity and reflectance priors
+# are the calibrated fit's looser one (`fitting.CALIBRATED_PRIOR_IDENTITY`, where the
+# landmark-only refinement keeps the stricter): on the quickstart and the 128 px
+# supervised encoders alike that lowered identity, light and albedo errors (README,
+# "Quickstart results").
+FIT_OPTIONS = dataclasses.replace(REFINE_OPTIONS, rigid_fraction=0.0, shape_fraction=0.0,
+                                  prior_identity=fitting.CALIBRATED_PRIOR_IDENTITY,
+                                  prior_reflectance=fitting.CALIBRATED_PRIOR_IDENTITY)
 
 
 def fit_code(code: FaceCode, images: jax.Array, encoder_landmarks: jax.Array,
