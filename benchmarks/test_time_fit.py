@@ -20,7 +20,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from mofa import evaluation, fitting, train
+from mofa import evaluation, train
 from mofa.code import FaceCode
 
 METRICS = ("expression_error_mm", "identity_shape_error_mm", "illumination_rmse", "albedo_rmse",
@@ -59,9 +59,8 @@ def main():
             code, _, landmarks, _ = train.encode(state.params, state.batch_stats, state.apply_fn,
                                                  batch["image"], decoder, False, refine)
             if args.steps:
-                weight = jnp.ones(landmarks.shape[:2])
-                code = fitting.fit(decoder.face_model, decoder.camera, batch["image"], landmarks,
-                                   weight, init_code=code, steps=args.steps, options=options)
+                code = train.fit_code(code, batch["image"], landmarks, decoder, args.steps,
+                                      options)
             return code, decoder.render(code), None
 
         results = evaluation.evaluate_predictions(config, lambda b: predict(state, b), decoder,
@@ -80,9 +79,7 @@ def main():
                                         expression=jnp.zeros_like(truth.expression))
             landmarks = batch["landmarks"] + args.jitter_px * jax.random.normal(
                 jax.random.key(0), batch["landmarks"].shape)
-            code = fitting.fit_landmarks(decoder.face_model, decoder.camera, landmarks,
-                                         jnp.ones(landmarks.shape[:2]), steps=args.steps,
-                                         init_code=start, options=options)
+            code = train.refine_code(start, landmarks, decoder, args.steps, options)
             return code, decoder.render(code), None
 
         results = evaluation.evaluate_predictions(config, predict, decoder, args.batches)

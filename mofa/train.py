@@ -207,7 +207,8 @@ REFINE_OPTIONS = dataclasses.replace(
     prior_identity=fitting.FitOptions().prior_identity)
 
 
-def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int):
+def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int,
+                options: fitting.FitOptions = REFINE_OPTIONS):
     """The encoder's code refined by a landmark fit (`fitting.fit_landmarks`: `steps`
     Adam steps on pose, then identity and expression, unrolled, so differentiable) to
     the encoder's own heatmap landmarks (B, 68, 2). The head reads those landmarks only
@@ -217,7 +218,7 @@ def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int
     "Quickstart results")."""
     weight = jnp.ones(encoder_landmarks.shape[:2], encoder_landmarks.dtype)
     return fitting.fit_landmarks(decoder.face_model, decoder.camera, encoder_landmarks, weight,
-                                 steps=steps, init_code=code, options=REFINE_OPTIONS)
+                                 steps=steps, init_code=code, options=options)
 
 
 # Analysis by synthesis at test time (`config.encoder.fit_steps`): the encoder's code as
@@ -236,16 +237,18 @@ FIT_OPTIONS = dataclasses.replace(REFINE_OPTIONS, rigid_fraction=0.0, shape_frac
 
 
 def fit_code(code: FaceCode, images: jax.Array, encoder_landmarks: jax.Array,
-             decoder: Decoder, steps: int) -> FaceCode:
+             decoder: Decoder, steps: int,
+             options: fitting.FitOptions = FIT_OPTIONS) -> FaceCode:
     """The encoder's code fitted to its images (B, S, S, 3) for `steps` photometric
-    steps (`FIT_OPTIONS`), the encoder's heatmap landmarks (B, 68, 2) as the landmark
-    term. Evaluation and inference only: training never differentiates through it."""
+    steps (`options`: FIT_OPTIONS but in ablations), the encoder's heatmap landmarks
+    (B, 68, 2) as the landmark term. Evaluation and inference only: training never
+    differentiates through it."""
     if encoder_landmarks is None:
         raise ValueError("fit_steps needs an encoder with the landmark heatmap head "
                          "(config.encoder.landmark_head)")
     weight = jnp.ones(encoder_landmarks.shape[:2], encoder_landmarks.dtype)
     return fitting.fit(decoder.face_model, decoder.camera, images, encoder_landmarks, weight,
-                       init_code=code, steps=steps, options=FIT_OPTIONS)
+                       init_code=code, steps=steps, options=options)
 
 
 def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_steps: int = 0,
@@ -373,7 +376,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
                 sheet = visualize.contact_sheet(local_batch, jax.device_get(aux["render"]))
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
-
         eval_every = config.get("eval_every", 0)
         if (is_lead and eval_every and (step + 1) % eval_every == 0
                 and step + 1 < config.num_steps):
@@ -395,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         # of the first test faces show either.
         def final_evaluation(fit_steps: int, name: str) -> dict:
             predict = predictor(local_copy(state), local_copy(decoder), weights,
-                                config_refine_steps(config), fit_steps)
+                                refine_steps, fit_steps)
             first = []
 
             def keep_first(batch):
