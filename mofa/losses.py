@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from mofa import corrective, facemodel
-from mofa.code import FaceCode
+from mofa.code import FaceCode, illumination_statistics
 from mofa.render import camera as camera_lib
 
 if TYPE_CHECKING:  # the objective only calls the decoder it is given
@@ -155,6 +155,11 @@ def statistical_prior(code: FaceCode, expression_bounds: tuple = ()) -> dict:
     (`expression_bounds` = (low, high), see `FaceModel.expression_bounds`): the
     exponential prior 2 sum(w) / BLENDSHAPE_PRIOR_MEAN on the weights w = (code - low)
     / (high - low), which keeps a fit sparse (its gradient does not vanish at 0).
+    Illumination: each SH coefficient standardized by the synthetic faces' light
+    (`code.illumination_statistics`). Without it nothing splits the image's brightness
+    between skin and light (albedo x irradiance is what the pixels show), and the
+    reflectance prior alone puts every face at the mean skin tone with the light
+    absorbing the rest (README, "A calibrated objective").
     """
     prior = {f"prior_{field}": jnp.mean(jnp.sum(getattr(code, field) ** 2, -1))
              for field in ("identity", "expression", "reflectance")}
@@ -162,6 +167,9 @@ def statistical_prior(code: FaceCode, expression_bounds: tuple = ()) -> dict:
         low, high = expression_bounds
         weights = (code.expression - low) / (high - low)
         prior["prior_expression"] = jnp.mean(2.0 * jnp.sum(weights, -1) / BLENDSHAPE_PRIOR_MEAN)
+    mean, std = illumination_statistics()
+    prior["prior_illumination"] = jnp.mean(
+        jnp.sum(((code.illumination - mean) / std) ** 2, (-2, -1)))
     return prior
 
 
@@ -249,6 +257,7 @@ class LossWeights:
     prior_identity: float = PRIOR_WEIGHT
     prior_expression: float = PRIOR_WEIGHT
     prior_reflectance: float = PRIOR_WEIGHT
+    prior_illumination: float = PRIOR_WEIGHT
     model_space: float = 0.0
     parameter: float = 0.0
     corrective_shape_smoothness: float = 0.0

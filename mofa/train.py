@@ -230,10 +230,12 @@ def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int
 # are the calibrated fit's looser one (`fitting.CALIBRATED_PRIOR_IDENTITY`, where the
 # landmark-only refinement keeps the stricter): on the quickstart and the 128 px
 # supervised encoders alike that lowered identity, light and albedo errors (README,
-# "Quickstart results").
+# "Quickstart results"). The illumination prior weighs as the reflectance prior: the
+# two split the image's brightness between skin and light.
 FIT_OPTIONS = dataclasses.replace(REFINE_OPTIONS, rigid_fraction=0.0, shape_fraction=0.0,
                                   prior_identity=fitting.CALIBRATED_PRIOR_IDENTITY,
-                                  prior_reflectance=fitting.CALIBRATED_PRIOR_IDENTITY)
+                                  prior_reflectance=fitting.CALIBRATED_PRIOR_IDENTITY,
+                                  prior_illumination=fitting.CALIBRATED_PRIOR_IDENTITY)
 
 
 def fit_code(code: FaceCode, images: jax.Array, encoder_landmarks: jax.Array,

@@ -64,6 +64,26 @@ def test_landmark_and_prior_terms(builtin_model):
     assert float(prior["prior_expression"]) == 0.0
 
 
+def test_illumination_prior_standardizes_the_synthetic_light(builtin_model):
+    """The light prior is the squared norm of each SH coefficient standardized by the
+    synthetic faces' light: about 27 (a chi-square mean) on fresh draws, 0 at the mean
+    light, and it grows as a light dims (what the reflectance prior alone lets it do)."""
+    from mofa.code import illumination_statistics, random_illumination
+
+    mean, std = illumination_statistics()
+    assert mean.shape == std.shape == (9, 3) and np.all(std > 0)
+    lights = random_illumination(jax.random.key(99), (4096,))
+    code = FaceCode.neutral(builtin_model, (4096,)).replace(illumination=lights)
+    assert float(losses.statistical_prior(code)["prior_illumination"]) == pytest.approx(
+        27.0, rel=0.05)
+    at_mean = FaceCode.neutral(builtin_model, (1,)).replace(illumination=jnp.asarray(mean)[None])
+    assert float(losses.statistical_prior(at_mean)["prior_illumination"]) == pytest.approx(
+        0.0, abs=1e-6)
+    dimmer = [float(losses.statistical_prior(at_mean.replace(
+        illumination=at_mean.illumination * k))["prior_illumination"]) for k in (0.9, 0.6)]
+    assert 0.0 < dimmer[0] < dimmer[1]
+
+
 def _region_mean(model, values):
     region = np.asarray(model.face_mask, np.float64)
     return float(np.sum(np.asarray(values, np.float64) * region) / region.sum())

@@ -24,6 +24,8 @@ def get_config():
         "expression_scale": 1.2, "light_strength": 1.1})
     config.image_size = 64
     config.encoder.width = 32
+    # The rounds compare encoders: their evaluations score the encoder alone.
+    config.encoder.fit_steps = 0
     config.batch_size = 16
     config.num_steps = 800  # per round, each from scratch
     config.learning_rate = 1e-3

@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.prior_identity = losses.PRIOR_WEIGHT
     config.loss.prior_expression = losses.PRIOR_WEIGHT
     config.loss.prior_reflectance = losses.PRIOR_WEIGHT
+    config.loss.prior_illumination = losses.PRIOR_WEIGHT  # the synthetic faces' light
     config.loss.model_space = 0.0
     config.loss.parameter = 0.0
     # Corrective-level regularizers and identity consistency across images of a person.
