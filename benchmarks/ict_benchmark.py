@@ -35,6 +35,8 @@ bin, and faces/s. Variants:
   ict-placed   --face-model ict --fit-steps 0 (mean face placed from landmarks)
   ict          --face-model ict (default fit)
   builtin-placed, builtin   the same with the builtin model
+  encoder      --checkpoint WORKDIR: the trained encoder's code (its model), then
+               --encoder-fit-steps of fitting (default: the checkpoint's own)
 """
 
 from __future__ import annotations
@@ -267,18 +269,26 @@ def run(args) -> None:
     table = {}
     for variant in args.variants.split(","):
         name, _, kind = variant.partition("-")
-        model = models[name]
+        if name == "encoder" and not args.checkpoint:
+            raise SystemExit("the encoder variant needs --checkpoint WORKDIR")
+        model = models.get(name)
         predictions = os.path.join(args.out, "pred", variant)
         shutil.rmtree(predictions, ignore_errors=True)
         seconds = None
         if kind == "mean":
             _write_mean(model, stems, predictions)
         else:
-            camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, args.image_size, args.image_size)
-            steps = 0 if kind == "placed" else args.fit_steps
-            rec = inference.Reconstructor(model, camera, batch_size=args.batch_size,
-                                            fit_steps=steps, contour=not args.no_contour,
-                                            calibrated_landmarks=not args.no_calibration)
+            if name == "encoder":
+                rec = inference.load_reconstructor(args.checkpoint,
+                                                   fit_steps=args.encoder_fit_steps,
+                                                   batch_size=args.batch_size)
+            else:
+                camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, args.image_size,
+                                                args.image_size)
+                steps = 0 if kind == "placed" else args.fit_steps
+                rec = inference.Reconstructor(model, camera, batch_size=args.batch_size,
+                                              fit_steps=steps, contour=not args.no_contour,
+                                              calibrated_landmarks=not args.no_calibration)
             rec.options = dataclasses.replace(rec.options, **overrides)
             paths = [os.path.join(photos, f"{s}.png") for s in stems]
             # Warm-up compile on the first batch, so faces/s is the steady state.
@@ -323,6 +333,9 @@ def main(argv=None) -> None:
     r.add_argument("--image-size", type=int, default=128)
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--tag", default="default")
+    r.add_argument("--checkpoint", help="training workdir, for the encoder variant")
+    r.add_argument("--encoder-fit-steps", type=int, default=None,
+                   help="fit steps after the encoder (default: the checkpoint's)")
     r.add_argument("--oracle-landmarks", action="store_true",
                    help="fit to the true projected landmarks instead of MediaPipe's")
     r.add_argument("--no-calibration", action="store_true",
