@@ -341,8 +341,9 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     blob = bytearray()
     views, accessors = [], []
 
-    def add(array, target=None, component=gl.FLOAT, kind=gl.VEC3, bounds=False,
-            low=None, high=None) -> int:
+    def add(array, target=None, component=gl.FLOAT, kind=gl.VEC3, bounds=None) -> int:
+        """An accessor of `array`; bounds: its (min, max) per component, where glTF
+        requires them (positions, animation times)."""
         data = np.ascontiguousarray(array).tobytes()
         while len(blob) % 4:
             blob.append(0)
@@ -351,14 +352,13 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
         blob.extend(data)
         accessor = gl.Accessor(bufferView=len(views) - 1, componentType=component,
                                count=len(array), type=kind)
-        if bounds:
-            low, high = np.asarray(array).min(0), np.asarray(array).max(0)
-        if low is not None:
-            accessor.min, accessor.max = np.atleast_1d(low).tolist(), np.atleast_1d(high).tolist()
+        if bounds is not None:
+            accessor.min, accessor.max = (np.atleast_1d(b).tolist() for b in bounds)
         accessors.append(accessor)
         return len(accessors) - 1
 
-    attributes = gl.Attributes(POSITION=add(base, gl.ARRAY_BUFFER, bounds=True))
+    attributes = gl.Attributes(POSITION=add(base, gl.ARRAY_BUFFER,
+                                            bounds=(base.min(0), base.max(0))))
     if colors is not None:
         attributes.COLOR_0 = add(np.clip(colors, 0.0, 1.0).astype(np.float32), gl.ARRAY_BUFFER)
     if uv is not None:
@@ -369,7 +369,7 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     # reductions over (V, 3) arrays took a third of writing the file.
     by_axis = np.ascontiguousarray(targets.transpose(0, 2, 1))  # (K, 3, V)
     lows, highs = by_axis.min(-1), by_axis.max(-1)
-    morphs = [gl.Attributes(POSITION=add(t, gl.ARRAY_BUFFER, low=lo, high=hi))
+    morphs = [gl.Attributes(POSITION=add(t, gl.ARRAY_BUFFER, bounds=(lo, hi)))
               for t, lo, hi in zip(targets, lows, highs)]
     material = gl.Material(name="face", doubleSided=False, pbrMetallicRoughness=gl.PbrMetallicRoughness(
         metallicFactor=0.0, roughnessFactor=0.8))
@@ -407,7 +407,7 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
         if len(times) > 1 and np.any(np.diff(times) <= 0):
             raise ValueError("animation times must increase")
         node.rotation = quaternions[0].tolist()
-        keys = add(times, kind=gl.SCALAR, bounds=True)
+        keys = add(times, kind=gl.SCALAR, bounds=(times.min(0), times.max(0)))
         animations.append(gl.Animation(name="performance", samplers=[
             gl.AnimationSampler(input=keys, output=add(weights.ravel(), kind=gl.SCALAR),
                                 interpolation="LINEAR"),
