@@ -240,17 +240,34 @@ FIT_OPTIONS = dataclasses.replace(REFINE_OPTIONS, rigid_fraction=0.0, shape_frac
 
 def fit_code(code: FaceCode, images: jax.Array, encoder_landmarks: jax.Array,
              decoder: Decoder, steps: int,
-             options: fitting.FitOptions = FIT_OPTIONS) -> FaceCode:
+             options: fitting.FitOptions = FIT_OPTIONS,
+             corrections: tuple[jax.Array, jax.Array] | None = None) -> FaceCode:
     """The encoder's code fitted to its images (B, S, S, 3) for `steps` photometric
     steps (`options`: FIT_OPTIONS but in ablations), the encoder's heatmap landmarks
     (B, 68, 2) as the landmark term. Evaluation and inference only: training never
-    differentiates through it."""
+    differentiates through it.
+
+    corrections: the corrective level's per-image (shape mm, albedo) offsets (B, V, 3),
+    held fixed while the 3DMM code is fitted on top of them: each face is fitted with
+    its own corrected model (mean shape and albedo plus its offsets)."""
     if encoder_landmarks is None:
         raise ValueError("fit_steps needs an encoder with the landmark heatmap head "
                          "(config.encoder.landmark_head)")
+    model = decoder.face_model
     weight = jnp.ones(encoder_landmarks.shape[:2], encoder_landmarks.dtype)
-    return fitting.fit(decoder.face_model, decoder.camera, images, encoder_landmarks, weight,
-                       init_code=code, steps=steps, options=options)
+    if corrections is None:
+        return fitting.fit(model, decoder.camera, images, encoder_landmarks, weight,
+                           init_code=code, steps=steps, options=options)
+
+    def fit_one(code, image, landmarks, weight, shape_offset, albedo_offset):
+        corrected = model.replace(mean_shape=model.mean_shape + shape_offset,
+                                  albedo_mean=model.albedo_mean + albedo_offset)
+        one = jax.tree.map(lambda x: x[None], code)
+        fitted = fitting.fit(corrected, decoder.camera, image[None], landmarks[None],
+                             weight[None], init_code=one, steps=steps, options=options)
+        return jax.tree.map(lambda x: x[0], fitted)
+
+    return jax.vmap(fit_one)(code, images, encoder_landmarks, weight, *corrections)
 
 
 def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_steps: int = 0,
@@ -258,22 +275,20 @@ def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_
     """The trained encoder's reconstruction of a batch, jitted, as evaluation wants it:
     batch -> (FaceCode, RenderOutput, corrective shape offset (B, V, 3) or None).
     refine_steps: the encoder's refinement to its own landmarks (`encode`); fit_steps:
-    then the test-time photometric fit (`fit_code`, the 3DMM level only)."""
+    then the test-time photometric fit (`fit_code`: the 3DMM code, on top of the
+    corrective level's offsets where the encoder has one)."""
 
     @jax.jit
     def predict(state, decoder, batch):
         _, aux = eval_step(state, batch, decoder, weights, refine_steps)
-        offset = None
-        if aux["corrective"] is not None:
-            offset = corrective.corrections(state.params["corrective"], aux["corrective"])[0]
+        space, coefficients = state.params.get("corrective"), aux["corrective"]
+        offsets = None if coefficients is None else corrective.corrections(space, coefficients)
         if fit_steps:
-            if offset is not None:
-                raise ValueError("fit_steps fits the 3DMM code only; the corrective level "
-                                 "(config.corrective) is not supported")
             code = fit_code(aux["code"], batch["image"], aux["encoder_landmarks"], decoder,
-                            fit_steps)
-            return code, decoder.render(code, background=batch["image"]), None
-        return aux["code"], aux["render"], offset
+                            fit_steps, corrections=offsets)
+            out = decoder.render(code, space, coefficients, background=batch["image"])
+            return code, out, None if offsets is None else offsets[0]
+        return aux["code"], aux["render"], None if offsets is None else offsets[0]
 
     return lambda batch: predict(state, decoder, batch)
 

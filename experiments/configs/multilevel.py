@@ -26,8 +26,9 @@ def get_config():
     # Batches of 4 persons x 4 views, so identity consistency has pairs to compare.
     config.data.framing = ml_collections.ConfigDict({"views_per_person": 4})
 
-    # The multi-level numbers in README were measured with the head's code alone; the
-    # quickstart's refinement to the heatmap landmarks is not measured here yet.
+    # The head's code alone (the quickstart's refinement to the heatmap landmarks is not
+    # measured here), then the quickstart's test-time fit of the 3DMM code on top of the
+    # encoder's corrections (`train.fit_code`): README reports both.
     config.encoder.refine_steps = 0
     config.corrective.shape_dim = 40
     config.corrective.albedo_dim = 40
