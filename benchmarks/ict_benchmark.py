@@ -34,7 +34,8 @@ bin, and faces/s. Variants:
   ict-mean     ICT's mean face, unposed (no image used at all)
   ict-placed   --face-model ict --fit-steps 0 (mean face placed from landmarks)
   ict          --face-model ict (default fit)
-  builtin-placed, builtin   the same with the builtin model
+  builtin-mean, builtin-placed, builtin   the same with the builtin model
+               (or the --builtin-model SPEC)
   encoder      --checkpoint WORKDIR: the trained encoder's code (its model), then
                --encoder-fit-steps of fitting (default: the checkpoint's own)
 """
@@ -265,7 +266,7 @@ def run(args) -> None:
     scans = _subset(scans, stems, os.path.join(args.out, f"scans_{len(stems)}"))
     detector = (OracleDetector(truth, photos) if args.oracle_landmarks else CachedDetector())
     overrides = {k: float(v) for k, v in (kv.split("=") for kv in args.options.split(",") if kv)}
-    models = {"ict": _ict(args.ict, "face"), "builtin": facemodel.load("builtin")}
+    models = {"ict": _ict(args.ict, "face"), "builtin": facemodel.load(args.builtin_model)}
     table = {}
     for variant in args.variants.split(","):
         name, _, kind = variant.partition("-")
@@ -345,6 +346,9 @@ def main(argv=None) -> None:
     r.add_argument("--no-contour", action="store_true", help="fixed jaw landmark vertices")
     r.add_argument("--limit", type=int, default=None, help="the first N faces only")
     r.add_argument("--options", default="", help="FitOptions overrides, k=v,k=v")
+    r.add_argument("--builtin-model", default="builtin",
+                   help="face-model SPEC the builtin-* variants use instead of the builtin "
+                        "(e.g. npz:PATH from benchmarks/population_correction.py)")
     args = parser.parse_args(argv)
     {"make": make, "run": run}[args.command](args)
 
