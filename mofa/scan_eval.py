@@ -87,6 +87,54 @@ def scan_to_mesh_errors(scan_points: np.ndarray, scan_landmarks: np.ndarray,
             "distances": distance, "aligned_vertices": aligned}
 
 
+
+def fit_linear_model_to_scan(mean: np.ndarray, basis: np.ndarray, std: np.ndarray,
+                             faces: np.ndarray, landmark_indices, scan_points: np.ndarray,
+                             scan_landmarks: np.ndarray, ridge: float = 3.0,
+                             iterations: int = 16, crop_radius: float = CROP_RADIUS_MM):
+    """The code of a linear shape model (mean + code @ basis) closest to a scan under the
+    NoW protocol (`scan_to_mesh_errors`), by non-rigid ICP.
+
+    Each round aligns the current shape to the scan (landmarks, rigid ICP), takes every
+    cropped scan point's closest surface point and its triangle's normal, and solves
+    the point-to-plane least squares in the code, linearised at the aligned pose, with
+    a ridge of `ridge` on the code in units of `std` (the model's prior). basis:
+    (K, V, 3); landmark_indices: the model vertices of `scan_landmarks` (7 NoW or 68).
+    Returns (code (K,), [scan_to_mesh_errors median at the start and after each round]).
+    """
+    mean, basis = np.asarray(mean, np.float64), np.asarray(basis, np.float64)
+    std, faces = np.asarray(std, np.float64), np.asarray(faces, np.int64)
+    landmark_indices = np.asarray(landmark_indices)
+    scan_points = np.asarray(scan_points, np.float64)
+    nose = scan_landmarks[NOSE_TIP_7 if len(scan_landmarks) == 7 else NOSE_TIP_68]
+    cropped = scan_points[np.linalg.norm(scan_points - nose, axis=-1) <= crop_radius]
+    prior = ridge * np.diag(1.0 / np.square(std))
+    code, medians = np.zeros(len(basis)), []
+    for round_ in range(iterations + 1):
+        shape = mean + np.einsum("k,kvd->vd", code, basis)
+        errors = scan_to_mesh_errors(scan_points, scan_landmarks, shape, faces,
+                                     shape[landmark_indices], crop_radius)
+        medians.append(errors["median_mm"])
+        if round_ == iterations:
+            break
+        aligned = errors["aligned_vertices"]
+        scale, rotation, _ = geometry.similarity_transform(shape, aligned)
+        closest = geometry.closest_points_on_mesh(cropped, aligned, faces)
+        keep = closest.distance <= 3.0 * np.median(closest.distance) + 1e-9
+        corners = aligned[faces[closest.triangle]]
+        normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+        residual = np.einsum("nd,nd->n", cropped - closest.point, normal)[keep]
+        # d(closest point)/d(code): the basis interpolated at the point, posed.
+        moved = np.einsum("nc,kncd->knd", closest.barycentric,
+                          basis[:, faces[closest.triangle]])
+        moved = scale * np.einsum("ij,knj->kni", rotation, moved)
+        jacobian = np.einsum("knd,nd->nk", moved, normal)[keep]
+        code = code + np.linalg.solve(jacobian.T @ jacobian + prior,
+                                      jacobian.T @ residual - prior @ code)
+    return code, medians
+
+
 # --- files --------------------------------------------------------------------------
 
 

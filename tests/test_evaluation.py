@@ -79,6 +79,33 @@ def test_crop_keeps_scan_points_near_the_nose_tip(face_mesh):
     assert errors["num_points"] <= len(vertices) and errors["mean_mm"] < 1e-2
 
 
+
+def test_fitting_a_linear_model_to_a_scan_recovers_the_face(builtin_model, face_mesh):
+    """Non-rigid ICP in the identity code: a scan of a known face (20 components) in
+    another pose and scale, started from the mean face, ends on that face's surface."""
+    vertices, triangles, landmarks = face_mesh
+    rng = np.random.default_rng(5)
+    rotation, translation = random_rotation(rng), np.array([40.0, -20.0, 900.0])
+    move = lambda p: 0.95 * p @ rotation.T + translation  # noqa: E731
+    code = random_code(builtin_model, jax.random.key(3), (1,))  # face_mesh's code
+    k = 20  # the leading components: a well-posed, fast problem
+    truth = np.asarray(code.identity[0] * builtin_model.identity_std, np.float64)[:k]  # mm
+    now = list(scan_eval.NOW_LANDMARKS)
+    basis = np.asarray(builtin_model.identity_basis)[:k]
+    neutral = np.asarray(builtin_model.mean_shape, np.float64) + np.einsum(
+        "k,kvd->vd", truth, basis.astype(np.float64))
+    scan = move(neutral)
+    fitted, medians = scan_eval.fit_linear_model_to_scan(
+        builtin_model.mean_shape, basis, builtin_model.identity_std[:k], triangles,
+        np.asarray(builtin_model.landmark_indices)[now], scan[::3], move(neutral)[
+            np.asarray(builtin_model.landmark_indices)[now]], ridge=0.1, iterations=4)
+    assert len(medians) == 5
+    # Scan-to-surface distance, the protocol's error: 0.77 -> 0.10 mm measured. (Not the
+    # code: the crop does not see the back of the head, and points may slide along
+    # the surface without changing it.)
+    assert medians[-1] < 0.2 * medians[0] and medians[-1] < medians[1], medians
+
+
 # --- 2D landmarks and files ----------------------------------------------------------
 
 

@@ -35,8 +35,12 @@ def cache_dir() -> str:
 
 
 def cache_path(kind: str, source: str, *options) -> str:
-    """A cache file name keyed by the source's absolute path, mtime/size and options."""
-    stamp = [kind, os.path.abspath(source)]
+    """A cache file name keyed by the source's absolute path, mtime/size and options.
+
+    Also by the builtin model's version: converted models borrow its albedo space or
+    landmarks by correspondence with its mean face (transfer.default_source)."""
+    from mofa.facemodel import builtin  # here: builtin imports this package
+    stamp = [kind, os.path.abspath(source), f"builtin-{builtin.VERSION}"]
     if os.path.exists(source):
         st = os.stat(source)
         stamp += [str(st.st_mtime_ns), str(st.st_size)]
