@@ -44,7 +44,8 @@ class Reconstructor:
     encoder: Optional[Callable] = None  # images (B, S, S, 3) linear -> FaceCode
     detail: Optional[Callable] = None  # `detail.load_refiner`: per-face FineNet refinement
     # None: `fitting.FitOptions()` with the landmark weight derived from the calibrated
-    # detector noise where the model has a landmark table.
+    # detector noise where the model has a landmark table, and the model's measured
+    # priors (`fitting.MODEL_PRIORS`).
     options: Optional[fitting.FitOptions] = None
     # Jaw landmarks slide onto the model's silhouette (`fitting.contour_candidates`):
     # a detector puts them on the occluding contour, not on fixed vertices.
@@ -64,9 +65,10 @@ class Reconstructor:
             landmark_indices=jnp.asarray(table.vertices, jnp.int32))
         self._landmark_weights = None if table is None else jnp.asarray(table.weights())
         if self.options is None:
-            self.options = (fitting.FitOptions() if table is None
-                            else fitting.FitOptions().with_landmark_noise(
-                                table.crop_sigma(), table.independent_fraction()))
+            options = (fitting.FitOptions() if table is None
+                       else fitting.FitOptions().with_landmark_noise(
+                           table.crop_sigma(), table.independent_fraction()))
+            self.options = options.for_model(self.model.name)
         self._contour = (jnp.asarray(fitting.contour_candidates(self.fit_model))
                          if self.contour else None)
 

@@ -10,7 +10,8 @@ import pytest
 import trimesh
 from PIL import Image
 
-from mofa import cli, export, facemodel, images, inference, reconstruct, render, trainer
+from mofa import (cli, export, facemodel, fitting, images, inference, reconstruct, render,
+                  trainer)
 from mofa.code import FaceCode
 from mofa.data import synthetic
 
@@ -303,6 +304,7 @@ def test_reconstruction_recovers_shape_better_than_the_placed_mean_face(renders,
     placed = shape_error(inference.Reconstructor(model, camera, fit_steps=0).codes(crops))
     rec = inference.Reconstructor(model, camera)
     assert rec.options.landmark < 0.1  # derived from the calibrated table, not 0.94
+    assert rec.options.prior_identity == fitting.MODEL_PRIORS["builtin"]["prior_identity"]
     fitted = shape_error(rec.codes(crops))
     print(f"shape error: placed mean face {placed:.2f} mm, fitted {fitted:.2f} mm")
     assert fitted < 0.8 * placed, (fitted, placed)
