@@ -300,9 +300,13 @@ def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tm
 
     photos = tmp_path / "photos"
     photos.mkdir()
+    from mofa.data import faces as faces_lib
     faces = next(synthetic.synthetic_batches(builtin_model, 160, 3, jax.random.key(3)))
+    detector, found = faces_lib.MediaPipeDetector(max_faces=1), 0
     for i, image in enumerate(images.to_uint8(images.linear_to_srgb(faces["image"]))):
         Image.fromarray(image).save(photos / f"face{i}.png")
+        found += len(detector(image))  # a turned synthetic face may go undetected
+    assert found >= 2, found
     config = detail_sfs_photos.get_config()
     config.image_size, config.batch_size, config.num_steps = SIZE, 8, 2
     config.fine.width, config.fine.depth = 4, 1
@@ -318,13 +322,13 @@ def test_shape_from_shading_on_photos_with_fitted_coarse_codes(builtin_model, tm
     config.detail.coarse_fit_steps = 6
     config.detail.eval_photos = str(photos)
     results = detail.train_detail(config, str(workdir))
-    assert results["photo_faces"] == 3
+    assert results["photo_faces"] == found
     for key in ("coarse/photo_photometric", "fine/photo_photometric"):
         assert 0.0 < results[key] < 1.0, key
     assert results["fine/photo_depth_change_mm"] > 0.0  # FineNet moved off the coarse depth
     with np.load(workdir / "coarse_codes.npz") as saved:
-        assert len(saved["keys"]) == 3  # each photo fitted once over training and evaluation
+        assert len(saved["keys"]) == found  # each face fitted once over training and evaluation
     log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2] and steps[-1]["loss/shading_detail"] > 0
-    assert log[-1]["eval/photo_faces"] == 3  # the evaluation is logged too
+    assert log[-1]["eval/photo_faces"] == found  # the evaluation is logged too
