@@ -59,8 +59,8 @@ CALIBRATED_PRIOR_IDENTITY = 0.4 * _FIT_PRIOR
 # statistics of people (a Gaussian-process prior, hand-made expressions), so much of
 # what a photo says along them is the model's own mismatch: on rendered ICT faces
 # (benchmarks/ict_benchmark.py; a tuning set and README's set) the calibrated fit took
-# the placed mean face from 1.42 / 1.93 to 1.66 / 2.38 mm (median / mean), with these
-# 1.43 / 1.95, and it matched the true 2D landmarks better (NME 0.0775 -> 0.0758).
+# the placed mean face from 1.42 / 1.93 to 1.66 / 2.38 mm (median / mean, every third
+# scan vertex), with these 1.43 / 1.95, and it matched the true 2D landmarks better (NME 0.0775 -> 0.0758).
 MODEL_PRIORS = {"builtin": {"prior_identity": 0.05, "prior_expression": 0.02}}
 # The coarse appearance steps' smallest image: 64 px fits nearly as well as 128 px
 # (README), smaller was not measured, so crops under 128 px fit at full size only.
