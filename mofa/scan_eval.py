@@ -81,11 +81,12 @@ def scan_to_mesh_errors(scan_points: np.ndarray, scan_landmarks: np.ndarray,
             raise ValueError(f"no scan point within {crop_radius} mm of the nose tip")
     if refine:
         aligned = rigid_icp(aligned, faces, scan_points)
-    distance = geometry.closest_points_on_mesh(scan_points, aligned, faces).distance
+    closest = geometry.closest_points_on_mesh(scan_points, aligned, faces)
+    distance = closest.distance
     return {"median_mm": float(np.median(distance)), "mean_mm": float(np.mean(distance)),
             "std_mm": float(np.std(distance)), "num_points": int(len(distance)),
-            "distances": distance, "aligned_vertices": aligned}
-
+            "distances": distance, "aligned_vertices": aligned,
+            "scan_points": scan_points, "closest": closest}
 
 
 def fit_linear_model_to_scan(mean: np.ndarray, basis: np.ndarray, std: np.ndarray,
@@ -105,9 +106,6 @@ def fit_linear_model_to_scan(mean: np.ndarray, basis: np.ndarray, std: np.ndarra
     mean, basis = np.asarray(mean, np.float64), np.asarray(basis, np.float64)
     std, faces = np.asarray(std, np.float64), np.asarray(faces, np.int64)
     landmark_indices = np.asarray(landmark_indices)
-    scan_points = np.asarray(scan_points, np.float64)
-    nose = scan_landmarks[NOSE_TIP_7 if len(scan_landmarks) == 7 else NOSE_TIP_68]
-    cropped = scan_points[np.linalg.norm(scan_points - nose, axis=-1) <= crop_radius]
     prior = ridge * np.diag(1.0 / np.square(std))
     code, medians = np.zeros(len(basis)), []
     for round_ in range(iterations + 1):
@@ -117,9 +115,10 @@ def fit_linear_model_to_scan(mean: np.ndarray, basis: np.ndarray, std: np.ndarra
         medians.append(errors["median_mm"])
         if round_ == iterations:
             break
-        aligned = errors["aligned_vertices"]
+        # The protocol's own closest points on the aligned shape, for the cropped scan.
+        aligned, cropped, closest = (errors[k] for k in ("aligned_vertices", "scan_points",
+                                                         "closest"))
         scale, rotation, _ = geometry.similarity_transform(shape, aligned)
-        closest = geometry.closest_points_on_mesh(cropped, aligned, faces)
         keep = closest.distance <= 3.0 * np.median(closest.distance) + 1e-9
         corners = aligned[faces[closest.triangle]]
         normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
@@ -290,7 +289,8 @@ def evaluate_scans(predictions: str, scans: str, crop_radius: float = CROP_RADIU
         errors = scan_to_mesh_errors(scan_points, scan_landmarks, vertices, faces,
                                      mesh_landmarks, crop_radius, refine)
         distances.append(errors.pop("distances"))
-        errors.pop("aligned_vertices")
+        for key in ("aligned_vertices", "scan_points", "closest"):  # arrays, not a summary
+            errors.pop(key)
         per_scan[stem] = {**errors, "prediction": mesh_path}
     everything = np.concatenate(distances)
     return {

@@ -11,7 +11,7 @@ builtin model adds to its mean. 100 numbers derived from ICT-FaceKit (MIT
 License, (c) 2020 USC Institute for Creative Technologies); no ICT file or
 vertex is committed.
 
-    python third_party/ict_facekit/register_builtin_mean.py --ict PATH   # about 1 min
+    python third_party/ict_facekit/register_builtin_mean.py --ict PATH   # about 30 s
 """
 
 from __future__ import annotations
