@@ -49,9 +49,11 @@ def test_soft_argmax_finds_the_peak_cell_centre_and_interpolates():
     two[0, 3, 1, 0] = two[0, 3, 2, 0] = 10.0
     np.testing.assert_allclose(networks.soft_argmax(jnp.asarray(two), size)[0, 0],
                                [2 * size / w, 3.5 * size / h], atol=1e-3)
-    # Uniform heatmaps point at the image centre; the map is differentiable.
+    # Uniform heatmaps point at the image centre; the map is differentiable (a central
+    # difference over 1e-2 logits: at JAX's default 1e-4 float32 rounding of the pixel
+    # outputs alone is ~1% of the derivative, and differs between CPU kinds).
     np.testing.assert_allclose(networks.soft_argmax(jnp.zeros((2, h, w, 5)), size),
                                size / 2, atol=1e-4)
     check_grads(lambda x: networks.soft_argmax(x, size),
                               (jax.random.normal(jax.random.key(0), (2, h, w, 3)),),
-                              order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+                              order=1, modes=["rev"], eps=1e-2, atol=1e-2, rtol=1e-2)
