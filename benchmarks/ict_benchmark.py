@@ -212,6 +212,25 @@ def _score(predictions: str, scans: str, truth: dict, stride: int = 1) -> dict:
     return rows
 
 
+def _landmark_nme(predictions: str, truth: dict, out: str) -> tuple | None:
+    """(median, mean) outer-eye-corner NME of the reconstructions' 68 image landmarks
+    against the true projected ones, or None where the variant writes none."""
+    annotations = os.path.join(out, "landmarks_2d")
+    os.makedirs(annotations, exist_ok=True)
+    for stem, face in truth.items():
+        path = os.path.join(annotations, stem + ".pts")
+        if not os.path.exists(path):
+            points = "\n".join(f"{x:.3f} {y:.3f}" for x, y in face["landmarks"])
+            with open(path, "w") as f:
+                f.write(f"version: 1\nn_points: 68\n{{\n{points}\n}}\n")
+    try:
+        per = scan_eval.evaluate_landmarks(predictions, annotations)["images"]
+    except (ValueError, FileNotFoundError):  # the mean variants: no 2D landmarks
+        return None
+    values = [v["nme_interocular"] for v in per.values()]
+    return float(np.median(values)), float(np.mean(values))
+
+
 class CachedDetector:
     """MediaPipe, run once per image: every variant sees the same detections, and
     faces/s then measures crop + reconstruction + writing (detection is timed apart)."""
@@ -302,9 +321,12 @@ def run(args) -> None:
             if summary["skipped"]:
                 print(f"{variant}: skipped {summary['skipped']}", file=sys.stderr)
         rows = _score(predictions, scans, truth, args.scan_stride)
-        table[variant] = {"rows": rows, "faces_per_second":
+        nme = _landmark_nme(predictions, truth, args.out)
+        table[variant] = {"rows": rows, "landmark_nme": nme, "faces_per_second":
                           None if seconds is None else len(stems) / seconds}
         line = "  ".join(f"{k}: {m:.2f}/{a:.2f} (n={n})" for k, (m, a, n) in rows.items())
+        if nme:
+            line += f"  2D NME median/mean {nme[0]:.3f}/{nme[1]:.3f}"
         speed = "" if seconds is None else f"  {len(stems) / seconds:.2f} faces/s"
         print(f"{variant:16s} median/mean mm  {line}{speed}", flush=True)
         if seconds is not None:

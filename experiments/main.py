@@ -7,6 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import mofa
+from mofa import trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "experiments/configs/quickstart.py",
@@ -22,6 +23,9 @@ flags.DEFINE_integer("process_id", None, "--multihost: this process's index.")
 flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
                      "--multihost: a process that stops responding for this long ends the run "
                      "in every other process with an error (then relaunch all to resume).")
+flags.DEFINE_integer("shutdown_timeout_seconds", 3600,
+                     "--multihost: how long finished processes wait at exit for the others; "
+                     "process 0 runs the final evaluation alone meanwhile.")
 
 
 def _task(module: str, name: str):
@@ -40,7 +44,9 @@ def initialize_distributed():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+                               shutdown_timeout_seconds=FLAGS.shutdown_timeout_seconds)
+    trainer.connect_processes()
 
 
 def main(argv):
@@ -49,9 +55,9 @@ def main(argv):
     explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
     if any(v is not None for v in explicit) and not FLAGS.multihost:
         raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost")
+    mofa.enable_compilation_cache()  # before the first compilation (connect_processes')
     if FLAGS.multihost:
         initialize_distributed()
-    mofa.enable_compilation_cache()
     logging.info("JAX process %d/%d, %d local devices, %d total", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     task = FLAGS.config.get("task", "mofa")

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--fit-steps", type=int, default=None,
                        help="analysis-by-synthesis steps (default with --checkpoint: its "
                        "config's encoder.fit_steps, 150 for the quickstart; else "
-                       "mofa.fitting.DEFAULT_FIT_STEPS: 400)")
+                       "mofa.fitting.DEFAULT_FIT_STEPS: 400; 0 without --checkpoint: the "
+                       "mean face posed from the landmarks)")
     recon.add_argument("--face-model", default=None,
                        help="face model spec (default: the checkpoint's, else builtin)")
     recon.add_argument("--image-size", type=int, default=None,

@@ -189,6 +189,21 @@ def initial_code(model: FaceModel, camera: Camera, landmarks: jax.Array,
     return neutral.replace(translation=translation)
 
 
+# Adam steps of the pose-only landmark fit that places the mean face (`place`): the
+# rotation's step is 0.02 rad, so a cosine-decayed 100 steps turn the face up to
+# about 60 degrees.
+PLACE_STEPS = 100
+
+
+def place(model: FaceModel, camera: Camera, landmarks: jax.Array, weight: jax.Array,
+          options: FitOptions = FitOptions(), contour: Optional[jax.Array] = None) -> FaceCode:
+    """The mean face posed on 2D landmarks (B, 68, 2): `initial_code`'s translation, then
+    rotation and translation fitted to the landmarks, identity and expression kept at
+    the mean (what `mofa reconstruct --fit-steps 0` returns)."""
+    return fit_landmarks(model, camera, landmarks, weight, steps=PLACE_STEPS, options=options,
+                         fixed=("identity", "expression"), contour=contour)
+
+
 # The 17 jaw-line landmarks (Multi-PIE 0-16) lie on the occluding contour in a photo,
 # not on fixed vertices; the chin (8) and its neighbours stay fixed.
 CONTOUR_LANDMARKS = tuple(i for i in range(17) if i not in (7, 8, 9))

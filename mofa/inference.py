@@ -111,6 +111,9 @@ class Reconstructor:
                 start_code = jax.tree.map(lambda x: pad(np.asarray(x)[rows]), init)  # noqa: B023
             elif self.encoder is not None:
                 start_code = self.encoder(pixels)
+            elif steps == 0:  # the mean face, posed from the landmarks
+                start_code = fitting.place(self.fit_model, self.camera, lm, weight,
+                                           self.options, self._contour)
             else:
                 start_code = fitting.initial_code(self.fit_model, self.camera, lm, weight)
             if known:

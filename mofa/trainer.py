@@ -78,6 +78,31 @@ class DataParallel:
                             local_batch)
 
 
+def connect_processes(timeout_seconds: int = 600) -> None:
+    """Connects the processes' collectives while they are in step (multi-process runs).
+
+    A CPU process group (gloo) exchanges its peers' addresses the first time a program
+    all-reduces over a set of devices, and gives up after 30 s, which XLA does not let
+    us configure: processes that reach their first train step further apart than that
+    (a loaded machine, one process compiling while another loads the compilation
+    cache) fail. One tiny all-reduce over every device, compiled first and run right
+    after a barrier of the coordination service (whose timeout is ours), sets the group
+    up; later collectives reuse it and wait as long as XLA's collective timeout allows.
+    """
+    if jax.process_count() == 1:
+        return
+    mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    ones = jax.make_array_from_process_local_data(
+        NamedSharding(mesh, P("data")), np.ones(jax.local_device_count(), np.float32))
+    total = jax.jit(jax.numpy.sum, out_shardings=NamedSharding(mesh, P())).lower(ones).compile()
+    ocp.multihost.get_barrier_sync_fn()(key="mofa_connect_processes",
+                                        timeout_ms=timeout_seconds * 1000)
+    count = float(np.asarray(total(ones).addressable_data(0)))
+    if count != jax.device_count():
+        raise RuntimeError(f"the all-reduce over {jax.device_count()} devices returned {count}")
+
+
 def local_copy(tree):
     """Replicated arrays -> this process's copy of them on one of its devices.
 

@@ -51,10 +51,17 @@ def _two_processes(workdir) -> list[subprocess.Popen]:
                     f"--heartbeat_timeout_seconds={HEARTBEAT_SECONDS}") for i in range(2)]
 
 
+def _diagnosis(err: str) -> str:
+    """The log lines that say why a process failed (the end of stderr is a stack dump)."""
+    keys = ("error", "Error", "timed out", "heartbeat", "barrier", "Terminating", "F1", "E1")
+    return "\n".join([line for line in err.splitlines() if any(k in line for k in keys)][:40]
+                     + ["...", err[-1500:]])
+
+
 def _finish(processes) -> None:
-    for p in processes:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+    errors = [p.communicate(timeout=600)[1] for p in processes]  # all exited, then judged
+    for i, (p, err) in enumerate(zip(processes, errors)):
+        assert p.returncode == 0, f"process {i}: {_diagnosis(err)}"
 
 
 def _curve(workdir) -> dict:
