@@ -212,23 +212,21 @@ def _score(predictions: str, scans: str, truth: dict, stride: int = 1) -> dict:
     return rows
 
 
-def _landmark_nme(predictions: str, truth: dict, out: str) -> tuple | None:
+def _landmark_nme(predictions: str, truth: dict) -> tuple | None:
     """(median, mean) outer-eye-corner NME of the reconstructions' 68 image landmarks
-    against the true projected ones, or None where the variant writes none."""
-    annotations = os.path.join(out, "landmarks_2d")
-    os.makedirs(annotations, exist_ok=True)
+    against the true projected ones (faces with a prediction), or None where the
+    variant writes none (the mean face)."""
+    values = []
     for stem, face in truth.items():
-        path = os.path.join(annotations, stem + ".pts")
-        if not os.path.exists(path):
-            points = "\n".join(f"{x:.3f} {y:.3f}" for x, y in face["landmarks"])
-            with open(path, "w") as f:
-                f.write(f"version: 1\nn_points: 68\n{{\n{points}\n}}\n")
-    try:
-        per = scan_eval.evaluate_landmarks(predictions, annotations)["images"]
-    except (ValueError, FileNotFoundError):  # the mean variants: no 2D landmarks
-        return None
-    values = [v["nme_interocular"] for v in per.values()]
-    return float(np.median(values)), float(np.mean(values))
+        folders = scan_eval.prediction_faces(predictions, stem)
+        if not folders:
+            continue
+        fitted = scan_eval.read_code_json(folders[0]).get("landmarks")
+        if fitted is None:
+            return None
+        values.append(scan_eval.landmark_nme(np.asarray(fitted), np.asarray(face["landmarks"]))
+                      ["nme_interocular"])
+    return (float(np.median(values)), float(np.mean(values))) if values else None
 
 
 class CachedDetector:
@@ -321,7 +319,7 @@ def run(args) -> None:
             if summary["skipped"]:
                 print(f"{variant}: skipped {summary['skipped']}", file=sys.stderr)
         rows = _score(predictions, scans, truth, args.scan_stride)
-        nme = _landmark_nme(predictions, truth, args.out)
+        nme = _landmark_nme(predictions, truth)
         table[variant] = {"rows": rows, "landmark_nme": nme, "faces_per_second":
                           None if seconds is None else len(stems) / seconds}
         line = "  ".join(f"{k}: {m:.2f}/{a:.2f} (n={n})" for k, (m, a, n) in rows.items())
