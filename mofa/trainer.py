@@ -91,11 +91,9 @@ def connect_processes(timeout_seconds: int = 600) -> None:
     """
     if jax.process_count() == 1:
         return
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    ones = jax.make_array_from_process_local_data(
-        NamedSharding(mesh, P("data")), np.ones(jax.local_device_count(), np.float32))
-    total = jax.jit(jax.numpy.sum, out_shardings=NamedSharding(mesh, P())).lower(ones).compile()
+    parallel = DataParallel.create(jax.device_count())  # the mesh training uses
+    ones = parallel.shard(np.ones(jax.local_device_count(), np.float32))
+    total = jax.jit(jax.numpy.sum, out_shardings=parallel.replicated).lower(ones).compile()
     ocp.multihost.get_barrier_sync_fn()(key="mofa_connect_processes",
                                         timeout_ms=timeout_seconds * 1000)
     count = float(np.asarray(total(ones).addressable_data(0)))

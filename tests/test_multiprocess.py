@@ -7,6 +7,7 @@ the last checkpoint, and a single process can continue from their checkpoints.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -53,9 +54,10 @@ def _two_processes(workdir) -> list[subprocess.Popen]:
 
 def _diagnosis(err: str) -> str:
     """The log lines that say why a process failed (the end of stderr is a stack dump)."""
-    keys = ("error", "Error", "timed out", "heartbeat", "barrier", "Terminating", "F1", "E1")
-    return "\n".join([line for line in err.splitlines() if any(k in line for k in keys)][:40]
-                     + ["...", err[-1500:]])
+    keys = ("error", "Error", "timed out", "heartbeat", "barrier", "Terminating")
+    lines = [line for line in err.splitlines()  # and absl's E/F (error, fatal) log lines
+             if any(k in line for k in keys) or re.match(r"[EF]\d{4} ", line)]
+    return "\n".join(lines[:40] + ["...", err[-1500:]])
 
 
 def _finish(processes) -> None:
