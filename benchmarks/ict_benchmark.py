@@ -212,6 +212,16 @@ def _score(predictions: str, scans: str, truth: dict, stride: int = 1) -> dict:
     return rows
 
 
+def _median_mean(values: list) -> tuple | None:
+    return (float(np.median(values)), float(np.mean(values))) if values else None
+
+
+def _nme_to_truth(points, face: dict) -> float:
+    """Outer-eye-corner NME of 68 image points against a face's true projected ones."""
+    return scan_eval.landmark_nme(np.asarray(points)[:, :2],
+                                  np.asarray(face["landmarks"]))["nme_interocular"]
+
+
 def _landmark_nme(predictions: str, truth: dict) -> tuple | None:
     """(median, mean) outer-eye-corner NME of the reconstructions' 68 image landmarks
     against the true projected ones (faces with a prediction), or None where the
@@ -224,9 +234,8 @@ def _landmark_nme(predictions: str, truth: dict) -> tuple | None:
         fitted = scan_eval.read_code_json(folders[0]).get("landmarks")
         if fitted is None:
             return None
-        values.append(scan_eval.landmark_nme(np.asarray(fitted), np.asarray(face["landmarks"]))
-                      ["nme_interocular"])
-    return (float(np.median(values)), float(np.mean(values))) if values else None
+        values.append(_nme_to_truth(fitted, face))
+    return _median_mean(values)
 
 
 class CachedDetector:
@@ -335,12 +344,11 @@ def run(args) -> None:
             found = detector(np.asarray(Image.open(os.path.join(photos, f"{stem}.png"))
                                         .convert("RGB")))
             if len(found):
-                nme.append(scan_eval.landmark_nme(np.asarray(found[0])[:, :2],
-                                                  np.asarray(truth[stem]["landmarks"]))
-                           ["nme_interocular"])
+                nme.append(_nme_to_truth(found[0], truth[stem]))
+        median, mean = _median_mean(nme) or (float("nan"),) * 2
         print(f"detection: {detector.seconds:.1f} s for {len(stems)} photos "
               f"({len(stems) / detector.seconds:.1f} faces/s), its 2D NME median/mean "
-              f"{np.median(nme):.3f}/{np.mean(nme):.3f} (n={len(nme)})", flush=True)
+              f"{median:.3f}/{mean:.3f} (n={len(nme)})", flush=True)
     with open(os.path.join(args.out, f"results_{args.tag}.json"), "w") as f:
         json.dump(table, f, indent=1)
 
