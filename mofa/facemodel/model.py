@@ -147,21 +147,25 @@ def _check_code(name: str, code: jax.Array, size: int) -> None:
         raise ValueError(f"{name} code has shape {tuple(code.shape)}, expected (..., {size})")
 
 
+def _linear(basis: jax.Array, weights: jax.Array) -> jax.Array:
+    """sum_k weights[..., k] basis[k] for a (K, V, 3) basis, as one (..., K) @ (K, 3V)
+    matmul: the einsum over "kvc" ran 1.5x slower forward and backward on CPU."""
+    flat = weights @ basis.reshape(basis.shape[0], -1)
+    return flat.reshape(weights.shape[:-1] + basis.shape[1:])
+
+
 def shape(model: FaceModel, identity: jax.Array, expression: jax.Array) -> jax.Array:
     """Vertex positions (..., V, 3) in mm from standardized identity/expression codes."""
     _check_code("identity", identity, model.num_identity)
     _check_code("expression", expression, model.num_expression)
-    offsets = jnp.einsum("...k,kvc->...vc", identity * model.identity_std, model.identity_basis)
-    offsets = offsets + jnp.einsum(
-        "...k,kvc->...vc", expression * model.expression_std, model.expression_basis)
-    return model.mean_shape + offsets
+    return (model.mean_shape + _linear(model.identity_basis, identity * model.identity_std)
+            + _linear(model.expression_basis, expression * model.expression_std))
 
 
 def albedo(model: FaceModel, reflectance: jax.Array) -> jax.Array:
     """Per-vertex linear RGB albedo (..., V, 3) from a standardized reflectance code."""
     _check_code("reflectance", reflectance, model.num_albedo)
-    return model.albedo_mean + jnp.einsum(
-        "...k,kvc->...vc", reflectance * model.albedo_std, model.albedo_basis)
+    return model.albedo_mean + _linear(model.albedo_basis, reflectance * model.albedo_std)
 
 
 def safe_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -173,12 +177,16 @@ def vertex_normals(vertices: jax.Array, triangles: jax.Array) -> jax.Array:
     """Area-weighted unit vertex normals (..., V, 3) of a counter-clockwise mesh."""
     if vertices.shape[-1] != 3:
         raise ValueError(f"vertices have shape {tuple(vertices.shape)}, expected (..., V, 3)")
-    corners = vertices[..., triangles, :]  # (..., T, 3, 3)
-    face_normals = jnp.cross(corners[..., 1, :] - corners[..., 0, :],
-                             corners[..., 2, :] - corners[..., 0, :])
-    summed = jnp.zeros_like(vertices)
+    # The batch goes last, so each gather and scatter row carries every mesh of the
+    # batch: 2x faster forward and backward on CPU than one scatter per mesh.
+    batch_shape = vertices.shape[:-2]
+    by_vertex = jnp.moveaxis(vertices.reshape((-1,) + vertices.shape[-2:]), 0, 1)  # (V, N, 3)
+    corners = by_vertex[triangles]  # (T, 3, N, 3)
+    face_normals = jnp.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    summed = jnp.zeros_like(by_vertex)
     for corner in range(3):
-        summed = summed.at[..., triangles[:, corner], :].add(face_normals)
+        summed = summed.at[triangles[:, corner]].add(face_normals)
+    summed = jnp.moveaxis(summed, 1, 0).reshape(batch_shape + vertices.shape[-2:])
     return safe_normalize(summed)
 
 
