@@ -23,6 +23,29 @@ def _sphere(subdivisions=3, radius=80.0, distance=1000.0):
     return vertices[None], jnp.asarray(mesh.faces, jnp.int32)
 
 
+# --- geometry ---------------------------------------------------------------
+
+
+def test_vertex_normals_are_radial_on_a_sphere_per_mesh_and_differentiable():
+    vertices, triangles = _sphere(subdivisions=2, radius=1.0, distance=0.0)
+    vertices = vertices[0]
+    normals = facemodel.vertex_normals(vertices, triangles)
+    radial = vertices / jnp.linalg.norm(vertices, axis=-1, keepdims=True)
+    assert float(jnp.min(jnp.sum(normals * radial, -1))) > 0.999  # outward, unit
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-5)
+    # Leading dims are independent meshes: each equals its own unbatched normals.
+    key = jax.random.key(0)
+    batch = vertices + 0.1 * jax.random.normal(key, (2, 3) + vertices.shape)
+    batched = facemodel.vertex_normals(batch, triangles)
+    assert batched.shape == batch.shape
+    for i, j in ((0, 0), (1, 2)):
+        np.testing.assert_allclose(batched[i, j], facemodel.vertex_normals(batch[i, j],
+                                                                           triangles),
+                                   atol=1e-6)
+    check_grads(lambda v: facemodel.vertex_normals(v, triangles)[:40], (batch[0, 0],),
+                order=1, modes=("rev",), atol=2e-2, rtol=2e-2, eps=1e-3)
+
+
 # --- camera -----------------------------------------------------------------
 
 
