@@ -1,6 +1,5 @@
 """The notebooks run top to bottom (fast settings: MOFA_NOTEBOOK_FAST=1)."""
 
-import os
 import pathlib
 
 import pytest
@@ -36,9 +35,6 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MOFA_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("MOFA_NOTEBOOK_WORKDIR", str(tmp_path / "workdir"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    # A few tiny steps: compiling dominates, and LLVM's -O0 compiles in less time.
-    monkeypatch.setenv("XLA_FLAGS", " ".join([os.environ.get("XLA_FLAGS", ""),
-                                              "--xla_backend_optimization_level=0"]).strip())
     monkeypatch.delenv("MOFA_PHOTO", raising=False)
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300,
