@@ -1,0 +1,95 @@
+"""Where a fitting step's time goes: the photometric objective and its parts, per call.
+
+Times (median of --repeats calls after a compiling call, each ended with
+`jax.block_until_ready`) on a batch of random faces of one model through one camera:
+the fitting objective forward and its gradient, the geometry (bases, pose), the
+vertex normals, the visibility pass, the barycentric interpolation and a whole
+forward render. Run by hand from the repository root, e.g. to compare two checkouts:
+
+    python benchmarks/step_profile.py --face-model ict:/tmp/ict/ict-facekit --size 128
+    PYTHONPATH=OTHER_CHECKOUT python benchmarks/step_profile.py ...   # the same, other code
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from mofa import facemodel, fitting
+from mofa.code import DEFAULT_FOV_DEGREES, random_code
+from mofa.render import camera as camera_lib
+from mofa.render import rasterizer, render
+
+
+def _median_ms(function, *args, repeats: int) -> float:
+    function = jax.jit(function)
+    jax.block_until_ready(function(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(function(*args))
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--face-model", default="builtin")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    model = facemodel.load(args.face_model)
+    camera = camera_lib.Camera.from_fov(DEFAULT_FOV_DEGREES, args.size, args.size)
+    code = random_code(model, jax.random.key(0), (args.batch,))
+    out = render.render_face(model, code, camera)
+    images = out.image + 0.05  # not the rendering itself: a non-zero residual
+    landmarks, weight = out.landmarks, jnp.ones(out.landmarks.shape[:2])
+    vertices, albedo = render.face_geometry(model, code)
+    screen = camera_lib.project(vertices, camera)
+    triangle_id = rasterizer.rasterize(screen, model.triangles, height=args.size,
+                                       width=args.size).triangle_id
+    attributes = jnp.concatenate([albedo, albedo, albedo[..., :2]], -1)  # 8 channels
+
+    def objective(c):
+        return fitting.objective(model, camera, c, images, landmarks, weight)
+
+    def interpolate(s, a):
+        bary = rasterizer.barycentrics(s, model.triangles, triangle_id)
+        return rasterizer.interpolate(a, model.triangles, triangle_id, bary)
+
+    def squared(f):
+        return lambda *a: sum(jnp.sum(x**2) for x in jax.tree.leaves(f(*a)))
+
+    normals = lambda v: facemodel.vertex_normals(v, model.triangles)  # noqa: E731
+    parts = [
+        ("objective forward", objective, (code,)),
+        ("objective gradient", jax.grad(objective), (code,)),
+        ("geometry forward", lambda c: render.face_geometry(model, c), (code,)),
+        ("geometry gradient",
+         jax.grad(squared(lambda c: render.face_geometry(model, c))), (code,)),
+        ("vertex normals forward", normals, (vertices,)),
+        ("vertex normals gradient", jax.grad(squared(normals)), (vertices,)),
+        ("rasterize (visibility)",
+         lambda s: rasterizer.rasterize(s, model.triangles, height=args.size,
+                                        width=args.size).triangle_id, (screen,)),
+        ("interpolate 8 channels forward", interpolate, (screen, attributes)),
+        ("interpolate 8 channels gradient",
+         jax.grad(squared(interpolate), argnums=(0, 1)), (screen, attributes)),
+        ("render_face forward", lambda c: render.render_face(model, c, camera).image, (code,)),
+    ]
+    print(f"{args.face_model}: {model.num_vertices} vertices, {model.triangles.shape[0]} "
+          f"triangles, batch {args.batch} at {args.size} px, "
+          f"{float(out.mask.mean()):.0%} of the pixels covered")
+    for name, function, inputs in parts:
+        print(f"  {name:34s} {_median_ms(function, *inputs, repeats=args.repeats):8.2f} ms",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
