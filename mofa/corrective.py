@@ -54,8 +54,8 @@ class CorrectiveSpace(nn.Module):
 
 def corrections(space: dict, coefficients: dict) -> tuple[jax.Array, jax.Array]:
     """Per-image shape (mm) and albedo corrections (B, V, 3) from coefficients (B, K)."""
-    shape = SHAPE_SCALE_MM * jnp.einsum("bk,kvc->bvc", coefficients["shape"], space["shape"])
-    albedo = ALBEDO_SCALE * jnp.einsum("bk,kvc->bvc", coefficients["albedo"], space["albedo"])
+    shape = SHAPE_SCALE_MM * facemodel.linear_combination(space["shape"], coefficients["shape"])
+    albedo = ALBEDO_SCALE * facemodel.linear_combination(space["albedo"], coefficients["albedo"])
     return shape, albedo
 
 

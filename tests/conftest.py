@@ -11,7 +11,7 @@ import tempfile
 # LLVM's -O1 for every program the tests compile, here and in the processes they start
 # (which inherit the environment): most tests run a few small steps and are compile-bound.
 # Measured alone on a slow 2-core machine against the default level: the multilevel
-# test 143 -> 113 s, the self-supervised learning test (150 training steps) 260 -> 197 s
+# test 143 -> 121 s, the self-supervised learning test (150 training steps) 260 -> 197 s
 # (-O0 compiled as fast but ran the training at half the speed: 546 s). XLA reads the
 # flags when the CPU backend starts, after this.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):

@@ -147,7 +147,7 @@ def _check_code(name: str, code: jax.Array, size: int) -> None:
         raise ValueError(f"{name} code has shape {tuple(code.shape)}, expected (..., {size})")
 
 
-def _linear(basis: jax.Array, weights: jax.Array) -> jax.Array:
+def linear_combination(basis: jax.Array, weights: jax.Array) -> jax.Array:
     """sum_k weights[..., k] basis[k] for a (K, V, 3) basis, as one (..., K) @ (K, 3V)
     matmul: the einsum over "kvc" ran 1.5x slower forward and backward on CPU."""
     flat = weights @ basis.reshape(basis.shape[0], -1)
@@ -158,14 +158,15 @@ def shape(model: FaceModel, identity: jax.Array, expression: jax.Array) -> jax.A
     """Vertex positions (..., V, 3) in mm from standardized identity/expression codes."""
     _check_code("identity", identity, model.num_identity)
     _check_code("expression", expression, model.num_expression)
-    return (model.mean_shape + _linear(model.identity_basis, identity * model.identity_std)
-            + _linear(model.expression_basis, expression * model.expression_std))
+    return (model.mean_shape
+            + linear_combination(model.identity_basis, identity * model.identity_std)
+            + linear_combination(model.expression_basis, expression * model.expression_std))
 
 
 def albedo(model: FaceModel, reflectance: jax.Array) -> jax.Array:
     """Per-vertex linear RGB albedo (..., V, 3) from a standardized reflectance code."""
     _check_code("reflectance", reflectance, model.num_albedo)
-    return model.albedo_mean + _linear(model.albedo_basis, reflectance * model.albedo_std)
+    return model.albedo_mean + linear_combination(model.albedo_basis, reflectance * model.albedo_std)
 
 
 def safe_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
