@@ -341,11 +341,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     Returns the final evaluation metrics (also written to `workdir/eval.json`; those of
     the untrained encoder go to `workdir/eval_initial.json`). Evaluation runs on one
     device of process 0 only (every process would score the same test faces); the other
-    processes return an empty dict.
+    processes return an empty dict, and so does a run with `config.eval_batches = 0`
+    (training only: `mofa evaluate` scores its checkpoints later).
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    if config.eval_batches < 0:
+        raise ValueError(f"config.eval_batches must be >= 0 (0: no evaluation), "
+                         f"got {config.eval_batches}")
     is_lead = jax.process_index() == 0
+    evaluates = is_lead and config.eval_batches > 0
     if is_lead:  # what `load_trained` needs to rebuild the model from the workdir alone
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -365,7 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     checkpoints = checkpoint_manager(workdir, config)
     state, start_step = restore_latest(checkpoints, state)
 
-    if start_step == 0 and config.eval_before_training and is_lead:
+    if start_step == 0 and config.eval_before_training and evaluates:
         # The untrained head's code (mean face, frontal) is the baseline for "it learns";
         # refined to untrained heatmaps it would be a worse, arbitrary one.
         initial = evaluate_state(config, local_copy(state), local_copy(decoder), weights,
@@ -394,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
         eval_every = config.get("eval_every", 0)
-        if (is_lead and eval_every and (step + 1) % eval_every == 0
+        if (evaluates and eval_every and (step + 1) % eval_every == 0
                 and step + 1 < config.num_steps):
             # Learning curves of the test-set metrics (metrics.jsonl, "eval/...").
             interim = evaluate_state(config, local_copy(state), local_copy(decoder), weights,
@@ -407,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         source, parallel, checkpoints, writer, start_step, after_step=after_step)
 
     results = {}
-    if is_lead:
+    if evaluates:
         # The learning curves ("eval/...") follow the encoder alone; with a test-time fit
         # (`fit_code`) eval.json scores the encoder and the fit, eval_encoder.json the
         # encoder alone, and the curves end with both ("eval_fitted/..."). Contact sheets

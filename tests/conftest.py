@@ -123,6 +123,7 @@ def tiny_config(**overrides):
     config.checkpoint_every = 2
     config.eval_batches = 1
     config.eval_batch_size = 8
+    config.eval_before_training = False  # the learning tests score the untrained encoder
     config.progress = False
     config.encoder.fit_steps = 0  # the test-time fit: where a test asks for it
     for key, value in overrides.items():

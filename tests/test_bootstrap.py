@@ -22,7 +22,6 @@ def test_bootstrap_config_runs_two_rounds(tmp_path):
     for key, value in tiny_config(num_steps=1).items():
         if key not in ("loss", "data"):
             config[key] = value
-    config.eval_before_training = False
     config.bootstrap.num_rounds = 2
     config.bootstrap.num_images = 8
     results = bootstrap.train_rounds(config, str(tmp_path))

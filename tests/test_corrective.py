@@ -27,7 +27,6 @@ def tiny_multilevel(**overrides):
     config.data.face_model = ""
     config.corrective.shape_dim = 4
     config.corrective.albedo_dim = 3
-    config.eval_before_training = False
     return config
 
 

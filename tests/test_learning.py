@@ -57,8 +57,10 @@ def _short_run(config, size, steps, batch_size=16):
     config.image_every = 10**6
     config.checkpoint_every = 10**6
     config.eval_every = 0
-    config.eval_batches = 2
-    config.eval_batch_size = 32
+    # 64 test faces in batches of the training size: the synthetic source's programs
+    # (`random_inputs`, `render_codes`) then compile once for training and evaluation.
+    config.eval_batches = 64 // batch_size
+    config.eval_batch_size = batch_size
     config.progress = False
     return config
 

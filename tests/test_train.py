@@ -128,7 +128,6 @@ def _tiny_variant(module, **overrides):
     for key, value in tiny_config(**overrides).items():
         if key not in ("loss", "data"):
             config[key] = value
-    config.eval_before_training = False
     return config
 
 

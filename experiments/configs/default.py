@@ -86,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_keep = 3
     config.eval_every = 0  # > 0: also evaluate every that many steps (learning curves)
     config.eval_before_training = True  # the untrained encoder's metrics (eval_initial.json)
-    config.eval_batches = 8
+    config.eval_batches = 8  # test batches of each evaluation; 0: train only
     config.eval_batch_size = 32
     config.progress = True
     return config
