@@ -2,8 +2,7 @@
 
 Times (median of --repeats calls after a compiling call, each ended with
 `jax.block_until_ready`) on a batch of random faces of one model through one camera:
-the fitting objective forward and its gradient (also with the visibility of an earlier
-pass, as the steps between `FitOptions.visibility_every` passes run), the geometry (bases, pose), the
+the fitting objective forward and its gradient, the geometry (bases, pose), the
 vertex normals, the visibility pass, the barycentric interpolation and a whole
 forward render. Run by hand from the repository root, e.g. to compare two checkouts:
 
@@ -71,10 +70,6 @@ def main(argv=None) -> None:
     parts = [
         ("objective forward", objective, (code,)),
         ("objective gradient", jax.grad(objective), (code,)),
-        # `FitOptions.visibility_every` > 1: the steps between visibility passes.
-        ("objective gradient, earlier visibility",
-         jax.grad(lambda c, t: fitting.objective(model, camera, c, images, landmarks, weight,
-                                                 triangle_id=t)), (code, triangle_id)),
         ("geometry forward", lambda c: render.face_geometry(model, c), (code,)),
         ("geometry gradient",
          jax.grad(squared(lambda c: render.face_geometry(model, c))), (code,)),

@@ -28,7 +28,7 @@ import optax
 from mofa import facemodel, losses
 from mofa.code import DEFAULT_DISTANCE_MM, FIELDS, FaceCode
 from mofa.facemodel import NUM_LANDMARKS, FaceModel
-from mofa.render import Camera, rasterize_face, render_face
+from mofa.render import Camera, render_face
 from mofa.render import camera as camera_lib
 
 _STAGE_FIELDS = {
@@ -101,10 +101,6 @@ class FitOptions:
     # Of the appearance stage, run first on 2x2-averaged images (`coarse_ok`): as
     # accurate per step at half the cost (README, "Accuracy on rendered ICT faces").
     coarse_fraction: float = 2 / 3
-    # Photometric steps per visibility pass: between passes each pixel keeps its
-    # triangle (its barycentrics follow the moving vertices), which skips the rasterizer,
-    # the costliest part of a step at 128 px (README, "Accuracy on rendered ICT faces").
-    visibility_every: int = 1
 
     def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0
                             ) -> "FitOptions":
@@ -294,19 +290,17 @@ def _landmark_term(model, camera, code, landmarks, weight, contour=None):
 
 def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional[jax.Array],
               landmarks: jax.Array, weight: jax.Array, options: FitOptions = FitOptions(),
-              contour: Optional[jax.Array] = None,
-              triangle_id: Optional[jax.Array] = None) -> jax.Array:
+              contour: Optional[jax.Array] = None) -> jax.Array:
     """The fitting objective of codes: landmarks (jaw points sliding along `contour`
     candidates where given) + priors, and with `images` the photometric term (the
-    appearance stage's objective; `triangle_id`: visibility rasterized earlier, see
-    `render.render_mesh`)."""
+    appearance stage's objective)."""
     photometric = images is not None
     prior = losses.statistical_prior(code, model.expression_bounds)
     total = (options.landmark * _landmark_term(model, camera, code, landmarks, weight, contour)
              + options.prior_identity * prior["prior_identity"]
              + options.prior_expression * prior["prior_expression"])
     if photometric:
-        out = render_face(model, code, camera, background=images, triangle_id=triangle_id)
+        out = render_face(model, code, camera, background=images)
         total += (options.photometric * losses.photometric_dense(out.image, images, out.mask,
                                                                  out.region)
                   + options.prior_reflectance * prior["prior_reflectance"]
@@ -315,10 +309,9 @@ def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional
 
 
 def _objective(model, camera, options, photometric, params, frozen, images, landmarks, weight,
-               contour, triangle_id):
+               contour):
     return objective(model, camera, FaceCode(**params, **frozen),
-                     images if photometric else None, landmarks, weight, options, contour,
-                     triangle_id)
+                     images if photometric else None, landmarks, weight, options, contour)
 
 
 def _run_stage(model, camera, options, stage, steps, fixed, code, images, landmarks, weight,
@@ -334,35 +327,19 @@ def _run_stage(model, camera, options, stage, steps, fixed, code, images, landma
     tx = optax.multi_transform(
         {f: optax.adam(optax.cosine_decay_schedule(rates[f], steps, alpha=0.05)) for f in free},
         {f: f for f in free})
-    photometric = stage == "appearance"
-    loss = functools.partial(_objective, model, camera, options, photometric)
+    loss = functools.partial(_objective, model, camera, options, stage == "appearance")
     grad = jax.grad(loss)
-    every = options.visibility_every if photometric else 1
-    if every < 1:
-        raise ValueError(f"visibility_every must be >= 1, got {every}")
 
-    def visibility(params, triangle_id, i):
-        if every == 1:  # render_face rasterizes in every step
-            return None
-        return jax.lax.cond(  # a scalar predicate: only the taken branch runs
-            i % every == 0,
-            lambda: rasterize_face(model, FaceCode(**params, **frozen), camera),
-            lambda: triangle_id)
-
-    def step(carry, i):
-        params, opt_state, triangle_id = carry
-        triangle_id = visibility(params, triangle_id, i)
+    def step(carry, _):
+        params, opt_state = carry
         updates, opt_state = tx.update(grad(params, frozen, images, landmarks, weight,
-                                            contour, triangle_id), opt_state, params)
+                                            contour), opt_state, params)
         params = optax.apply_updates(params, updates)
         if "expression" in params and model.blendshapes:  # projected: weights stay in range
             params["expression"] = jnp.clip(params["expression"], *model.expression_bounds)
-        return (params, opt_state, triangle_id), None
+        return (params, opt_state), None
 
-    no_visibility = (None if every == 1 else
-                     jnp.full((landmarks.shape[0], camera.height, camera.width), -1, jnp.int32))
-    (params, _, _), _ = jax.lax.scan(step, (params, tx.init(params), no_visibility),
-                                     jnp.arange(steps))
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
     return FaceCode(**params, **frozen)
 
 

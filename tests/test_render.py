@@ -271,42 +271,6 @@ def test_image_loss_gradients_match_finite_differences(builtin_model):
         assert abs(analytic - numeric) <= 0.03 * abs(numeric) + 1e-3, (name, analytic, numeric)
 
 
-def test_render_with_visibility_from_an_earlier_pass(builtin_model):
-    """`triangle_id` from `rasterize_face` renders exactly what rasterizing does; after the
-    face moves, pixels keep their triangles (coverage fixed) and, where the fresh pass
-    picks the same triangle, the image and its gradient equal the fresh render's."""
-    model = builtin_model
-    camera = cam.Camera.from_fov(12.6, 48, 48)
-    code = FaceCode.neutral(model, (2,)).replace(
-        rotation=jnp.array([[0.1, 0.3, 0.05], [-0.05, -0.2, 0.0]]),
-        illumination=sh.directional_light([0.3, 0.4, 1.0], 0.5, 0.8, (2,)))
-    # A step's worth of motion: triangles are about a pixel wide at this size.
-    moved = code.replace(rotation=code.rotation + 0.002, translation=code.translation + 0.1)
-    draw = jax.jit(render.render_face)
-    ids = jax.jit(render.rasterize_face)(model, code, camera)
-    fresh, given = draw(model, code, camera), draw(model, code, camera, triangle_id=ids)
-    np.testing.assert_array_equal(np.asarray(ids), np.asarray(fresh.triangle_id))
-    for field in ("image", "mask", "depth", "normals", "region"):
-        np.testing.assert_array_equal(np.asarray(getattr(given, field)),
-                                      np.asarray(getattr(fresh, field)), err_msg=field)
-
-    stale, now = draw(model, moved, camera, triangle_id=ids), draw(model, moved, camera)
-    np.testing.assert_array_equal(np.asarray(stale.mask), np.asarray(ids >= 0))
-    same = np.asarray((now.triangle_id == ids) & (ids >= 0))
-    covered = int(np.sum(np.asarray(ids >= 0)))
-    assert 0.3 * covered < same.sum() < covered  # the face moved, much of it still overlaps
-    np.testing.assert_allclose(np.asarray(stale.image)[same], np.asarray(now.image)[same],
-                               atol=1e-5)
-    weights = jax.random.uniform(jax.random.key(2), (2, 48, 48, 3)) * same[..., None]
-    grad = jax.jit(jax.grad(lambda c, t: jnp.sum(render.render_face(
-        model, c, camera, triangle_id=t).image * weights)))
-    with_ids, without = grad(moved, ids), grad(moved, None)
-    for a, b in zip(jax.tree.leaves(with_ids), jax.tree.leaves(without)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="triangle_id has shape"):
-        render.render_face(model, code, camera, triangle_id=ids[:1])
-
-
 def test_analysis_by_synthesis_recovers_pose_light_and_albedo(builtin_model):
     import optax
 

@@ -51,15 +51,11 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
                 background: Optional[jax.Array] = None,
                 landmark_indices: Optional[jax.Array] = None,
                 slots_per_pixel: float = 2.0,
-                vertex_weight: Optional[jax.Array] = None,
-                triangle_id: Optional[jax.Array] = None) -> RenderOutput:
+                vertex_weight: Optional[jax.Array] = None) -> RenderOutput:
     """Renders a batch of camera-space meshes (B, V, 3) with per-vertex albedo (B, V, 3).
 
     illumination: (B, 9, 3) SH radiance; background: (B, H, W, 3), (3,) or None (black);
-    vertex_weight: (V,) or (B, V) weights interpolated into `RenderOutput.region`;
-    triangle_id: (B, H, W) visibility rasterized earlier (`rasterize_face`, e.g. a few
-    steps before in a fit) in place of rasterizing these vertices: each pixel keeps its
-    triangle, whose barycentrics still follow the vertices.
+    vertex_weight: (V,) or (B, V) weights interpolated into `RenderOutput.region`.
     """
     if vertices_camera.ndim != 3 or vertices_camera.shape[-1] != 3:
         raise ValueError(f"vertices have shape {tuple(vertices_camera.shape)}, expected (B, V, 3)")
@@ -73,13 +69,9 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
     height, width = camera.height, camera.width
     normals = facemodel.vertex_normals(vertices_camera, triangles)
     screen = camera_lib.project(vertices_camera, camera)
-    if triangle_id is None:
-        triangle_id = raster.rasterize(screen, triangles, height=height, width=width,
-                                       slots_per_pixel=slots_per_pixel).triangle_id
-    elif triangle_id.shape != (batch, height, width):
-        raise ValueError(f"triangle_id has shape {tuple(triangle_id.shape)}, expected "
-                         f"({batch}, {height}, {width})")
-    tri_id = jax.lax.stop_gradient(triangle_id)
+    fragments = raster.rasterize(screen, triangles, height=height, width=width,
+                                 slots_per_pixel=slots_per_pixel)
+    tri_id = fragments.triangle_id
     bary = raster.barycentrics(screen, triangles, tri_id)
     if vertex_weight is None:
         vertex_weight = jnp.ones(vertices_camera.shape[:2], vertices_camera.dtype)
@@ -114,31 +106,14 @@ def face_geometry(model: FaceModel, code) -> tuple[jax.Array, jax.Array]:
     return vertices_camera, facemodel.albedo(model, code.reflectance)
 
 
-def _check_batch(code) -> None:
+def render_face(model: FaceModel, code, camera: camera_lib.Camera,
+                background: Optional[jax.Array] = None, slots_per_pixel: float = 2.0
+                ) -> RenderOutput:
+    """Renders a batch of FaceCodes (leading dim B) of `model` through `camera`."""
     if len(code.batch_shape) != 1:
         raise ValueError(f"FaceCode has batch shape {code.batch_shape}, expected (B,)")
-
-
-def render_face(model: FaceModel, code, camera: camera_lib.Camera,
-                background: Optional[jax.Array] = None, slots_per_pixel: float = 2.0,
-                triangle_id: Optional[jax.Array] = None) -> RenderOutput:
-    """Renders a batch of FaceCodes (leading dim B) of `model` through `camera`
-    (`triangle_id`: visibility from `rasterize_face`, see `render_mesh`)."""
-    _check_batch(code)
     code.validate(model)
     vertices_camera, albedo = face_geometry(model, code)
     return render_mesh(vertices_camera, albedo, model.triangles, camera, code.illumination,
                        background=background, landmark_indices=model.landmark_indices,
-                       slots_per_pixel=slots_per_pixel, vertex_weight=model.face_mask,
-                       triangle_id=triangle_id)
-
-
-def rasterize_face(model: FaceModel, code, camera: camera_lib.Camera,
-                   slots_per_pixel: float = 2.0) -> jax.Array:
-    """The visibility pass alone of `render_face`: triangle ids (B, H, W), -1 on background."""
-    _check_batch(code)
-    code.validate(model)
-    vertices_camera, _ = face_geometry(model, code)
-    screen = camera_lib.project(vertices_camera, camera)
-    return raster.rasterize(screen, model.triangles, height=camera.height, width=camera.width,
-                            slots_per_pixel=slots_per_pixel).triangle_id
+                       slots_per_pixel=slots_per_pixel, vertex_weight=model.face_mask)
