@@ -85,6 +85,7 @@ def load(spec: str, **options) -> FaceModel:
 
 
 __all__ = [
-    "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "from_numpy", "linear_combination",
-    "load", "load_npz", "safe_normalize", "sample_codes", "save_npz", "shape", "vertex_normals",
+    "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "from_numpy",
+    "linear_combination", "load", "load_npz", "safe_normalize", "sample_codes", "save_npz",
+    "shape", "vertex_normals",
 ]

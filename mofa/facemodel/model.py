@@ -166,7 +166,8 @@ def shape(model: FaceModel, identity: jax.Array, expression: jax.Array) -> jax.A
 def albedo(model: FaceModel, reflectance: jax.Array) -> jax.Array:
     """Per-vertex linear RGB albedo (..., V, 3) from a standardized reflectance code."""
     _check_code("reflectance", reflectance, model.num_albedo)
-    return model.albedo_mean + linear_combination(model.albedo_basis, reflectance * model.albedo_std)
+    return model.albedo_mean + linear_combination(model.albedo_basis,
+                                                  reflectance * model.albedo_std)
 
 
 def safe_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
