@@ -69,6 +69,18 @@ def test_fixed_fields_keep_their_values(builtin_model):
     assert not np.allclose(np.asarray(code.expression), 0.0)
 
 
+def test_appearance_pose_steps_scale_only_the_pose():
+    options = fitting.FitOptions(appearance_pose_lr=0.25)
+    landmark_stage, appearance = options.learning_rates("shape"), options.learning_rates(
+        "appearance")
+    for field in ("rotation", "translation"):
+        assert appearance[field] == pytest.approx(0.25 * landmark_stage[field])
+    for field in ("identity", "expression", "reflectance", "illumination"):
+        assert appearance[field] == landmark_stage[field]
+    assert fitting.FitOptions().learning_rates("appearance") == landmark_stage | {
+        "rotation": options.lr_rotation, "translation": options.lr_translation}
+
+
 def test_photometric_fit_lowers_the_photometric_error(builtin_model):
     # 64 px, batch 2, 40 steps from `initial_code`: the shapes `mofa reconstruct` uses in
     # tests/test_reconstruct.py, so the two share one compilation.
