@@ -37,9 +37,7 @@ def parse_options(text: str) -> fitting.FitOptions:
     """The CLI's fit options (calibrated identity prior) with k=v overrides, each in its
     field's type."""
     options = fitting.FitOptions(prior_identity=fitting.CALIBRATED_PRIOR_IDENTITY)
-    overrides = {k: type(getattr(options, k))(float(v))
-                 for k, v in (kv.split("=") for kv in text.split(",") if kv)}
-    return dataclasses.replace(options, **overrides)
+    return dataclasses.replace(options, **fitting.option_overrides(text))
 
 
 def main():

@@ -291,9 +291,7 @@ def run(args) -> None:
     truth = {s: truth[s] for s in stems}
     scans = _subset(scans, stems, os.path.join(args.out, f"scans_{len(stems)}"))
     detector = (OracleDetector(truth, photos) if args.oracle_landmarks else CachedDetector())
-    defaults = fitting.FitOptions()  # each override in its field's type (int or float)
-    overrides = {k: type(getattr(defaults, k))(float(v))
-                 for k, v in (kv.split("=") for kv in args.options.split(",") if kv)}
+    overrides = fitting.option_overrides(args.options)
     models = {"ict": _ict(args.ict, "face"), "builtin": facemodel.load(args.builtin_model)}
     table = {}
     for variant in args.variants.split(","):

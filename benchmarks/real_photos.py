@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from mofa import inference, reconstruct
+from mofa import fitting, inference, reconstruct
 from mofa.data import faces as faces_lib
 
 
@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="/tmp/mofa_real_photos")
     args = parser.parse_args(argv)
     rec = inference.load_reconstructor(face_model=args.face_model, fit_steps=args.fit_steps)
-    overrides = {k: float(v) for k, v in (kv.split("=") for kv in args.options.split(",") if kv)}
+    overrides = fitting.option_overrides(args.options)
     rec.options = dataclasses.replace(rec.options, **overrides)
     paths = sorted(p for p in glob.glob(os.path.join(args.photos, "*")) if os.path.isfile(p))
     reconstruct.run(paths, args.out, rec, faces_lib.MediaPipeDetector(max_faces=8),

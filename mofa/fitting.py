@@ -132,6 +132,23 @@ class FitOptions:
                 "reflectance": self.lr_code, "illumination": self.lr_illumination}
 
 
+def option_overrides(text: str) -> dict:
+    """FitOptions overrides from "k=v,k=v" (a benchmark's --options), each value in its
+    field's type; an unknown field or a bad value names itself."""
+    fields = {f.name: f for f in dataclasses.fields(FitOptions)}
+    overrides = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"fit option {item!r}: expected name=value with a name among "
+                             f"{sorted(fields)}")
+        try:
+            overrides[name] = type(getattr(FitOptions(), name))(float(value))
+        except ValueError:
+            raise ValueError(f"fit option {name}: {value!r} is not a number") from None
+    return overrides
+
+
 def coarse_ok(camera: Camera) -> bool:
     """Whether a fit through `camera` runs coarse appearance steps: even sizes whose
     half is at least MIN_COARSE_SIZE (smaller was not measured)."""

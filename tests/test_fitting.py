@@ -81,6 +81,16 @@ def test_appearance_pose_steps_scale_only_the_pose():
         "rotation": options.lr_rotation, "translation": options.lr_translation}
 
 
+def test_option_overrides_are_typed_and_named():
+    assert fitting.option_overrides("lr_code=0.1,appearance_pose_lr=1") == {
+        "lr_code": 0.1, "appearance_pose_lr": 1.0}
+    assert fitting.option_overrides("") == {}
+    with pytest.raises(ValueError, match="lr_cod"):
+        fitting.option_overrides("lr_cod=0.1")
+    with pytest.raises(ValueError, match="lr_code: 'fast'"):
+        fitting.option_overrides("lr_code=fast")
+
+
 def test_photometric_fit_lowers_the_photometric_error(builtin_model):
     # 64 px, batch 2, 40 steps from `initial_code`: the shapes `mofa reconstruct` uses in
     # tests/test_reconstruct.py, so the two share one compilation.
