@@ -1,5 +1,7 @@
 """Landmark calibration: a detector's landmarks as measured model vertices."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -60,6 +62,32 @@ def test_calibration_recovers_the_detectors_vertices_and_spread():
     own_table = landmark_calibration.calibrate(model, detections, projected, visible,
                                                radius_mm=0.0)
     assert np.median(own_table.sigma) > 3.0 * np.median(sigma)
+
+
+def test_pose_noise_is_the_ratio_of_residual_levels():
+    """Detections 1.8x noisier on the posed renders read as pose_noise 1.8, whatever the
+    jaw does (it slides in a fit), and scale the fit's noise level."""
+    model = fx.synthetic_model()
+    rng = np.random.default_rng(1)
+    own = np.asarray(model.landmark_indices)
+    sigma = np.where(np.arange(68) < 17, 0.06, np.linspace(0.01, 0.03, 68))
+    table = landmark_calibration.LandmarkTable(tuple(own.tolist()), tuple(sigma.tolist()),
+                                               model.num_vertices)
+
+    def detect(projected, scale, jaw_scale):
+        iod = np.linalg.norm(projected[:, own[36]] - projected[:, own[45]], axis=-1)
+        level = sigma * np.where(np.arange(68) < 17, jaw_scale, scale) / np.sqrt(2.0)
+        return projected[:, own] + rng.normal(size=(len(projected), 68, 2)) * (
+            level[None, :, None] * iod[:, None, None])
+
+    frontal_vertices = _projected_vertices(model, 200, seed=2)
+    posed_vertices = _projected_vertices(model, 200, seed=3)
+    frontal = (detect(frontal_vertices, 1.0, 1.0), frontal_vertices)
+    posed = (detect(posed_vertices, 1.8, 5.0), posed_vertices)
+    assert landmark_calibration.residual_level(table, *frontal) == pytest.approx(0.93, abs=0.1)
+    assert landmark_calibration.pose_noise(table, frontal, posed) == pytest.approx(1.8, rel=0.1)
+    noisier = dataclasses.replace(table, pose_noise=1.8)
+    assert noisier.crop_sigma() == pytest.approx(1.8 * table.crop_sigma())
 
 
 def test_bad_shapes_are_named():
