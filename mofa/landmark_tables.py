@@ -9,7 +9,6 @@ TABLES: dict = {
     # python -m mofa.landmark_calibration --face-model builtin
     # 158 faces; median sigma (inter-ocular): model's own vertices 0.0542, calibrated
     # 0.0421; independent coordinates 20.2 of 136
-    # pose_noise: python -m mofa.landmark_calibration --face-model builtin --pose-noise-only
     "builtin": {
         "vertices": [
             6783, 5331, 3758, 1822, 1711, 1715, 1601, 1007, 1149, 1169, 1666, 1794,
@@ -31,7 +30,6 @@ TABLES: dict = {
         ],
         "num_vertices": 12221,
         "independent": 20.18,
-        "pose_noise": 1.545,
     },
     # python -m mofa.landmark_calibration --face-model ict:PATH --render-region face_and_head
     # 160 faces; median sigma (inter-ocular): model's own vertices 0.0416, calibrated 0.0300;
