@@ -135,15 +135,16 @@ class FitOptions:
 def option_overrides(text: str) -> dict:
     """FitOptions overrides from "k=v,k=v" (a benchmark's --options), each value in its
     field's type; an unknown field or a bad value names itself."""
-    fields = {f.name: f for f in dataclasses.fields(FitOptions)}
+    defaults = FitOptions()
+    names = sorted(f.name for f in dataclasses.fields(FitOptions))
     overrides = {}
     for item in filter(None, text.split(",")):
         name, sep, value = item.partition("=")
-        if not sep or name not in fields:
+        if not sep or name not in names:
             raise ValueError(f"fit option {item!r}: expected name=value with a name among "
-                             f"{sorted(fields)}")
+                             f"{names}")
         try:
-            overrides[name] = type(getattr(FitOptions(), name))(float(value))
+            overrides[name] = type(getattr(defaults, name))(float(value))
         except ValueError:
             raise ValueError(f"fit option {name}: {value!r} is not a number") from None
     return overrides

@@ -103,7 +103,8 @@ def detect_on_renders(model: FaceModel, detector: Callable, faces: int = 160, se
     for start in range(0, faces, batch):
         k_code, k_bg, k_dist = jax.random.split(jax.random.fold_in(key, start), 3)
         code = random_code(shown, k_code, (batch,), max_yaw_degrees=max_yaw_degrees,
-                           max_pitch_degrees=max_pitch_degrees, max_roll_degrees=5.0, expression_scale=0.5, shift_mm=15.0)
+                           max_pitch_degrees=max_pitch_degrees, max_roll_degrees=5.0,
+                           expression_scale=0.5, shift_mm=15.0)
         distance = jax.random.uniform(k_dist, (batch,), minval=1300.0, maxval=1700.0)
         code = code.replace(translation=code.translation.at[:, 2].set(-distance))
         background = synthetic.random_backgrounds(k_bg, batch, image_size, image_size)
@@ -220,6 +221,9 @@ def main(argv=None) -> None:
     model = facemodel.load(args.face_model)
     shown = (facemodel.load(args.face_model, region=args.render_region) if args.render_region
              else None)
+    shipped = table_for(model)
+    if args.pose_noise_only and shipped is None:
+        parser.error(f"--pose-noise-only: no shipped table for {model.name}")
     detector = faces_lib.MediaPipeDetector(max_faces=1)
     detections, projected, visible = detect_on_renders(
         model, detector, args.faces, args.seed, render_model=shown)
@@ -227,9 +231,6 @@ def main(argv=None) -> None:
     posed = detect_on_renders(model, detector, args.faces, args.seed + 1, render_model=shown,
                               max_yaw_degrees=max_yaw, max_pitch_degrees=max_pitch)
     if args.pose_noise_only:
-        shipped = table_for(model)
-        if shipped is None:
-            parser.error(f"--pose-noise-only: no shipped table for {model.name}")
         print(f"pose_noise {pose_noise(shipped, (detections, projected), posed[:2]):.3f} "
               f"(yaw +-{max_yaw:g}, pitch +-{max_pitch:g}; {len(detections)} near-frontal "
               f"and {len(posed[0])} posed faces)")
