@@ -100,6 +100,14 @@ class FitOptions:
     # exact landmarks but left the ICT benchmark unchanged, so the default keeps 1
     # (README, "Does the fit reach the objective's minimum?").
     appearance_pose_lr: float = 1.0
+    # A learned detector's landmarks lean toward the average face: measured on renders,
+    # MediaPipe's sit this fraction of the way from the true face's landmarks toward
+    # those of the same face with the mean identity / the neutral expression
+    # (`landmark_calibration.shrinkage`). The landmark term compares the detections with
+    # the fitted face so shrunk, not with the fitted face itself, which would otherwise
+    # be pulled toward the mean. 0 for exact landmarks (renders, an encoder's own).
+    landmark_identity_shrink: float = 0.0
+    landmark_expression_shrink: float = 0.0
     rigid_fraction: float = 0.25  # of the steps; the rest is split below
     # Of `fit`'s steps (fit_landmarks gives it the rest). Short: with calibrated
     # landmark weights the shape comes mostly from the photometric stage.
@@ -108,18 +116,21 @@ class FitOptions:
     # accurate per step at half the cost (README, "Accuracy on rendered ICT faces").
     coarse_fraction: float = 2 / 3
 
-    def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0
+    def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0,
+                            identity_shrink: float = 0.0, expression_shrink: float = 0.0
                             ) -> "FitOptions":
         """These options with the landmark weight derived (`FIT_NOISE`) for detector noise
         of `sigma` x crop size per coordinate, of which `independent_fraction` of the
-        136 coordinates are independent (a calibrated detector's,
-        `landmark_calibration.LandmarkTable`): correlated errors carry less evidence.
-        The identity prior becomes `CALIBRATED_PRIOR_IDENTITY`, measured with such
-        weights only."""
+        136 coordinates are independent, and the detector's shrinkage toward the average
+        face (a calibrated detector's, `landmark_calibration.LandmarkTable`): correlated
+        errors carry less evidence. The identity prior becomes
+        `CALIBRATED_PRIOR_IDENTITY`, measured with such weights only."""
         noise = dataclasses.replace(FIT_NOISE, landmark_sigma=sigma)
         weight = noise.landmark_weight(self.photometric) / 1e4 * independent_fraction
         return dataclasses.replace(self, landmark=weight,
-                                   prior_identity=CALIBRATED_PRIOR_IDENTITY)
+                                   prior_identity=CALIBRATED_PRIOR_IDENTITY,
+                                   landmark_identity_shrink=identity_shrink,
+                                   landmark_expression_shrink=expression_shrink)
 
     def for_model(self, name: str) -> "FitOptions":
         """These options with the model's measured priors (`MODEL_PRIORS`), if any."""
@@ -308,7 +319,23 @@ def fitted_landmarks(model: FaceModel, camera: Camera, code: FaceCode, landmarks
     return fixed.at[:, jaw].set(chosen)
 
 
-def _landmark_term(model, camera, code, landmarks, weight, contour=None):
+def as_detected(model: FaceModel, code: FaceCode, identity_shrink: float = 0.0,
+                expression_shrink: float = 0.0) -> FaceCode:
+    """The code whose landmarks a detector that shrinks toward the average face reports
+    for `code`: identity and expression moved these fractions toward the mean identity
+    and the neutral expression (linear in the shape, so exactly the shrunk landmarks)."""
+    if not identity_shrink and not expression_shrink:
+        return code
+    rest = model.expression_bounds[0] if model.blendshapes else 0.0
+    return code.replace(
+        identity=code.identity * (1.0 - identity_shrink),
+        expression=rest + (code.expression - rest) * (1.0 - expression_shrink))
+
+
+def _landmark_term(model, camera, code, landmarks, weight, contour=None, options=None):
+    if options is not None:
+        code = as_detected(model, code, options.landmark_identity_shrink,
+                           options.landmark_expression_shrink)
     projected = fitted_landmarks(model, camera, code, landmarks, contour)
     return 1e4 * losses.landmark_alignment(projected, landmarks, weight, float(camera.width))
 
@@ -321,7 +348,8 @@ def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional
     appearance stage's objective)."""
     photometric = images is not None
     prior = losses.statistical_prior(code, model.expression_bounds)
-    total = (options.landmark * _landmark_term(model, camera, code, landmarks, weight, contour)
+    total = (options.landmark * _landmark_term(model, camera, code, landmarks, weight, contour,
+                                                options)
              + options.prior_identity * prior["prior_identity"]
              + options.prior_expression * prior["prior_expression"])
     if photometric:

@@ -67,7 +67,8 @@ class Reconstructor:
         if self.options is None:
             options = (fitting.FitOptions() if table is None
                        else fitting.FitOptions().with_landmark_noise(
-                           table.crop_sigma(), table.independent_fraction()))
+                           table.crop_sigma(), table.independent_fraction(),
+                           table.identity_shrink, table.expression_shrink))
             self.options = options.for_model(self.model.name)
         self._contour = (jnp.asarray(fitting.contour_candidates(self.fit_model))
                          if self.contour else None)

@@ -24,14 +24,16 @@ written by `python -m mofa.landmark_calibration` (see `main`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mofa import render
 from mofa.code import DEFAULT_FOV_DEGREES, random_code
 from mofa.facemodel import NUM_LANDMARKS, FaceModel
+from mofa.render import camera as camera_lib
 
 EYE_CORNERS = (36, 45)  # outer eye corners: the inter-ocular unit
 # Outer-eye-corner distance / crop size in the reconstruction crop framing
@@ -60,6 +62,11 @@ class LandmarkTable:
     # The detector's noise over `POSE_RANGE` relative to `sigma` (measured near-frontal),
     # on the same vertices: scales the noise level the fit weights landmarks by.
     pose_noise: float = 1.0
+    # How far the detections sit from the face toward the same face with the mean
+    # identity / the neutral expression, over `POSE_RANGE` (`shrinkage`): a learned
+    # detector's landmarks lean toward the average face.
+    identity_shrink: float = 0.0
+    expression_shrink: float = 0.0
 
     def weights(self) -> np.ndarray:
         """(68,) inverse-variance landmark weights, mean 1 (the overall landmark weight
@@ -82,24 +89,46 @@ class LandmarkTable:
         return model.num_vertices == self.num_vertices
 
 
+class Detections(NamedTuple):
+    """A detector's landmarks on renders of known faces (`detect_on_renders`), per face
+    the detector found; vertices are the face model's, positions in pixels."""
+
+    detections: np.ndarray  # (N, 68, 2)
+    projected: np.ndarray  # (N, V, 2) the rendered face's vertices
+    visible: np.ndarray  # (N, V) bool
+    # (N, V, 2) how each vertex's projection moves when the face's identity is set to
+    # the mean / its expression to neutral, pose kept (`shrinkage`).
+    toward_mean_identity: np.ndarray
+    toward_neutral: np.ndarray
+
+
 def detect_on_renders(model: FaceModel, detector: Callable, faces: int = 160, seed: int = 0,
                       image_size: int = 224, render_model: Optional[FaceModel] = None,
                       batch: int = 16, max_yaw_degrees: float = 12.0,
-                      max_pitch_degrees: float = 10.0) -> tuple:
-    """Renders `faces` random faces (near-frontal by default) and detects them.
-
-    Returns (detections (N, 68, 2), projected vertices (N, V, 2), vertex visibility
-    (N, V)) for the faces the detector found; vertices are those of `model` (the
-    first V of `render_model`, e.g. a larger region of the same mesh, if given).
-    """
+                      max_pitch_degrees: float = 10.0) -> Detections:
+    """Renders `faces` random faces (near-frontal by default) and detects them; vertices
+    are those of `model` (the first V of `render_model`, e.g. a larger region of the
+    same mesh, if given)."""
     from mofa import images
     from mofa.data import synthetic
 
     shown = render_model or model
     camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, image_size, image_size)
     draw = jax.jit(render.render_face)
+
+    @jax.jit
+    def moves(code):  # projections with the mean identity / neutral expression - as is
+        rest = model.expression_bounds[0] if model.blendshapes else 0.0
+        code = code.replace(identity=code.identity[:, :model.num_identity],
+                            expression=code.expression[:, :model.num_expression])
+        project = lambda c: camera_lib.project(  # noqa: E731
+            render.face_geometry(model, c)[0], camera)[..., :2]
+        base = project(code)
+        return (project(code.replace(identity=jnp.zeros_like(code.identity))) - base,
+                project(code.replace(expression=jnp.full_like(code.expression, rest))) - base)
+
     key = jax.random.key(seed)
-    detections, projected, visible = [], [], []
+    found_rows, detections = [], []
     for start in range(0, faces, batch):
         k_code, k_bg, k_dist = jax.random.split(jax.random.fold_in(key, start), 3)
         code = random_code(shown, k_code, (batch,), max_yaw_degrees=max_yaw_degrees,
@@ -111,16 +140,18 @@ def detect_on_renders(model: FaceModel, detector: Callable, faces: int = 160, se
         out = draw(shown, code, camera, background=background)
         photos = images.to_uint8(images.linear_to_srgb(np.clip(np.asarray(out.image), 0, 1)))
         n = model.num_vertices
+        mean_identity, neutral = jax.device_get(moves(code))
         for i in range(batch):
             found = detector(photos[i])
             if len(found) != 1:
                 continue
             detections.append(np.asarray(found[0], np.float32)[:, :2])
-            projected.append(np.asarray(out.screen_vertices[i, :n, :2]))
-            visible.append(np.asarray(out.vertex_visibility[i, :n]) > 0.5)
+            found_rows.append((np.asarray(out.screen_vertices[i, :n, :2]),
+                               np.asarray(out.vertex_visibility[i, :n]) > 0.5,
+                               mean_identity[i], neutral[i]))
     if not detections:
         raise ValueError("the detector found no face on any render")
-    return np.stack(detections), np.stack(projected), np.stack(visible)
+    return Detections(np.stack(detections), *(np.stack(column) for column in zip(*found_rows)))
 
 
 def calibrate(model: FaceModel, detections: np.ndarray, projected: np.ndarray,
@@ -185,6 +216,27 @@ def pose_noise(table: LandmarkTable, frontal: tuple, posed: tuple) -> float:
     return residual_level(table, *posed) / residual_level(table, *frontal)
 
 
+def shrinkage(table: LandmarkTable, found: Detections) -> tuple:
+    """(identity_shrink, expression_shrink): the least-squares fractions by which the
+    detections sit from the rendered face toward the same face with the mean identity
+    and with the neutral expression, on `table`'s non-jaw vertices (the jaw slides in a
+    fit), in inter-ocular units. Each landmark's mean residual is removed first (a
+    constant offset is the table's vertex choice, not shrinkage), and the 5% of faces
+    with the largest residuals are left out (detector failures)."""
+    vertices = np.asarray(table.vertices)[_JAW:]
+    iod = np.linalg.norm(found.detections[:, EYE_CORNERS[0]]
+                         - found.detections[:, EYE_CORNERS[1]], axis=-1)[:, None, None]
+    residual = (found.detections[:, _JAW:] - found.projected[:, vertices]) / iod
+    keep = np.mean(residual**2, (1, 2))
+    keep = keep <= np.quantile(keep, 0.95)
+    centred = lambda x: x[keep] - x[keep].mean(0)  # noqa: E731
+    moves = [centred(m[:, vertices] / iod) for m in (found.toward_mean_identity,
+                                                     found.toward_neutral)]
+    design = np.stack([m.ravel() for m in moves], 1)
+    coefficients, *_ = np.linalg.lstsq(design, centred(residual).ravel(), rcond=None)
+    return float(coefficients[0]), float(coefficients[1])
+
+
 def table_for(model: FaceModel) -> Optional[LandmarkTable]:
     """The shipped MediaPipe table of a model (by name), if it matches the model."""
     from mofa import landmark_tables
@@ -193,7 +245,8 @@ def table_for(model: FaceModel) -> Optional[LandmarkTable]:
     if entry is None:
         return None
     table = LandmarkTable(tuple(entry["vertices"]), tuple(entry["sigma"]), entry["num_vertices"],
-                          entry["independent"], entry.get("pose_noise", 1.0))
+                          entry["independent"], entry.get("pose_noise", 1.0),
+                          entry.get("identity_shrink", 0.0), entry.get("expression_shrink", 0.0))
     return table if table.applies_to(model) else None
 
 
@@ -215,38 +268,41 @@ def main(argv=None) -> None:
                         help="ICT: render this larger region (e.g. face_and_head) of the mesh")
     parser.add_argument("--faces", type=int, default=160)
     parser.add_argument("--seed", type=int, default=101)
-    parser.add_argument("--pose-noise-only", action="store_true",
-                        help="measure only the shipped table's pose_noise")
+    parser.add_argument("--pose-range-only", action="store_true",
+                        help="measure only the shipped table's pose_noise and shrinkage")
     args = parser.parse_args(argv)
     model = facemodel.load(args.face_model)
     shown = (facemodel.load(args.face_model, region=args.render_region) if args.render_region
              else None)
     shipped = table_for(model)
-    if args.pose_noise_only and shipped is None:
-        parser.error(f"--pose-noise-only: no shipped table for {model.name}")
+    if args.pose_range_only and shipped is None:
+        parser.error(f"--pose-range-only: no shipped table for {model.name}")
     detector = faces_lib.MediaPipeDetector(max_faces=1)
-    detections, projected, visible = detect_on_renders(
-        model, detector, args.faces, args.seed, render_model=shown)
+    frontal = detect_on_renders(model, detector, args.faces, args.seed, render_model=shown)
     max_yaw, max_pitch = POSE_RANGE
     posed = detect_on_renders(model, detector, args.faces, args.seed + 1, render_model=shown,
                               max_yaw_degrees=max_yaw, max_pitch_degrees=max_pitch)
-    if args.pose_noise_only:
-        print(f"pose_noise {pose_noise(shipped, (detections, projected), posed[:2]):.3f} "
-              f"(yaw +-{max_yaw:g}, pitch +-{max_pitch:g}; {len(detections)} near-frontal "
-              f"and {len(posed[0])} posed faces)")
+    table = shipped if args.pose_range_only else calibrate(
+        model, frontal.detections, frontal.projected, frontal.visible)
+    noise = round(pose_noise(table, frontal[:2], posed[:2]), 3)
+    shrink = [round(x, 3) for x in shrinkage(table, posed)]
+    pose_range = (f"over yaw +-{max_yaw:g}, pitch +-{max_pitch:g} ({len(posed.detections)} "
+                  f"faces) the noise is {noise}x, the detections shrink identity by "
+                  f"{shrink[0]} and expression by {shrink[1]}")
+    if args.pose_range_only:
+        print(f"{pose_range} ({len(frontal.detections)} near-frontal faces)")
         return
-    table = calibrate(model, detections, projected, visible)
-    before = calibrate(model, detections, projected, visible, radius_mm=0.0)
-    noise = round(pose_noise(table, (detections, projected), posed[:2]), 3)
-    print(f"# {len(detections)} faces; median sigma (inter-ocular): model's own vertices "
-          f"{np.median(before.sigma):.4f}, calibrated {np.median(table.sigma):.4f}; "
-          f"independent coordinates {table.independent:.1f} of 136; over yaw +-{max_yaw:g}, "
-          f"pitch +-{max_pitch:g} ({len(posed[0])} faces) the noise is {noise}x")
+    before = calibrate(model, frontal.detections, frontal.projected, frontal.visible,
+                       radius_mm=0.0)
+    print(f"# {len(frontal.detections)} faces; median sigma (inter-ocular): model's own "
+          f"vertices {np.median(before.sigma):.4f}, calibrated {np.median(table.sigma):.4f}; "
+          f"independent coordinates {table.independent:.1f} of 136; {pose_range}")
     print(json.dumps({model.name: {"vertices": list(table.vertices),
                                    "sigma": [round(s, 4) for s in table.sigma],
                                    "num_vertices": table.num_vertices,
                                    "independent": table.independent,
-                                   "pose_noise": noise}}))
+                                   "pose_noise": noise, "identity_shrink": shrink[0],
+                                   "expression_shrink": shrink[1]}}))
 
 
 if __name__ == "__main__":

@@ -30,12 +30,16 @@ TABLES: dict = {
         ],
         "num_vertices": 12221,
         "independent": 20.18,
+        "pose_noise": 1.545,
+        # shrinkage: python -m mofa.landmark_calibration --face-model builtin --pose-range-only
+        "identity_shrink": 0.567,
+        "expression_shrink": 0.688,
     },
     # python -m mofa.landmark_calibration --face-model ict:PATH --render-region face_and_head
     # 160 faces; median sigma (inter-ocular): model's own vertices 0.0416, calibrated 0.0300;
     # independent coordinates 12.1 of 136
-    # pose_noise: python -m mofa.landmark_calibration --face-model ict:PATH
-    #   --render-region face_and_head --pose-noise-only
+    # pose_noise and shrinkage: python -m mofa.landmark_calibration --face-model ict:PATH
+    #   --render-region face_and_head --pose-range-only
     "ict-facekit:face": {
         "vertices": [
             1184, 1769, 2140, 1777, 1780, 770, 1672, 801, 966, 2571, 3879, 3011, 3983, 3980, 4333,
@@ -56,5 +60,7 @@ TABLES: dict = {
         "num_vertices": 9409,
         "independent": 12.14,
         "pose_noise": 1.578,
+        "identity_shrink": 0.268,
+        "expression_shrink": 0.29,
     },
 }

@@ -57,6 +57,36 @@ def test_landmark_fit_recovers_shape_and_pose(builtin_model):
     assert fitted < 0.85 * mean_face, (fitted, mean_face)
 
 
+def test_shrinking_detector_is_modelled(builtin_model):
+    """Landmarks of a detector that reports each face 40% of the way toward the mean
+    identity and 50% toward the neutral expression: `as_detected` gives exactly those
+    landmarks, and the fit that models the shrinkage recovers the true shape, where the
+    fit that trusts the landmarks as they are returns a face pulled toward the mean."""
+    camera = _camera(128)
+    truth = _random_codes(builtin_model, jax.random.key(2), 8)
+    shrunk = fitting.as_detected(builtin_model, truth, 0.4, 0.5)
+    lm, weight = _landmarks(builtin_model, shrunk, camera)
+    # Linear in the shape: the shrunk landmarks are the blend of the true face's and the
+    # mean identity's / neutral expression's (same pose).
+    project = lambda c: np.asarray(_landmarks(builtin_model, c, camera)[0])  # noqa: E731
+    blend = (project(truth) + 0.4 * (project(truth.replace(identity=0 * truth.identity))
+                                     - project(truth))
+             + 0.5 * (project(truth.replace(expression=0 * truth.expression))
+                      - project(truth)))
+    np.testing.assert_allclose(np.asarray(lm), blend, atol=0.05)  # px; perspective
+    geometry = lambda c: facemodel.shape(builtin_model, c.identity, c.expression)  # noqa: E731
+    error = lambda c: float(np.linalg.norm(  # noqa: E731
+        np.asarray(geometry(c) - geometry(truth)), axis=-1).mean())
+    modelled = fitting.FitOptions(landmark_identity_shrink=0.4, landmark_expression_shrink=0.5)
+    as_is = fitting.fit_landmarks(builtin_model, camera, lm, weight, steps=300)
+    aware = fitting.fit_landmarks(builtin_model, camera, lm, weight, steps=300,
+                                  options=modelled)
+    print("shape error (mm): trusting the landmarks", error(as_is), "modelling the detector",
+          error(aware), "mean face", error(truth.replace(identity=0 * truth.identity,
+                                                          expression=0 * truth.expression)))
+    assert error(aware) < 0.8 * error(as_is)
+
+
 def test_fixed_fields_keep_their_values(builtin_model):
     camera = _camera(128)
     truth = _random_codes(builtin_model, jax.random.key(3), 8)

@@ -90,6 +90,32 @@ def test_pose_noise_is_the_ratio_of_residual_levels():
     assert noisier.crop_sigma() == pytest.approx(1.8 * table.crop_sigma())
 
 
+def test_shrinkage_is_recovered():
+    """Detections that sit 30% of the way toward the mean identity and 60% toward the
+    neutral expression, plus a constant per-landmark offset and noise, read as
+    shrinkage (0.3, 0.6)."""
+    model = fx.synthetic_model()
+    rng = np.random.default_rng(2)
+    own = np.asarray(model.landmark_indices)
+    table = landmark_calibration.LandmarkTable(tuple(own.tolist()), (0.03,) * 68,
+                                               model.num_vertices)
+    n, v = 200, model.num_vertices
+    projected = _projected_vertices(model, n, seed=4)
+    iod = np.linalg.norm(projected[:, own[36]] - projected[:, own[45]], axis=-1)
+    toward_mean = rng.normal(size=(n, v, 2)) * 2.0
+    toward_neutral = rng.normal(size=(n, v, 2)) * 2.0
+    offset = rng.normal(size=(1, 68, 2)) * 2.0
+    detections = (projected[:, own] + 0.3 * toward_mean[:, own] + 0.6 * toward_neutral[:, own]
+                  + offset + rng.normal(size=(n, 68, 2)) * 0.02 * iod[:, None, None])
+    found = landmark_calibration.Detections(detections, projected, np.ones((n, v), bool),
+                                            toward_mean, toward_neutral)
+    identity, expression = landmark_calibration.shrinkage(table, found)
+    assert identity == pytest.approx(0.3, abs=0.03) and expression == pytest.approx(0.6, abs=0.03)
+    # Detections of the faces themselves read as no shrinkage.
+    exact = found._replace(detections=projected[:, own] + offset)
+    np.testing.assert_allclose(landmark_calibration.shrinkage(table, exact), 0.0, atol=2e-3)
+
+
 def test_bad_shapes_are_named():
     model = fx.synthetic_model()
     with pytest.raises(ValueError, match="expected \\(N, 68, 2\\)"):
@@ -105,6 +131,9 @@ def test_shipped_tables_match_their_models(builtin_model):
     rec = inference.Reconstructor(builtin_model, render.Camera.from_fov(
         DEFAULT_FOV_DEGREES, 64, 64), fit_steps=0)
     np.testing.assert_array_equal(np.asarray(rec.fit_model.landmark_indices), table.vertices)
+    # The fit models the detector's lean toward the average face that the table measured.
+    assert rec.options.landmark_identity_shrink == table.identity_shrink > 0
+    assert rec.options.landmark_expression_shrink == table.expression_shrink > 0
     np.testing.assert_array_equal(np.asarray(rec.model.landmark_indices),
                                   np.asarray(builtin_model.landmark_indices))
     assert landmark_calibration.table_for(builtin_model.replace(name="another")) is None

@@ -106,13 +106,14 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
         fitted = np.asarray(code["landmarks"])
         detected = np.asarray(code["landmarks_detected"])
         distance = lambda a, b: np.mean(np.linalg.norm(a - b, axis=-1))  # noqa: E731
-        # Fitted landmarks come back through the crop transform onto the detector's own.
-        assert distance(fitted, detected) < 4.0
-        # Against the render's ground truth (shifted where pasted), up to the detector's
-        # own bias (mostly on the jaw line, ~8 px at this size).
+        # Fitted landmarks come back through the crop transform onto the face, closer to
+        # the render's ground truth (shifted where pasted) than the detector's own: the
+        # fit corrects the detector's bias (its jaw line, its lean toward the average
+        # face), which the fit's landmark table models.
         errors = [distance(fitted, truth[index] + [shift, 0]) for index, shift in candidates]
         best = int(np.argmin(errors))
-        assert errors[best] < 10.0, (name, errors)
+        index, shift = candidates[best]
+        assert errors[best] < distance(detected, truth[index] + [shift, 0]), (name, errors)
         assert errors[best] < distance(detected, truth[candidates[best][0]]
                                        + [candidates[best][1], 0]) + 2.0
         if name.startswith("more/two"):
@@ -469,8 +470,10 @@ def test_video_tracks_every_face_streaming(renders, builtin_model, tmp_path):
         sliding = [np.asarray(truth[3]) + [SIZE + slide(t), 0.0]] if t < 4 else []
         return [turning[t]] + sliding if t % 2 == 0 else sliding + [turning[t]]
 
+    # The scripted detections are the model's own landmark vertices, exactly: no detector
+    # table (MediaPipe's vertices, noise and shrinkage) describes them.
     rec = inference.Reconstructor(builtin_model, render.Camera.from_fov(12.6, 64, 64),
-                                  batch_size=4, fit_steps=20)
+                                  batch_size=4, fit_steps=20, calibrated_landmarks=False)
     summary = reconstruct.run([str(video)], str(tmp_path / "out"), rec, detector=detector,
                               progress=False)
     assert len(calls) == 6  # detected once per frame, in the first pass only
@@ -495,7 +498,7 @@ def test_video_tracks_every_face_streaming(renders, builtin_model, tmp_path):
     # The fitted landmarks follow each face in the original frame's pixels, the sliding
     # one included.
     errors = np.linalg.norm(codes["landmarks"] - codes["landmarks_detected"], axis=-1)
-    assert np.median(errors) < 4.0, np.median(errors)
+    assert np.median(errors) < 2.5, np.median(errors)
     sliding_x = codes["landmarks"][codes["track"] == 0][:, :, 0].mean(1)
     np.testing.assert_allclose(np.diff(sliding_x), 3.0, atol=1.5)
     overlay = imageio.imread(tmp_path / "out" / "pair_overlay.mp4")
