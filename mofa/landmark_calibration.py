@@ -16,7 +16,8 @@ Near-frontal views (|yaw| <= 12 deg) keep the jaw points off the occluding
 contour, which `fitting.contour_candidates` handles on turned faces. The
 detector is less precise on turned faces, so the noise level the fit weights
 landmarks by is measured again over the pose range reconstruction sees
-(`pose_noise`, `POSE_RANGE`). Tables for
+(`pose_noise`, `POSE_RANGE`), and so is its lean toward the average face
+(`shrinkage`), which the fit models (`fitting.as_detected`). Tables for
 the shipped models and the MediaPipe detector are in `landmark_tables.py`,
 written by `python -m mofa.landmark_calibration` (see `main`).
 """
