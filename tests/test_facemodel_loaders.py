@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from mofa import facemodel
+from mofa import facemodel, landmark_calibration
 from mofa.facemodel import bfm, flame, ict, transfer
 
 import fixtures_facemodels as fx
@@ -136,6 +136,14 @@ def test_ict_face_counts_and_conventions(ict_face, ict_dir):
     mask = np.asarray(m.face_mask)
     assert mask.max() == 1.0 and mask.min() == 0.0
     assert mask[np.asarray(m.landmark_indices)].min() == 1.0  # landmarks are on the skin
+    # MediaPipe's measured landmark table applies: its vertices on the face's skin, each
+    # within 20 mm of the model's own landmark, and the detector's lean measured.
+    table = landmark_calibration.table_for(m)
+    assert table is not None, "regenerate: python -m mofa.landmark_calibration --face-model ict"
+    vertices = np.asarray(table.vertices)
+    assert mask[vertices].min() == 1.0
+    assert np.linalg.norm(mean[vertices] - lmk, axis=-1).max() <= 20.0
+    assert 0 < table.identity_shrink < 1 and 0 < table.expression_shrink < 1
 
 
 def test_ict_identity_matches_the_obj_files(ict_face, ict_dir):
