@@ -3,8 +3,9 @@
 `--checkpoint WORKDIR`: the encoder's code (as trained, refined to its own
 landmarks) fitted photometrically for `--steps` (`mofa.train.fit_code`), with
 `--rigid-fraction` / `--shape-fraction` / `--lr-illumination` /
-`--prior-identity` / `--prior-reflectance` overriding `train.FIT_OPTIONS` for
-ablations, scored on the config's synthetic test faces.
+`--prior-identity` / `--prior-reflectance` (or any field through `--options
+k=v,k=v`) overriding `train.FIT_OPTIONS` for ablations, scored on the config's
+synthetic test faces.
 Without `--checkpoint`: the mean face at each test face's *true* pose fitted
 to its exact landmarks, jittered by `--jitter-px` (landmark fit only, the
 refinement's weights): the best a landmark-only method gets. Run by hand:
@@ -20,7 +21,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from mofa import evaluation, train
+from mofa import evaluation, fitting, train
 from mofa.code import FaceCode
 
 METRICS = ("expression_error_mm", "identity_shape_error_mm", "illumination_rmse", "albedo_rmse",
@@ -38,6 +39,8 @@ def main():
     parser.add_argument("--lr-illumination", type=float, default=None)
     parser.add_argument("--prior-identity", type=float, default=None)
     parser.add_argument("--prior-reflectance", type=float, default=None)
+    parser.add_argument("--options", default="",
+                        help="FitOptions overrides k=v,k=v (fitting.option_overrides)")
     parser.add_argument("--jitter-px", type=float, default=0.0)
     parser.add_argument("--batches", type=int, default=4, help="test batches of the config's size")
     args = parser.parse_args()
@@ -49,6 +52,7 @@ def main():
                                  ("lr_illumination", args.lr_illumination),
                                  ("prior_identity", args.prior_identity),
                                  ("prior_reflectance", args.prior_reflectance)) if v is not None}
+    changes.update(fitting.option_overrides(args.options))
     if args.checkpoint:
         config, state, decoder, _ = train.load_trained(args.checkpoint)
         refine = train.config_refine_steps(config)
