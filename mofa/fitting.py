@@ -332,11 +332,10 @@ def as_detected(model: FaceModel, code: FaceCode, identity_shrink: float = 0.0,
         expression=rest + (code.expression - rest) * (1.0 - expression_shrink))
 
 
-def _landmark_term(model, camera, code, landmarks, weight, contour=None, options=None):
-    if options is not None:
-        code = as_detected(model, code, options.landmark_identity_shrink,
+def _landmark_term(model, camera, code, landmarks, weight, contour, options):
+    detected = as_detected(model, code, options.landmark_identity_shrink,
                            options.landmark_expression_shrink)
-    projected = fitted_landmarks(model, camera, code, landmarks, contour)
+    projected = fitted_landmarks(model, camera, detected, landmarks, contour)
     return 1e4 * losses.landmark_alignment(projected, landmarks, weight, float(camera.width))
 
 
