@@ -28,7 +28,6 @@ import dataclasses
 from typing import Callable, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mofa import render
@@ -110,7 +109,7 @@ def detect_on_renders(model: FaceModel, detector: Callable, faces: int = 160, se
     """Renders `faces` random faces (near-frontal by default) and detects them; vertices
     are those of `model` (the first V of `render_model`, e.g. a larger region of the
     same mesh, if given)."""
-    from mofa import images
+    from mofa import fitting, images
     from mofa.data import synthetic
 
     shown = render_model or model
@@ -119,14 +118,11 @@ def detect_on_renders(model: FaceModel, detector: Callable, faces: int = 160, se
 
     @jax.jit
     def moves(code):  # projections with the mean identity / neutral expression - as is
-        rest = model.expression_bounds[0] if model.blendshapes else 0.0
-        code = code.replace(identity=code.identity[:, :model.num_identity],
-                            expression=code.expression[:, :model.num_expression])
         project = lambda c: camera_lib.project(  # noqa: E731
             render.face_geometry(model, c)[0], camera)[..., :2]
         base = project(code)
-        return (project(code.replace(identity=jnp.zeros_like(code.identity))) - base,
-                project(code.replace(expression=jnp.full_like(code.expression, rest))) - base)
+        return (project(fitting.as_detected(model, code, identity_shrink=1.0)) - base,
+                project(fitting.as_detected(model, code, expression_shrink=1.0)) - base)
 
     key = jax.random.key(seed)
     found_rows, detections = [], []
