@@ -7,7 +7,7 @@ from typing import Optional
 
 import flax.struct
 
-from mofa import corrective, facemodel
+from mofa import corrective, facemodel, fitting
 from mofa.code import FaceCode
 from mofa.render import Camera, RenderOutput
 
@@ -20,6 +20,10 @@ class Decoder:
     face_model: facemodel.FaceModel
     camera: Camera
     mesh: Optional[corrective.MeshOperators] = None
+    # The calibrated detector whose points the batches carry (photo sources; see
+    # `fitting.detector_landmarks`); None where they are the model's own landmark
+    # vertices (rendered faces).
+    detector: Optional[fitting.DetectorLandmarks] = None
 
     def render(self, code: FaceCode, space: Optional[dict] = None,
                coefficients: Optional[dict] = None, background=None) -> RenderOutput:
@@ -27,3 +31,11 @@ class Decoder:
         corrective level is on), composited over `background`."""
         return corrective.render_corrected(self.face_model, code, self.camera, space,
                                            coefficients, background=background)
+
+    def scored_landmarks(self, code: FaceCode, out: RenderOutput, detected, weight):
+        """(points (B, 68, 2), weights (B, 68)): the rendered faces' landmarks as the
+        batch's landmarks `detected` define them, and their weights."""
+        if self.detector is None:
+            return out.landmarks, weight
+        return (self.detector.points(self.camera, code, out.screen_vertices, detected),
+                weight * self.detector.weights)

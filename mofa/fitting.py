@@ -20,6 +20,7 @@ import dataclasses
 import functools
 from typing import Optional
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -306,17 +307,71 @@ def fitted_landmarks(model: FaceModel, camera: Camera, code: FaceCode, landmarks
     """(B, 68, 2) the model's landmarks as the fit scores them against `landmarks`: with
     `contour` (`contour_candidates`), each jaw landmark is the candidate vertex that
     projects nearest to its detected point (the choice carries no gradient)."""
-    geometry = landmark_geometry(model, contour)
-    projected = project_landmarks(geometry, camera, code)
+    projected = project_landmarks(landmark_geometry(model, contour), camera, code)
+    return _slide_contour(projected, landmarks, None if contour is None else contour.shape)
+
+
+def _slide_contour(projected: jax.Array, landmarks: jax.Array,
+                   contour_shape: Optional[tuple]) -> jax.Array:
+    """(B, 68, 2) from projected landmark vertices (B, 68 [+ J * C], 2) (then the contour
+    candidates, `contour_shape` = (J, C)): each jaw landmark takes the candidate nearest
+    to its detected point in `landmarks` (the choice carries no gradient)."""
     fixed = projected[:, :NUM_LANDMARKS]
-    if contour is None:
+    if contour_shape is None:
         return fixed
     jaw = jnp.asarray(CONTOUR_LANDMARKS)
-    candidates = projected[:, NUM_LANDMARKS:].reshape(projected.shape[0], *contour.shape, 2)
+    candidates = projected[:, NUM_LANDMARKS:].reshape(projected.shape[0], *contour_shape, 2)
     distance = jnp.sum((candidates - landmarks[:, jaw, None]) ** 2, -1)
     choice = jnp.argmin(jax.lax.stop_gradient(distance), -1)
     chosen = jnp.take_along_axis(candidates, choice[..., None, None], axis=2)[:, :, 0]
     return fixed.at[:, jaw].set(chosen)
+
+
+@flax.struct.dataclass
+class DetectorLandmarks:
+    """A calibrated 2D detector's 68 points on a face model (`detector_landmarks`), for
+    scoring rendered faces against its detections in training on photos: the measured
+    vertices, then the jaw's contour candidates (`indices`), inverse-variance weights
+    (mean 1), the model cut to those vertices, and the detector's lean toward the
+    average face, as the fit models them (`FitOptions.landmark_identity_shrink`)."""
+
+    indices: jax.Array  # (68 + J * C,) int32 vertex indices
+    weights: jax.Array  # (68,)
+    geometry: FaceModel  # `landmark_geometry` at `indices`
+    contour_shape: tuple = flax.struct.field(pytree_node=False)  # (J, C)
+    identity_shrink: float = flax.struct.field(pytree_node=False, default=0.0)
+    expression_shrink: float = flax.struct.field(pytree_node=False, default=0.0)
+
+    def points(self, camera: Camera, code: FaceCode, screen_vertices: jax.Array,
+               detected: jax.Array) -> jax.Array:
+        """(B, 68, 2) what the detector would report for rendered faces: their posed
+        screen vertices (B, V, 3) (with any corrective offsets) at the measured
+        vertices, moved as the detector leans toward the mean face, the jaw points
+        sliding onto the silhouette nearest the `detected` ones (B, 68, 2)."""
+        projected = screen_vertices[:, self.indices, :2]
+        if self.identity_shrink or self.expression_shrink:
+            lean = as_detected(self.geometry, code, self.identity_shrink, self.expression_shrink)
+            projected = projected + (project_landmarks(self.geometry, camera, lean)
+                                     - project_landmarks(self.geometry, camera, code))
+        return _slide_contour(projected, detected, self.contour_shape)
+
+
+def detector_landmarks(model: FaceModel) -> Optional[DetectorLandmarks]:
+    """MediaPipe's calibrated landmarks on `model` (its shipped table,
+    `landmark_calibration.table_for`, with sliding jaw contour), or None where the model
+    has no table. Built once, outside jit."""
+    from mofa import landmark_calibration
+
+    table = landmark_calibration.table_for(model)
+    if table is None:
+        return None
+    measured = model.replace(landmark_indices=jnp.asarray(table.vertices, jnp.int32))
+    contour = contour_candidates(measured)
+    return DetectorLandmarks(
+        indices=jnp.asarray(np.concatenate([table.vertices, contour.reshape(-1)]), jnp.int32),
+        weights=jnp.asarray(table.weights()), geometry=landmark_geometry(measured, contour),
+        contour_shape=tuple(contour.shape), identity_shrink=float(table.identity_shrink),
+        expression_shrink=float(table.expression_shrink))
 
 
 def as_detected(model: FaceModel, code: FaceCode, identity_shrink: float = 0.0,

@@ -287,14 +287,15 @@ def objective(code: FaceCode, batch: dict, decoder: Decoder, weights: LossWeight
     model = decoder.face_model
     out = decoder.render(code, space, coefficients, background=batch["image"])
     size = float(decoder.camera.width)
+    points, point_weight = decoder.scored_landmarks(code, out, batch["landmarks"],
+                                                    batch["landmark_weight"])
     terms = {
         # Only the face region's skin: hair, ears, neck and background are not modelled.
         "photometric": photometric_dense(out.image, batch["image"], out.mask, out.region),
         "vertex_photometric": photometric_vertex(
             batch["image"], out.screen_vertices, out.vertex_colors, out.vertex_visibility,
             model.face_mask[None]),
-        "landmark": landmark_alignment(out.landmarks, batch["landmarks"],
-                                       batch["landmark_weight"], size),
+        "landmark": landmark_alignment(points, batch["landmarks"], point_weight, size),
         **statistical_prior(code, model.expression_bounds),
     }
     if encoder_landmarks is not None:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from mofa import (corrective, evaluation, facemodel, fitting, images, losses, metric_log,
                   networks, render, visualize)
@@ -77,7 +78,8 @@ def compute_losses(params, batch_stats, apply_fn, batch, decoder: Decoder, weigh
     space = params.get("corrective")
     total, terms, diagnostics, out = losses.objective(code, batch, decoder, weights, space,
                                                       coefficients, encoder_landmarks)
-    landmark_px = jnp.sum(jnp.linalg.norm(out.landmarks - batch["landmarks"], axis=-1)
+    points, _ = decoder.scored_landmarks(code, out, batch["landmarks"], batch["landmark_weight"])
+    landmark_px = jnp.sum(jnp.linalg.norm(points - batch["landmarks"], axis=-1)
                           * batch["landmark_weight"]) / jnp.maximum(
                               jnp.sum(batch["landmark_weight"]), 1.0)
     aux = {"code": code, "corrective": coefficients, "render": out,
@@ -154,6 +156,24 @@ def make_decoder(config: ml_collections.ConfigDict) -> Decoder:
                          or loss.get("corrective_albedo_symmetry", 0.0))
         mesh = corrective.mesh_operators(model, symmetric=symmetric)
     return Decoder(face_model=model, camera=camera, mesh=mesh)
+
+
+def photo_decoder(config: ml_collections.ConfigDict, decoder: Decoder) -> Decoder:
+    """The decoder that scores `config.data`'s training batches: for photo sources
+    (`sources.DETECTED_SOURCES`) with `config.data.calibrated_landmarks`, the detector's
+    calibrated landmarks on the model (`fitting.detector_landmarks`), as `mofa
+    reconstruct` fits them; otherwise `decoder` itself. Evaluation on rendered faces
+    keeps `decoder`: their landmarks are the model's own vertices."""
+    if (config.data.source not in sources.DETECTED_SOURCES
+            or not config.data.get("calibrated_landmarks", True)):
+        return decoder
+    detector = fitting.detector_landmarks(decoder.face_model)
+    if detector is None:
+        logging.warning("face model %s has no calibrated landmark table: training scores "
+                        "the detector's landmarks as the model's own vertices",
+                        decoder.face_model.name)
+        return decoder
+    return decoder.replace(detector=detector)
 
 
 def load_trained(workdir: str, face_model: str | None = None):
@@ -357,6 +377,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     writer = metric_log.MetricWriter(workdir, enabled=is_lead)
     weights = LossWeights.from_config(config.loss)
     decoder = make_decoder(config)
+    # How the training batches' landmarks are scored (a `source` given here is rendered).
+    train_decoder = photo_decoder(config, decoder) if source is None else decoder
 
     parallel = DataParallel.create(config.batch_size)
     replicated = parallel.replicated
@@ -365,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
     init_key, train_key = jax.random.split(root_key)
     state = create_state(config, decoder.face_model, init_key)
     state = jax.device_put(state, replicated)
-    decoder = jax.device_put(decoder, replicated)
+    decoder, train_decoder = jax.device_put((decoder, train_decoder), replicated)
 
     checkpoints = checkpoint_manager(workdir, config)
     state, start_step = restore_latest(checkpoints, state)
@@ -394,7 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         if (step + 1) % config.image_every == 0 or step + 1 == config.num_steps:
             if is_lead:  # this process's rows of the batch
                 _, aux = image_step(local_copy(state), jax.tree.map(jnp.asarray, local_batch),
-                                    local_copy(decoder))
+                                    local_copy(train_decoder))
                 sheet = visualize.contact_sheet(local_batch, jax.device_get(aux["render"]))
                 images.save_png(os.path.join(workdir, "images", f"step_{step + 1:07d}.png"), sheet)
                 writer.write_images(step + 1, {"reconstructions": sheet})
@@ -408,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
 
     state = run_steps(
         config, state, lambda state, batch, step: step_fn(
-            state, batch, jax.random.fold_in(train_key, step), decoder),
+            state, batch, jax.random.fold_in(train_key, step), train_decoder),
         source, parallel, checkpoints, writer, start_step, after_step=after_step)
 
     results = {}

@@ -17,6 +17,9 @@ import jax
 from mofa.facemodel import FaceModel
 
 SOURCES = ("synthetic", "synthetic_tfds", "folder", "tfds")
+# Photo sources: their landmarks are a 2D detector's (MediaPipe, `mofa.data.faces`); the
+# synthetic ones carry the face model's own landmark vertices, exactly projected.
+DETECTED_SOURCES = ("folder", "tfds")
 
 
 class SyntheticSource:
