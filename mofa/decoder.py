@@ -3,11 +3,11 @@ corrective level's mesh operators) that turn a `FaceCode` into rendered outputs.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.struct
 
-from mofa import corrective, facemodel, fitting
+from mofa import corrective, facemodel
 from mofa.code import FaceCode
 from mofa.render import Camera, RenderOutput
 
@@ -20,10 +20,10 @@ class Decoder:
     face_model: facemodel.FaceModel
     camera: Camera
     mesh: Optional[corrective.MeshOperators] = None
-    # The calibrated detector whose points the batches carry (photo sources; see
-    # `fitting.detector_landmarks`); None where they are the model's own landmark
-    # vertices (rendered faces).
-    detector: Optional[fitting.DetectorLandmarks] = None
+    # The calibrated detector whose points the batches carry (photo sources): a
+    # `fitting.DetectorLandmarks` (`landmark_calibration.detector_landmarks`); None
+    # where they are the model's own landmark vertices (rendered faces).
+    detector: Optional[Any] = None
 
     def render(self, code: FaceCode, space: Optional[dict] = None,
                coefficients: Optional[dict] = None, background=None) -> RenderOutput:

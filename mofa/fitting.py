@@ -329,11 +329,12 @@ def _slide_contour(projected: jax.Array, landmarks: jax.Array,
 
 @flax.struct.dataclass
 class DetectorLandmarks:
-    """A calibrated 2D detector's 68 points on a face model (`detector_landmarks`), for
-    scoring rendered faces against its detections in training on photos: the measured
-    vertices, then the jaw's contour candidates (`indices`), inverse-variance weights
-    (mean 1), the model cut to those vertices, and the detector's lean toward the
-    average face, as the fit models them (`FitOptions.landmark_identity_shrink`)."""
+    """A calibrated 2D detector's 68 points on a face model, for scoring rendered faces
+    against its detections in training on photos: the measured vertices, then the
+    jaw's contour candidates (`indices`), inverse-variance weights (mean 1), the model
+    cut to those vertices, and the detector's lean toward the average face, as the fit
+    models them (`FitOptions.landmark_identity_shrink`). Built from a shipped table by
+    `landmark_calibration.detector_landmarks`."""
 
     indices: jax.Array  # (68 + J * C,) int32 vertex indices
     weights: jax.Array  # (68,)
@@ -354,24 +355,6 @@ class DetectorLandmarks:
             projected = projected + (project_landmarks(self.geometry, camera, lean)
                                      - project_landmarks(self.geometry, camera, code))
         return _slide_contour(projected, detected, self.contour_shape)
-
-
-def detector_landmarks(model: FaceModel) -> Optional[DetectorLandmarks]:
-    """MediaPipe's calibrated landmarks on `model` (its shipped table,
-    `landmark_calibration.table_for`, with sliding jaw contour), or None where the model
-    has no table. Built once, outside jit."""
-    from mofa import landmark_calibration
-
-    table = landmark_calibration.table_for(model)
-    if table is None:
-        return None
-    measured = model.replace(landmark_indices=jnp.asarray(table.vertices, jnp.int32))
-    contour = contour_candidates(measured)
-    return DetectorLandmarks(
-        indices=jnp.asarray(np.concatenate([table.vertices, contour.reshape(-1)]), jnp.int32),
-        weights=jnp.asarray(table.weights()), geometry=landmark_geometry(measured, contour),
-        contour_shape=tuple(contour.shape), identity_shrink=float(table.identity_shrink),
-        expression_shrink=float(table.expression_shrink))
 
 
 def as_detected(model: FaceModel, code: FaceCode, identity_shrink: float = 0.0,

@@ -28,6 +28,7 @@ import dataclasses
 from typing import Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mofa import render
@@ -245,6 +246,25 @@ def table_for(model: FaceModel) -> Optional[LandmarkTable]:
                           entry["independent"], entry.get("pose_noise", 1.0),
                           entry.get("identity_shrink", 0.0), entry.get("expression_shrink", 0.0))
     return table if table.applies_to(model) else None
+
+
+def detector_landmarks(model: FaceModel) -> Optional["fitting.DetectorLandmarks"]:
+    """MediaPipe's calibrated landmarks on `model` (its shipped table, `table_for`, with
+    the jaw sliding along `fitting.contour_candidates`) for scoring renders in training
+    on photos, or None where the model has no table. Built once, outside jit."""
+    from mofa import fitting
+
+    table = table_for(model)
+    if table is None:
+        return None
+    measured = model.replace(landmark_indices=jnp.asarray(table.vertices, jnp.int32))
+    contour = fitting.contour_candidates(measured)
+    return fitting.DetectorLandmarks(
+        indices=jnp.asarray(np.concatenate([table.vertices, contour.reshape(-1)]), jnp.int32),
+        weights=jnp.asarray(table.weights()),
+        geometry=fitting.landmark_geometry(measured, contour),
+        contour_shape=tuple(contour.shape), identity_shrink=float(table.identity_shrink),
+        expression_shrink=float(table.expression_shrink))
 
 
 def main(argv=None) -> None:

@@ -19,8 +19,8 @@ import ml_collections
 import optax
 from absl import logging
 
-from mofa import (corrective, evaluation, facemodel, fitting, images, losses, metric_log,
-                  networks, render, visualize)
+from mofa import (corrective, evaluation, facemodel, fitting, images, landmark_calibration,
+                  losses, metric_log, networks, render, visualize)
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.decoder import Decoder
 from mofa.losses import LossWeights
@@ -161,13 +161,13 @@ def make_decoder(config: ml_collections.ConfigDict) -> Decoder:
 def photo_decoder(config: ml_collections.ConfigDict, decoder: Decoder) -> Decoder:
     """The decoder that scores `config.data`'s training batches: for photo sources
     (`sources.DETECTED_SOURCES`) with `config.data.calibrated_landmarks`, the detector's
-    calibrated landmarks on the model (`fitting.detector_landmarks`), as `mofa
-    reconstruct` fits them; otherwise `decoder` itself. Evaluation on rendered faces
+    calibrated landmarks on the model (`landmark_calibration.detector_landmarks`), as
+    `mofa reconstruct` fits them; otherwise `decoder` itself. Evaluation on rendered faces
     keeps `decoder`: their landmarks are the model's own vertices."""
     if (config.data.source not in sources.DETECTED_SOURCES
             or not config.data.get("calibrated_landmarks", True)):
         return decoder
-    detector = fitting.detector_landmarks(decoder.face_model)
+    detector = landmark_calibration.detector_landmarks(decoder.face_model)
     if detector is None:
         logging.warning("face model %s has no calibrated landmark table: training scores "
                         "the detector's landmarks as the model's own vertices",

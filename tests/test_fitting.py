@@ -58,13 +58,13 @@ def test_landmark_fit_recovers_shape_and_pose(builtin_model):
 
 
 def test_detector_landmarks_score_rendered_faces_as_the_fit_does(builtin_model):
-    """`fitting.detector_landmarks` (training on photos) gives, from a render's posed
+    """`landmark_calibration.detector_landmarks` (training on photos) gives, from a render's posed
     vertices, the points the fit's landmark term compares with detections: the table's
     vertices of the face moved as the detector leans toward the mean, the jaw sliding
     onto the silhouette; corrective offsets in the render move them too."""
     camera = _camera(64)
     truth = _random_codes(builtin_model, jax.random.key(5), 4)
-    detector = fitting.detector_landmarks(builtin_model)
+    detector = landmark_calibration.detector_landmarks(builtin_model)
     table = landmark_calibration.table_for(builtin_model)
     assert detector.identity_shrink == table.identity_shrink > 0
     measured = builtin_model.replace(landmark_indices=jnp.asarray(table.vertices, jnp.int32))

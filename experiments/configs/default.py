@@ -26,8 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Photo sources (folder, tfds): score the rendered faces' landmarks as the detector
     # reports them, from its calibrated table where the model has one (the measured
     # vertices, inverse-variance weights, sliding jaw contour and the detector's lean
-    # toward the average face; `fitting.detector_landmarks`), as `mofa reconstruct` fits
-    # them. False: the model's own landmark vertices, equally weighted.
+    # toward the average face; `landmark_calibration.detector_landmarks`), as `mofa
+    # reconstruct` fits them. False: the model's own landmark vertices, equally weighted.
     config.data.calibrated_landmarks = True
     # Overrides of `mofa.data.synthetic.Framing` for source=synthetic: pose ranges,
     # expression scale, light strength, views_per_person (> 1: multi-view batches
