@@ -58,10 +58,10 @@ def test_landmark_fit_recovers_shape_and_pose(builtin_model):
 
 
 def test_detector_landmarks_score_rendered_faces_as_the_fit_does(builtin_model):
-    """`landmark_calibration.detector_landmarks` (training on photos) gives, from a render's posed
-    vertices, the points the fit's landmark term compares with detections: the table's
-    vertices of the face moved as the detector leans toward the mean, the jaw sliding
-    onto the silhouette; corrective offsets in the render move them too."""
+    """`landmark_calibration.detector_landmarks` (training on photos) gives, from a
+    render's posed vertices, the points the fit's landmark term compares with
+    detections: the table's vertices of the face moved as the detector leans toward the
+    mean, the jaw sliding onto the silhouette; corrective offsets move them too."""
     camera = _camera(64)
     truth = _random_codes(builtin_model, jax.random.key(5), 4)
     detector = landmark_calibration.detector_landmarks(builtin_model)
@@ -69,25 +69,26 @@ def test_detector_landmarks_score_rendered_faces_as_the_fit_does(builtin_model):
     assert detector.identity_shrink == table.identity_shrink > 0
     measured = builtin_model.replace(landmark_indices=jnp.asarray(table.vertices, jnp.int32))
     contour = jnp.asarray(fitting.contour_candidates(measured))
-    out = render.render_face(builtin_model, truth, camera)
+    out = jax.jit(render.render_face)(builtin_model, truth, camera)
+    fitted_landmarks = jax.jit(fitting.fitted_landmarks)
+    points = jax.jit(lambda d, *args: d.points(camera, truth, *args))
     detections = out.landmarks + 2.0 * jax.random.normal(jax.random.key(6), out.landmarks.shape)
-    expected = fitting.fitted_landmarks(
+    expected = fitted_landmarks(
         measured, camera, fitting.as_detected(builtin_model, truth, table.identity_shrink,
                                               table.expression_shrink), detections, contour)
-    got = detector.points(camera, truth, out.screen_vertices, detections)
+    got = points(detector, out.screen_vertices, detections)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-3)
     # The points follow the rendered vertices (e.g. a corrective level's offsets; the
     # detections move along, so the jaw picks the same candidates).
     shift = jnp.array([1.5, 0.0])
     shifted = out.screen_vertices.at[..., 0].add(1.5)
     np.testing.assert_allclose(
-        np.asarray(detector.points(camera, truth, shifted, detections + shift)),
+        np.asarray(points(detector, shifted, detections + shift)),
         np.asarray(expected + shift), atol=1e-3)
     # Without the table's lean the points are the true face's, not the shrunk one's.
     plain = detector.replace(identity_shrink=0.0, expression_shrink=0.0)
-    unshrunk = fitting.fitted_landmarks(measured, camera, truth, detections, contour)
-    np.testing.assert_allclose(np.asarray(plain.points(camera, truth, out.screen_vertices,
-                                                       detections)),
+    unshrunk = fitted_landmarks(measured, camera, truth, detections, contour)
+    np.testing.assert_allclose(np.asarray(points(plain, out.screen_vertices, detections)),
                                np.asarray(unshrunk), atol=1e-3)
     assert float(jnp.abs(unshrunk - expected).max()) > 0.5  # px: the lean is visible
 
