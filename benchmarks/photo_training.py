@@ -65,7 +65,6 @@ def score(args) -> None:
     model = facemodel.load("builtin")
     camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, PHOTO_SIZE, PHOTO_SIZE)
     detector = faces_lib.MediaPipeDetector()
-    size = None
     crops, truths, true_landmarks = [], [], []
     configs = [train.load_trained(path) for path in args.checkpoint]
     size = configs[0][0].image_size
