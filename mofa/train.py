@@ -401,8 +401,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, source=N
         writer.write_scalars(0, {f"eval/{k}": v for k, v in initial.items()})
 
     if source is None:
+        # One device renders the synthetic stream (the batch is sharded afterwards): with
+        # the replicated model every device would render the whole batch (measured with 8
+        # CPU devices: 0.38 against 0.08 s a batch of 16 at 64 px).
         data_model = (facemodel.load(config.data.face_model) if config.data.get("face_model")
-                      else decoder.face_model)
+                      else local_copy(decoder.face_model))
         source = sources.make_source(config, data_model, split="train")
     refine_steps = config_refine_steps(config)
     step_fn = jax.jit(functools.partial(train_step, weights=weights, refine_steps=refine_steps),

@@ -286,3 +286,34 @@ def write_flame_embeddings(folder: str, triangles, landmarks) -> tuple:
         pickle.dump({"lmk_face_idx": faces[17:].astype(np.uint32),
                      "lmk_b_coords": bary[17:]}, f, protocol=2)
     return deca, static
+
+
+def coarse_builtin(model, stride: int = 2):
+    """The builtin model on every `stride`-th row and column of its (u, v) grid: the same
+    face, bases and regions with 1/stride^2 of the vertices, for tests whose images are
+    a few dozen pixels wide (the full mesh puts ~10 triangles in each pixel there).
+    Landmarks move to the nearest kept vertex."""
+    import jax.numpy as jnp
+
+    from mofa.facemodel import builtin
+
+    rows, cols = np.arange(0, builtin._NV, stride), np.arange(0, builtin._NU, stride)
+    if rows[-1] != builtin._NV - 1 or cols[-1] != builtin._NU - 1:
+        raise ValueError(f"stride {stride} does not keep the grid's last row and column")
+    keep = (rows[:, None] * builtin._NU + cols[None, :]).reshape(-1)
+    grid = np.arange(len(rows) * len(cols)).reshape(len(rows), len(cols))
+    half = (len(cols) - 1) // 2  # the mesh's own pattern: diagonals mirrored at the midline
+    a, b, c, d = grid[:-1, :-1], grid[:-1, 1:], grid[1:, :-1], grid[1:, 1:]
+    right = [np.stack(t, -1)[:, :half] for t in ((a, b, d), (a, d, c))]
+    left = [np.stack(t, -1)[:, half:] for t in ((a, b, c), (b, d, c))]
+    triangles = np.concatenate([t.reshape(-1, 3) for t in right + left]).astype(np.int32)
+    mean = np.asarray(model.mean_shape)
+    landmarks = np.argmin(((mean[np.asarray(model.landmark_indices)][:, None]
+                            - mean[keep][None]) ** 2).sum(-1), 1).astype(np.int32)
+    k = jnp.asarray(keep)
+    return model.replace(
+        mean_shape=model.mean_shape[k], identity_basis=model.identity_basis[:, k],
+        expression_basis=model.expression_basis[:, k], albedo_mean=model.albedo_mean[k],
+        albedo_basis=model.albedo_basis[:, k], triangles=jnp.asarray(triangles),
+        landmark_indices=jnp.asarray(landmarks), face_mask=model.face_mask[k],
+        uv_coords=None, uv_triangles=None)

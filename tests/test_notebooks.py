@@ -35,6 +35,10 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MOFA_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("MOFA_NOTEBOOK_WORKDIR", str(tmp_path / "workdir"))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    # The suite's 8 devices: the quickstart notebook's fast settings are
+    # `test_quickstart_trains_end_to_end_and_writes_outputs`'s, so whichever runs second
+    # loads the other's programs from the persistent compilation cache (conftest).
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "8")
     monkeypatch.delenv("MOFA_PHOTO", raising=False)
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300,
