@@ -311,6 +311,14 @@ def coarse_builtin(model, stride: int = 2):
     landmarks = np.argmin(((mean[np.asarray(model.landmark_indices)][:, None]
                             - mean[keep][None]) ** 2).sum(-1), 1).astype(np.int32)
     k = jnp.asarray(keep)
+    # The same surface, wound the same way: normals at the kept face vertices agree.
+    from mofa import facemodel
+
+    full_normals = np.asarray(facemodel.vertex_normals(model.mean_shape, model.triangles))[keep]
+    coarse_normals = np.asarray(facemodel.vertex_normals(model.mean_shape[k],
+                                                         jnp.asarray(triangles)))
+    on_face = np.asarray(model.face_mask)[keep] > 0.5
+    assert np.median(np.sum(full_normals * coarse_normals, -1)[on_face]) > 0.95
     return model.replace(
         mean_shape=model.mean_shape[k], identity_basis=model.identity_basis[:, k],
         expression_basis=model.expression_basis[:, k], albedo_mean=model.albedo_mean[k],
