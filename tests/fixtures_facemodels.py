@@ -295,6 +295,7 @@ def coarse_builtin(model, stride: int = 2):
     Landmarks move to the nearest kept vertex."""
     import jax.numpy as jnp
 
+    from mofa import facemodel
     from mofa.facemodel import builtin
 
     rows, cols = np.arange(0, builtin._NV, stride), np.arange(0, builtin._NU, stride)
@@ -312,8 +313,6 @@ def coarse_builtin(model, stride: int = 2):
                             - mean[keep][None]) ** 2).sum(-1), 1).astype(np.int32)
     k = jnp.asarray(keep)
     # The same surface, wound the same way: normals at the kept face vertices agree.
-    from mofa import facemodel
-
     full_normals = np.asarray(facemodel.vertex_normals(model.mean_shape, model.triangles))[keep]
     coarse_normals = np.asarray(facemodel.vertex_normals(model.mean_shape[k],
                                                          jnp.asarray(triangles)))
