@@ -302,12 +302,7 @@ def coarse_builtin(model, stride: int = 2):
     if rows[-1] != builtin._NV - 1 or cols[-1] != builtin._NU - 1:
         raise ValueError(f"stride {stride} does not keep the grid's last row and column")
     keep = (rows[:, None] * builtin._NU + cols[None, :]).reshape(-1)
-    grid = np.arange(len(rows) * len(cols)).reshape(len(rows), len(cols))
-    half = (len(cols) - 1) // 2  # the mesh's own pattern: diagonals mirrored at the midline
-    a, b, c, d = grid[:-1, :-1], grid[:-1, 1:], grid[1:, :-1], grid[1:, 1:]
-    right = [np.stack(t, -1)[:, :half] for t in ((a, b, d), (a, d, c))]
-    left = [np.stack(t, -1)[:, half:] for t in ((a, b, c), (b, d, c))]
-    triangles = np.concatenate([t.reshape(-1, 3) for t in right + left]).astype(np.int32)
+    triangles = builtin._grid_triangles(len(rows), len(cols)).astype(np.int32)
     mean = np.asarray(model.mean_shape)
     landmarks = np.argmin(((mean[np.asarray(model.landmark_indices)][:, None]
                             - mean[keep][None]) ** 2).sum(-1), 1).astype(np.int32)

@@ -2,8 +2,9 @@
 images show (tests that fail when training is broken, not smoke tests).
 
 The models keep the builtin face (on a quarter of its mesh's vertices) but only a few
-large components, so that a run of a minute or two at 32-48 px sees them: the point is that the gradient reaches every field
-and the encoder learns it, not the benchmark numbers (README has those).
+large components, so that a run of a minute or two at 32-48 px sees them: the point is
+that the gradient reaches every field and the encoder learns it, not the benchmark
+numbers (README has those).
 """
 
 import json

@@ -219,11 +219,12 @@ def _mean_grid():
     return p, eyeball * front
 
 
-def _grid_triangles():
-    """Two counter-clockwise (seen from outside) triangles per grid quad, with the
-    diagonals mirrored across the midline so the mesh itself is symmetric."""
-    idx = np.arange(_NV * _NU).reshape(_NV, _NU)
-    half = (_NU - 1) // 2
+def _grid_triangles(rows: int = _NV, columns: int = _NU):
+    """Two counter-clockwise (seen from outside) triangles per quad of a rows x columns
+    vertex grid, with the diagonals mirrored across the midline so the mesh itself is
+    symmetric."""
+    idx = np.arange(rows * columns).reshape(rows, columns)
+    half = (columns - 1) // 2
     a, b = idx[:-1, :-1], idx[:-1, 1:]
     c, d = idx[1:, :-1], idx[1:, 1:]
     right = [np.stack(t, -1)[:, :half] for t in ((a, b, d), (a, d, c))]
