@@ -307,6 +307,7 @@ def run(args) -> None:
         else:
             if name == "encoder":
                 rec = inference.load_reconstructor(args.checkpoint,
+                                                   image_size=args.encoder_image_size,
                                                    fit_steps=args.encoder_fit_steps,
                                                    batch_size=args.batch_size)
             else:
@@ -372,6 +373,9 @@ def main(argv=None) -> None:
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--tag", default="default")
     r.add_argument("--checkpoint", help="training workdir, for the encoder variant")
+    r.add_argument("--encoder-image-size", type=int, default=None,
+                   help="crop and fit size of the encoder variant (default: the "
+                   "checkpoint's; the encoder sees the crop resized to its own size)")
     r.add_argument("--encoder-fit-steps", type=int, default=None,
                    help="fit steps after the encoder (default: the checkpoint's)")
     r.add_argument("--oracle-landmarks", action="store_true",

@@ -41,7 +41,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                                             yaw_split_degrees=args.yaw_split,
                                             refine_steps=args.refine_steps,
                                             fit_steps=args.fit_steps)
-        out = args.out or os.path.join(args.checkpoint, "eval_synthetic.json")
+        out = args.out or (os.path.join(args.checkpoint, "eval_synthetic.json")
+                           if os.path.isdir(args.checkpoint) else "eval_synthetic.json")
     else:
         from mofa import scan_eval
 
@@ -83,6 +84,15 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 1 if summary["skipped"] else 0
 
 
+def _export_encoder(args: argparse.Namespace) -> int:
+    from mofa import pretrained
+
+    info = pretrained.export_encoder(args.checkpoint, args.out, dtype=args.dtype)
+    print(f"encoder of {args.checkpoint} (step {info['step']}, {info['num_parameters']:,} "
+          f"parameters, {info['dtype']}) -> {args.out} ({info['bytes'] / 2**20:.1f} MiB)")
+    return 0
+
+
 def _retarget(args: argparse.Namespace) -> int:
     import json
 
@@ -116,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic = modes.add_parser(
         "synthetic", help="a checkpoint on synthetic test faces: vertex error (mm), landmark "
         "NME, photometric, pose and light errors")
-    synthetic.add_argument("--checkpoint", required=True, help="training workdir")
+    synthetic.add_argument("--checkpoint", required=True,
+                           help="training workdir or encoder file (`mofa export-encoder`)")
     synthetic.add_argument("--face-model", default=None,
                            help="evaluate on this model's faces (default: the trained model)")
     synthetic.add_argument("--num-faces", type=int, default=None,
@@ -167,17 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder or video")
     recon.add_argument("--out", required=True, help="output folder")
     recon.add_argument("--checkpoint", default=None,
-                       help="training workdir whose encoder gives the first estimate "
-                       "(default: fit from the mean face)")
+                       help="training workdir or encoder file (`mofa export-encoder`) whose "
+                       "encoder gives the first estimate; 'none': fit from the mean face "
+                       "(default: the encoder shipped for the builtin model, none for "
+                       "other models)")
     recon.add_argument("--fit-steps", type=int, default=None,
-                       help="analysis-by-synthesis steps (default with --checkpoint: its "
-                       "config's encoder.fit_steps, 150 for the quickstart; else "
-                       "mofa.fitting.DEFAULT_FIT_STEPS: 400; 0 without --checkpoint: the "
-                       "mean face posed from the landmarks)")
+                       help="analysis-by-synthesis steps after the encoder or from the mean "
+                       "face (default with an encoder: its config's encoder.fit_steps; from "
+                       "the mean face: mofa.fitting.DEFAULT_FIT_STEPS, 400; 0: the encoder's "
+                       "code, or the mean face posed from the landmarks)")
     recon.add_argument("--face-model", default=None,
                        help="face model spec (default: the checkpoint's, else builtin)")
     recon.add_argument("--image-size", type=int, default=None,
-                       help="face crop size in pixels (default: the checkpoint's, else 128)")
+                       help="face crop size in pixels (default: a workdir's or file's own "
+                       "size, else 128; an encoder sees the crop resized to its size)")
     recon.add_argument("--batch-size", type=int, default=8, help="faces per batch")
     recon.add_argument("--max-faces", type=int, default=8, help="faces per image at most")
     recon.add_argument("--texture-size", type=int, default=256, help="UV texture size in pixels")
@@ -188,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "also write detail_depth.png, detail_normals.png, detail_mesh.obj")
     recon.add_argument("--quiet", action="store_true", help="no progress bar")
     recon.set_defaults(run=_reconstruct)
+
+    export = commands.add_parser(
+        "export-encoder", help="pack a training workdir's encoder into one file",
+        description="Writes the latest checkpoint's encoder (config, parameters, batch "
+        "statistics) as one msgpack file that --checkpoint of `mofa reconstruct` and `mofa "
+        "evaluate synthetic` take in place of the workdir.")
+    export.add_argument("--checkpoint", required=True, help="training workdir")
+    export.add_argument("--out", required=True, help="encoder file to write")
+    export.add_argument("--dtype", default="float16", choices=("float16", "float32"),
+                        help="stored precision (computation is float32 either way)")
+    export.set_defaults(run=_export_encoder)
 
     retarget = commands.add_parser(
         "retarget", help="one face's expressions and head motion on another identity",

@@ -33,6 +33,16 @@ def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)])
 
 
+def resized_encoder(encoder: Callable, size: int) -> Callable:
+    """`encoder` (images at `size` px -> FaceCode) on crops of any size, resized
+    (antialiased) to `size` first."""
+    @jax.jit
+    def encode(images):
+        shape = images.shape[:-3] + (size, size, images.shape[-1])
+        return encoder(jax.image.resize(images, shape, "linear", antialias=True))
+    return encode
+
+
 @dataclasses.dataclass
 class Reconstructor:
     """Crops -> FaceCodes: encoder estimate (optional) then `fit_steps` of fitting."""
@@ -151,26 +161,38 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
                        image_size: Optional[int] = None, fit_steps: Optional[int] = None,
                        batch_size: int = 8,
                        warn: Callable[[str], None] = print) -> Reconstructor:
-    """A Reconstructor from a training workdir's encoder (`checkpoint`, refined by
-    `fit_steps`, default its config's test-time fit `encoder.fit_steps`) or from a
-    face model alone (fitting from the mean face, default `fitting.DEFAULT_FIT_STEPS`).
-    FineNet refinement: set `.detail = detail.load_refiner(WORKDIR,
-    reconstructor.camera)`."""
+    """A Reconstructor from an encoder (`checkpoint`: a training workdir or an encoder
+    file, refined by `fit_steps`, default its config's test-time fit
+    `encoder.fit_steps`) or from a face model alone (fitting from the mean face,
+    default `fitting.DEFAULT_FIT_STEPS`). checkpoint None: the encoder shipped for the
+    face model (`pretrained.SHIPPED`, crops at 128 px) where there is one, else the face
+    model alone; "none": the face model alone. FineNet refinement: set `.detail =
+    detail.load_refiner(WORKDIR, reconstructor.camera)`."""
+    from mofa import pretrained
+
     encoder = None
     default_steps = fitting.DEFAULT_FIT_STEPS
+    if checkpoint is None and (face_model or "builtin") in pretrained.SHIPPED:
+        checkpoint = pretrained.shipped_encoder(face_model or "builtin")
+        image_size = image_size or 128
+    if checkpoint == "none":
+        checkpoint = None
     if checkpoint:
         from mofa.train import code_encoder, config_fit_steps, config_refine_steps, load_trained
 
         config, state, decoder, _ = load_trained(checkpoint, face_model)
-        if image_size and image_size != config.image_size:
-            raise ValueError(f"image_size={image_size} differs from the checkpoint's "
-                             f"{config.image_size} ({checkpoint})")
         model, camera = decoder.face_model, decoder.camera
         if "corrective" in state.params:
             warn("the checkpoint has a corrective level; meshes and codes are exported at "
                  "the 3DMM level")
         encoder = code_encoder(state, decoder, config_refine_steps(config))
         default_steps = config_fit_steps(config)
+        if image_size and image_size != config.image_size:
+            # Crops (and the fit) at `image_size`, the encoder on them resized to its own
+            # size: the same field of view frames the same face, so its code holds.
+            camera = render.Camera.from_fov(config.get("fov_degrees", DEFAULT_FOV_DEGREES),
+                                            image_size, image_size)
+            encoder = resized_encoder(encoder, config.image_size)
     else:
         model = facemodel.load(face_model or "builtin")
         size = image_size or 128

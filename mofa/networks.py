@@ -116,10 +116,14 @@ class ResNetEncoder(nn.Module):
 
 
 # Backbones return (pooled features, their last spatial feature map).
+# `hidden` is AlexNet's fully connected width (the ResNets pool instead).
 ENCODERS = {
-    "alexnet": lambda dtype, width: AlexNetEncoder(width=width, dtype=dtype),
-    "resnet18": lambda dtype, width: ResNetEncoder((2, 2, 2, 2), ResNetBlock, width, dtype),
-    "resnet50": lambda dtype, width: ResNetEncoder((3, 4, 6, 3), BottleneckBlock, width, dtype),
+    "alexnet": lambda dtype, width, hidden: AlexNetEncoder(width=width, hidden=hidden,
+                                                           dtype=dtype),
+    "resnet18": lambda dtype, width, hidden: ResNetEncoder((2, 2, 2, 2), ResNetBlock, width,
+                                                           dtype),
+    "resnet50": lambda dtype, width, hidden: ResNetEncoder((3, 4, 6, 3), BottleneckBlock,
+                                                           width, dtype),
 }
 
 
@@ -219,6 +223,7 @@ class FaceEncoder(nn.Module):
     backbone: str = "alexnet"
     output_size: int = 0
     width: int = 64
+    hidden: int = 1024  # AlexNet's fully connected layers
     dtype: Any = jnp.float32
     corrective_dims: tuple = (0, 0)
     num_vertices: int = 0
@@ -238,7 +243,8 @@ class FaceEncoder(nn.Module):
         x = images.astype(self.dtype)
         x = (x - jnp.mean(x, axis=(1, 2, 3), keepdims=True)) * jax.lax.rsqrt(
             jnp.var(x, axis=(1, 2, 3), keepdims=True) + 1e-4)
-        features, spatial = ENCODERS[self.backbone](self.dtype, self.width)(x, train=train)
+        features, spatial = ENCODERS[self.backbone](self.dtype, self.width, self.hidden)(
+            x, train=train)
         features = features.astype(jnp.float32)
         if self.exposure_inputs:
             pixels = images.astype(jnp.float32)

@@ -126,6 +126,7 @@ def create_state(config: ml_collections.ConfigDict, model: facemodel.FaceModel,
     encoder = networks.FaceEncoder(backbone=config.encoder.backbone,
                                    output_size=networks.code_size(model),
                                    width=config.encoder.width,
+                                   hidden=int(config.encoder.get("hidden", 1024)),
                                    dtype=jnp.dtype(config.encoder.get("dtype", "float32")),
                                    corrective_dims=corrective_dims(config),
                                    num_vertices=model.num_vertices,
@@ -177,12 +178,16 @@ def photo_decoder(config: ml_collections.ConfigDict, decoder: Decoder) -> Decode
 
 
 def load_trained(workdir: str, face_model: str | None = None):
-    """(config, state, decoder, step) of the latest checkpoint of a training workdir."""
+    """(config, state, decoder, step) of the latest checkpoint of a training workdir, or
+    of an encoder file written by `pretrained.export_encoder`."""
+    if os.path.isfile(workdir):
+        return _load_packaged(workdir, face_model)
     workdir = os.path.abspath(workdir)
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a mofa training "
-                                "workdir (expected config.json and checkpoints/)")
+                                "workdir (expected config.json and checkpoints/) nor an "
+                                "encoder file")
     with open(config_path, encoding="utf-8") as f:
         config = ml_collections.ConfigDict(json.load(f))
     if face_model:
@@ -195,6 +200,23 @@ def load_trained(workdir: str, face_model: str | None = None):
     state, step = restore_latest(manager, state)
     manager.close()
     return config, state, decoder, step
+
+
+def _load_packaged(path: str, face_model: str | None = None):
+    from flax import serialization
+
+    from mofa import pretrained
+
+    config, variables, meta = pretrained.read_encoder(path)
+    if face_model:
+        config.face_model = face_model
+    decoder = make_decoder(config)
+    pretrained.check_model(meta, decoder.face_model, path)
+    state = create_state(config, decoder.face_model, jax.random.key(config.seed))
+    state = state.replace(
+        params=serialization.from_state_dict(state.params, variables["params"]),
+        batch_stats=serialization.from_state_dict(state.batch_stats, variables["batch_stats"]))
+    return config, state, decoder, meta["step"]
 
 
 def code_encoder(state: TrainState, decoder: Decoder, refine_steps: int = 0):

@@ -235,6 +235,62 @@ def test_evaluate_synthetic_checkpoint(trained_workdir, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
+def test_exported_encoder_file_restores_the_workdirs_encoder(trained_workdir, tmp_path,
+                                                             capsys):
+    """`mofa export-encoder` packs a workdir into one file that `load_trained` (so
+    --checkpoint) reads back: float32 exactly, float16 to its precision."""
+    import orbax.checkpoint as ocp
+
+    from mofa import pretrained
+
+    config, state, decoder, _ = train.load_trained(str(trained_workdir))
+    # A head that is not zero, so the codes depend on every layer.
+    noisy = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape),
+                         state.params)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.json").write_text((trained_workdir / "config.json").read_text())
+    manager = trainer.checkpoint_manager(str(work), config)
+    manager.save(7, args=ocp.args.StandardSave(state.replace(params=noisy)))
+    manager.wait_until_finished()
+    manager.close()
+    images = jax.random.uniform(jax.random.key(2), (4, 32, 32, 3))
+    _, original, _, _ = train.load_trained(str(work))
+    expected = train.code_encoder(original, decoder)(images)
+    assert float(jnp.std(expected.identity)) > 0.01  # the codes vary with the image
+
+    for dtype, tolerance in (("float32", 1e-6), ("float16", 2e-2)):
+        path = tmp_path / f"encoder_{dtype}.msgpack"
+        assert cli.main(["export-encoder", "--checkpoint", str(work), "--out", str(path),
+                         "--dtype", dtype]) == 0
+        assert str(path) in capsys.readouterr().out
+        n = sum(x.size for x in jax.tree.leaves(noisy))
+        assert n * np.dtype(dtype).itemsize < path.stat().st_size < \
+            1.1 * n * np.dtype(dtype).itemsize + 10**5
+        loaded_config, loaded, _, step = train.load_trained(str(path))
+        assert step == 7 and loaded_config.to_dict() == config.to_dict()
+        got = train.code_encoder(loaded, decoder)(images)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+            scale = float(jnp.max(jnp.abs(b))) + 1e-3
+            np.testing.assert_allclose(a, b, atol=tolerance * scale)
+
+    # The file stands in for the workdir in `mofa evaluate synthetic`.
+    out = tmp_path / "eval.json"
+    assert cli.main(["evaluate", "synthetic", "--checkpoint", str(path), "--num-faces", "2",
+                     "--fit-steps", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["step"] == 7
+    # Not an encoder file, and a face model other than the encoder's: clear errors.
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(b"\x00not msgpack")
+    with pytest.raises(ValueError, match="bad.msgpack is not a mofa encoder file"):
+        train.load_trained(str(bad))
+    _, _, meta = pretrained.read_encoder(str(path))
+    with pytest.raises(ValueError, match="num_identity 100 in the file, 99 here"):
+        pretrained.check_model(meta, decoder.face_model.replace(
+            identity_basis=decoder.face_model.identity_basis[:99],
+            identity_std=decoder.face_model.identity_std[:99]), str(path))
+
+
 def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir, builtin_model,
                                                                 monkeypatch):
     config, state, decoder, _ = train.load_trained(str(trained_workdir))

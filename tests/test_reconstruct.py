@@ -223,7 +223,10 @@ def test_reconstruct_with_a_checkpoint(renders, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checkpoint"] and summary["fit_steps"] == 3 and summary["image_size"] == 32
     assert (out / "face_face0" / "mesh.ply").is_file()
-    assert cli.main(args + ["--image-size", "64"]) == 1  # the checkpoint's size is fixed
+    # Crops at another size: the fit runs there, the encoder sees them resized to its own.
+    assert cli.main(args + ["--image-size", "64"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoint"] and summary["image_size"] == 64
 
 
 @pytest.mark.slow

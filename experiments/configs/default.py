@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.encoder = ml_collections.ConfigDict()
     config.encoder.backbone = "alexnet"  # alexnet | resnet18 | resnet50
     config.encoder.width = 64
+    config.encoder.hidden = 1024  # AlexNet's fully connected width
     config.encoder.dtype = "float32"
     # Locate the 68 landmarks by heatmaps (integral regression) and feed their layout
     # to the head (`networks.FaceEncoder.num_landmarks`).
