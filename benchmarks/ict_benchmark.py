@@ -310,6 +310,7 @@ def run(args) -> None:
                                                    image_size=args.encoder_image_size,
                                                    fit_steps=args.encoder_fit_steps,
                                                    batch_size=args.batch_size)
+                rec.place_encoder = not args.encoder_no_place
             else:
                 camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, args.image_size,
                                                 args.image_size)
@@ -376,6 +377,8 @@ def main(argv=None) -> None:
     r.add_argument("--encoder-image-size", type=int, default=None,
                    help="crop and fit size of the encoder variant (default: the "
                    "checkpoint's; the encoder sees the crop resized to its own size)")
+    r.add_argument("--encoder-no-place", action="store_true",
+                   help="the encoder's own pose, not re-posed on the detector's landmarks")
     r.add_argument("--encoder-fit-steps", type=int, default=None,
                    help="fit steps after the encoder (default: the checkpoint's)")
     r.add_argument("--oracle-landmarks", action="store_true",

@@ -233,12 +233,15 @@ PLACE_STEPS = 100
 
 
 def place(model: FaceModel, camera: Camera, landmarks: jax.Array, weight: jax.Array,
-          options: FitOptions = FitOptions(), contour: Optional[jax.Array] = None) -> FaceCode:
-    """The mean face posed on 2D landmarks (B, 68, 2): `initial_code`'s translation, then
-    rotation and translation fitted to the landmarks, identity and expression kept at
-    the mean (what `mofa reconstruct --fit-steps 0` returns)."""
+          options: FitOptions = FitOptions(), contour: Optional[jax.Array] = None,
+          init_code: Optional[FaceCode] = None) -> FaceCode:
+    """A face posed on 2D landmarks (B, 68, 2): rotation and translation fitted to the
+    landmarks, identity and expression kept. From `initial_code` (the mean face; what
+    `mofa reconstruct --checkpoint none --fit-steps 0` returns) or from `init_code`
+    (an encoder's code)."""
     return fit_landmarks(model, camera, landmarks, weight, steps=PLACE_STEPS, options=options,
-                         fixed=("identity", "expression"), contour=contour)
+                         init_code=init_code, fixed=("identity", "expression"),
+                         contour=contour)
 
 
 # The 17 jaw-line landmarks (Multi-PIE 0-16) lie on the occluding contour in a photo,

@@ -63,6 +63,9 @@ class Reconstructor:
     # The detector's landmarks as measured model vertices, inverse-variance weighted
     # (`landmark_calibration`), where the model has a shipped table.
     calibrated_landmarks: bool = True
+    # An encoder's code is posed on the detector's landmarks (`fitting.place`) before
+    # any fit: trained on rendered faces, its pose is what photos shake most.
+    place_encoder: bool = True
 
     def __post_init__(self):
         from mofa import landmark_calibration
@@ -122,6 +125,9 @@ class Reconstructor:
                 start_code = jax.tree.map(lambda x: pad(np.asarray(x)[rows]), init)  # noqa: B023
             elif self.encoder is not None:
                 start_code = self.encoder(pixels)
+                if self.place_encoder:
+                    start_code = fitting.place(self.fit_model, self.camera, lm, weight,
+                                               self.options, self._contour, start_code)
             elif steps == 0:  # the mean face, posed from the landmarks
                 start_code = fitting.place(self.fit_model, self.camera, lm, weight,
                                            self.options, self._contour)
