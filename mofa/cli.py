@@ -73,9 +73,15 @@ def _reconstruct(args: argparse.Namespace) -> int:
         from mofa import detail
 
         rec.detail = detail.load_refiner(args.detail, rec.camera)
+    wanted = [x.strip() for x in args.outputs.split(",") if x.strip()]
+    unknown = set(wanted) - {"code", *reconstruct.OUTPUTS}
+    if unknown:
+        raise ValueError(f"--outputs: unknown {sorted(unknown)}; choose from code,"
+                         + ",".join(reconstruct.OUTPUTS))
     summary = reconstruct.run(args.inputs, args.out, rec, max_faces=args.max_faces,
                               texture_size=args.texture_size, smooth=args.smooth,
-                              progress=not args.quiet)
+                              progress=not args.quiet,
+                              outputs=tuple(x for x in wanted if x != "code"))
     for item in summary["skipped"]:
         print(f"mofa reconstruct: skipped {item['source']}: {item['reason']}", file=sys.stderr)
     print(f"reconstructed {summary['num_faces']} faces in {summary['seconds']:.1f}s "
@@ -85,9 +91,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _export_encoder(args: argparse.Namespace) -> int:
-    from mofa import pretrained
+    from mofa import train
 
-    info = pretrained.export_encoder(args.checkpoint, args.out, dtype=args.dtype)
+    info = train.export_encoder(args.checkpoint, args.out, dtype=args.dtype)
     print(f"encoder of {args.checkpoint} (step {info['step']}, {info['num_parameters']:,} "
           f"parameters, {info['dtype']}) -> {args.out} ({info['bytes'] / 2**20:.1f} MiB)")
     return 0
@@ -195,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--batch-size", type=int, default=8, help="faces per batch")
     recon.add_argument("--max-faces", type=int, default=8, help="faces per image at most")
     recon.add_argument("--texture-size", type=int, default=256, help="UV texture size in pixels")
+    recon.add_argument("--outputs", default="code,mesh,images",
+                       help="what each photo's face gets: code (code.json/.npz, "
+                       "blendshapes.json; always), mesh (mesh.obj + texture, mesh.ply, "
+                       "mesh.glb), images (overlay.png, overlay_crop.png, depth.png); "
+                       "videos always get all of theirs")
     recon.add_argument("--smooth", type=float, default=1.0,
                        help="video: Gaussian sigma in frames for pose/expression (0: off)")
     recon.add_argument("--detail", default=None, metavar="WORKDIR",

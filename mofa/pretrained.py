@@ -1,7 +1,8 @@
-"""Encoders as one file: `export_encoder` packs a training workdir's encoder (its config,
-parameters and batch statistics, float16) into a msgpack file; `read_encoder` reads it
-back for `train.load_trained`, so anything that takes a workdir (`mofa reconstruct
---checkpoint`, `mofa evaluate synthetic --checkpoint`) also takes the file. The encoder
+"""Encoders as one file: `write_encoder` packs an encoder (its training config,
+parameters and batch statistics, float16) into a msgpack file (`train.export_encoder`
+does it for a workdir); `read_encoder` reads it back for `train.load_trained`, so
+anything that takes a workdir (`mofa reconstruct --checkpoint`, `mofa evaluate
+synthetic --checkpoint`) also takes the file. The encoder
 shipped inside mofa for the builtin model (`SHIPPED`) is such a file, trained by
 `experiments/configs/builtin_encoder.py`.
 """
@@ -40,21 +41,18 @@ def model_signature(model: facemodel.FaceModel) -> dict:
     return signature
 
 
-def export_encoder(workdir: str, out: str, dtype: str = "float16") -> dict:
-    """Packs the latest checkpoint of a training workdir into one file at `out` (written
-    atomically). Returns its metadata: format, training step, face model signature,
-    parameter count and file size."""
-    from mofa import train
-
-    config, state, decoder, step = train.load_trained(workdir)
+def write_encoder(out: str, config: ml_collections.ConfigDict, params, batch_stats,
+                  step: int, model: facemodel.FaceModel, dtype: str = "float16") -> dict:
+    """Writes an encoder (its training config, parameters and batch statistics stored
+    as `dtype`) as one file at `out`, atomically. Returns its metadata: format,
+    training step, face model signature, parameter count and file size."""
     cast = lambda x: np.asarray(x, dtype)  # noqa: E731
     meta = {"format": FORMAT, "step": int(step), "face_model": config.face_model,
-            "model": model_signature(decoder.face_model), "dtype": dtype,
-            "num_parameters": int(sum(x.size for x in jax.tree.leaves(state.params)))}
+            "model": model_signature(model), "dtype": dtype,
+            "num_parameters": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
     payload = {"meta": json.dumps(meta), "config": json.dumps(config.to_dict()),
-               "params": jax.tree.map(cast, serialization.to_state_dict(state.params)),
-               "batch_stats": jax.tree.map(cast, serialization.to_state_dict(
-                   state.batch_stats))}
+               "params": jax.tree.map(cast, serialization.to_state_dict(params)),
+               "batch_stats": jax.tree.map(cast, serialization.to_state_dict(batch_stats))}
     data = serialization.msgpack_serialize(payload)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     partial = out + ".partial"

@@ -36,6 +36,10 @@ from mofa.data import folder as folder_lib
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".webm", ".gif", ".mkv", ".m4v"})
+# What a photo's face folder gets besides code.json/.npz and blendshapes.json (always
+# written): "mesh" = mesh.obj (+ .mtl, texture.png), mesh.ply, mesh.glb; "images" =
+# overlay.png, overlay_crop.png, depth.png (and FineNet's detail outputs).
+OUTPUTS = ("mesh", "images")
 
 
 def collect_inputs(paths: list[str]) -> tuple[list[tuple], list[tuple], list[tuple]]:
@@ -82,7 +86,11 @@ class ReconstructionJob:
 
     def __init__(self, rec: Reconstructor, out_dir: str, detector, max_faces: int = 8,
                  texture_size: int = 256, smooth: float = 1.0, progress: bool = False,
-                 window: int = 32):
+                 window: int = 32, outputs: tuple = OUTPUTS):
+        unknown = set(outputs) - set(OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}: expected some of {OUTPUTS}")
+        self.outputs = frozenset(outputs)
         self.rec, self.out_dir, self.detector = rec, out_dir, detector
         self.max_faces, self.texture_size, self.smooth = max_faces, texture_size, smooth
         self.progress = progress
@@ -127,7 +135,8 @@ class ReconstructionJob:
         if not pending:
             return
         code = self.rec.codes(pending)
-        outs = self.rec.render(code, pending)
+        # Only the meshes' texture and the images need the rendered face.
+        outs = self.rec.render(code, pending) if self.outputs else {}
         errors = self.rec.fit_errors(code, pending)
         photos: dict[str, list] = {}
         for i, face in enumerate(pending):
@@ -139,8 +148,9 @@ class ReconstructionJob:
             self._write_face(folder, face, face_code, out, float(errors["landmark_px"][i]))
             self.faces.append({"source": face["source"], "output": folder})
             photos.setdefault(face["source"], []).append((face, face_code, out, folder))
-        for faces in photos.values():  # every face of a photo on the photo itself
-            self._write_photo_overlay(faces)
+        if "images" in self.outputs:
+            for faces in photos.values():  # every face of a photo on the photo itself
+                self._write_photo_overlay(faces)
 
     def _write_photo_overlay(self, faces: list[tuple]) -> None:
         """`overlay.png` of each face folder: the original photo at its own resolution
@@ -179,7 +189,7 @@ class ReconstructionJob:
         linear_albedo = np.asarray(facemodel.albedo(model, code["reflectance"]))
         albedo = images.linear_to_srgb(linear_albedo)
         texture_name, texture = None, None
-        if model.uv_coords is not None:
+        if "mesh" in self.outputs and model.uv_coords is not None:
             if self._layout is None:
                 self._layout = export.uv_layout(model.uv_coords, model.uv_triangles,
                                                 self.texture_size)
@@ -189,22 +199,28 @@ class ReconstructionJob:
                 self.texture_size, albedo, layout=self._layout)
             texture_name = "texture.png"
             images.save_png(os.path.join(folder, texture_name), texture)
-        export.write_obj(os.path.join(folder, "mesh.obj"), geometry, model.triangles,
-                         model.uv_coords, model.uv_triangles, albedo, texture_name)
-        export.write_ply(os.path.join(folder, "mesh.ply"), geometry, model.triangles, albedo)
-        export.write_glb(os.path.join(folder, "mesh.glb"), model, code["identity"],
-                         code["expression"], linear_albedo, texture)
-        near, far = export.write_depth_png(os.path.join(folder, "depth.png"), out["depth"],
-                                           out["mask"])
-        if self.rec.detail is not None:
-            from mofa import detail
-            detail.write_detail(folder, self.rec.detail(face["image"], out["depth"], out["mask"]),
-                                out["mask"], self.rec.camera)
-        overlay = images.to_uint8(visualize.shaded_overlay(face["image"], out["mask"],
-                                                           out["normals"]))
-        overlay = visualize.draw_landmarks(overlay, [(face["landmarks"], visualize.DETECTED),
-                                                     (out["landmarks"], visualize.FITTED)])
-        Image.fromarray(overlay).save(os.path.join(folder, "overlay_crop.png"))
+        if "mesh" in self.outputs:
+            export.write_obj(os.path.join(folder, "mesh.obj"), geometry, model.triangles,
+                             model.uv_coords, model.uv_triangles, albedo, texture_name)
+            export.write_ply(os.path.join(folder, "mesh.ply"), geometry, model.triangles,
+                             albedo)
+            export.write_glb(os.path.join(folder, "mesh.glb"), model, code["identity"],
+                             code["expression"], linear_albedo, texture)
+        near = far = None
+        if "images" in self.outputs:
+            near, far = export.write_depth_png(os.path.join(folder, "depth.png"),
+                                               out["depth"], out["mask"])
+            if self.rec.detail is not None:
+                from mofa import detail
+                detail.write_detail(folder, self.rec.detail(face["image"], out["depth"],
+                                                            out["mask"]),
+                                    out["mask"], self.rec.camera)
+            overlay = images.to_uint8(visualize.shaded_overlay(face["image"], out["mask"],
+                                                               out["normals"]))
+            overlay = visualize.draw_landmarks(
+                overlay, [(face["landmarks"], visualize.DETECTED),
+                          (out["landmarks"], visualize.FITTED)])
+            Image.fromarray(overlay).save(os.path.join(folder, "overlay_crop.png"))
         extra = {
             "source": face["source"], "face_model": model.name,
             "image_size": self.rec.image_size, "focal_px": float(self.rec.camera.focal),
@@ -520,12 +536,15 @@ def _paste_shading(photo: np.ndarray, shading: np.ndarray, mask: np.ndarray,
 
 
 def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_faces: int = 8,
-        texture_size: int = 256, smooth: float = 1.0, progress: bool = True) -> dict:
-    """Reconstructs every input; writes and returns the run summary (see module docstring)."""
+        texture_size: int = 256, smooth: float = 1.0, progress: bool = True,
+        outputs: tuple = OUTPUTS) -> dict:
+    """Reconstructs every input; writes and returns the run summary (see module docstring).
+    outputs: which of `OUTPUTS` a photo's faces get besides their codes."""
     from tqdm.auto import tqdm
 
     detector = detector or faces_lib.MediaPipeDetector(max_faces=max_faces)
-    job = ReconstructionJob(rec, out_dir, detector, max_faces, texture_size, smooth, progress)
+    job = ReconstructionJob(rec, out_dir, detector, max_faces, texture_size, smooth, progress,
+                            outputs=tuple(outputs))
     image_inputs, video_inputs, skipped = collect_inputs(paths)
     for source, reason in skipped:
         job.skip(source, reason)
@@ -556,6 +575,7 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
         "seconds": seconds, "faces_per_second": count / max(seconds, 1e-9),
         "face_model": rec.model.name, "image_size": rec.image_size,
         "fit_steps": rec.fit_steps, "checkpoint": rec.encoder is not None,
+        "outputs": ["code", *sorted(job.outputs)],
     }
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)

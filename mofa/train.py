@@ -202,6 +202,16 @@ def load_trained(workdir: str, face_model: str | None = None):
     return config, state, decoder, step
 
 
+def export_encoder(workdir: str, out: str, dtype: str = "float16") -> dict:
+    """Packs the latest checkpoint of a training workdir into one encoder file at `out`
+    (`pretrained.write_encoder`); `load_trained(out)` reads it back."""
+    from mofa import pretrained
+
+    config, state, decoder, step = load_trained(workdir)
+    return pretrained.write_encoder(out, config, state.params, state.batch_stats, step,
+                                    decoder.face_model, dtype)
+
+
 def _load_packaged(path: str, face_model: str | None = None):
     from flax import serialization
 

@@ -227,6 +227,15 @@ def test_reconstruct_with_a_checkpoint(renders, tmp_path):
     assert cli.main(args + ["--image-size", "64"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checkpoint"] and summary["image_size"] == 64
+    # Codes only: no meshes, textures or images are drawn or written.
+    codes = tmp_path / "codes"
+    assert cli.main(args[:-3] + ["--out", str(codes), "--quiet", "--outputs", "code"]) == 0
+    assert sorted(os.listdir(codes / "face_face0")) == ["blendshapes.json", "code.json",
+                                                        "code.npz"]
+    assert json.loads((codes / "summary.json").read_text())["outputs"] == ["code"]
+    written = json.loads((codes / "face_face0" / "code.json").read_text())
+    assert np.asarray(written["landmarks"]).shape == (68, 2)
+    assert cli.main(args + ["--outputs", "code,meshes"]) == 1  # a typo is an error
 
 
 @pytest.mark.slow
