@@ -179,10 +179,9 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
     encoder = None
     default_steps = fitting.DEFAULT_FIT_STEPS
     # "ict" and "ict:PATH" alike: the kind of model, not where its files are.
-    kind = (face_model or "builtin").split(":")[0]
-    if checkpoint is None and pretrained.shipped_encoder(kind):
-        checkpoint = pretrained.shipped_encoder(kind)
-        image_size = image_size or 128
+    shipped = pretrained.shipped_encoder((face_model or "builtin").split(":")[0])
+    if checkpoint is None and shipped:
+        checkpoint, image_size = shipped, image_size or 128
     if checkpoint == "none":
         checkpoint = None
     if checkpoint:

@@ -179,7 +179,7 @@ def photo_decoder(config: ml_collections.ConfigDict, decoder: Decoder) -> Decode
 
 def load_trained(workdir: str, face_model: str | None = None):
     """(config, state, decoder, step) of the latest checkpoint of a training workdir, or
-    of an encoder file written by `pretrained.export_encoder`."""
+    of an encoder file written by `export_encoder`."""
     if os.path.isfile(workdir):
         return _load_packaged(workdir, face_model)
     workdir = os.path.abspath(workdir)
