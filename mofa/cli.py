@@ -73,15 +73,11 @@ def _reconstruct(args: argparse.Namespace) -> int:
         from mofa import detail
 
         rec.detail = detail.load_refiner(args.detail, rec.camera)
-    wanted = [x.strip() for x in args.outputs.split(",") if x.strip()]
-    unknown = set(wanted) - {"code", *reconstruct.OUTPUTS}
-    if unknown:
-        raise ValueError(f"--outputs: unknown {sorted(unknown)}; choose from code,"
-                         + ",".join(reconstruct.OUTPUTS))
+    # Codes are always written; `reconstruct.run` refuses unknown names.
+    outputs = tuple(x.strip() for x in args.outputs.split(",") if x.strip() not in ("", "code"))
     summary = reconstruct.run(args.inputs, args.out, rec, max_faces=args.max_faces,
                               texture_size=args.texture_size, smooth=args.smooth,
-                              progress=not args.quiet,
-                              outputs=tuple(x for x in wanted if x != "code"))
+                              progress=not args.quiet, outputs=outputs)
     for item in summary["skipped"]:
         print(f"mofa reconstruct: skipped {item['source']}: {item['reason']}", file=sys.stderr)
     print(f"reconstructed {summary['num_faces']} faces in {summary['seconds']:.1f}s "

@@ -89,7 +89,8 @@ class ReconstructionJob:
                  window: int = 32, outputs: tuple = OUTPUTS):
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
-            raise ValueError(f"unknown outputs {sorted(unknown)}: expected some of {OUTPUTS}")
+            raise ValueError(f"unknown outputs {sorted(unknown)}: expected some of "
+                             f"{', '.join(OUTPUTS)} (codes are always written)")
         self.outputs = frozenset(outputs)
         self.rec, self.out_dir, self.detector = rec, out_dir, detector
         self.max_faces, self.texture_size, self.smooth = max_faces, texture_size, smooth
