@@ -116,6 +116,11 @@ class FitOptions:
     # Of the appearance stage, run first on 2x2-averaged images (`coarse_ok`): as
     # accurate per step at half the cost (README, "Accuracy on rendered ICT faces").
     coarse_fraction: float = 2 / 3
+    # Each face's photometric noise scale is estimated with its code, between this floor
+    # and FIT_NOISE's scale (`profile_photometric`); 0 keeps FIT_NOISE's. The floor only
+    # guards the division: on rendered ICT faces, whose residuals reach 0.008, 0.005
+    # and 0.01 fitted alike (README, "The photometric noise of each face").
+    residual_scale_floor: float = FIT_NOISE.photometric_scale / 5
 
     def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0,
                             identity_shrink: float = 0.0, expression_shrink: float = 0.0
@@ -380,6 +385,27 @@ def _landmark_term(model, camera, code, landmarks, weight, contour, options):
     return 1e4 * losses.landmark_alignment(projected, landmarks, weight, float(camera.width))
 
 
+def profile_photometric(residual: jax.Array, floor: float) -> jax.Array:
+    """Per-face photometric terms (B,) with each face's noise scale estimated with its code.
+
+    The term P / b0 is the Laplace likelihood of the residual P at FIT_NOISE's scale b0
+    (`losses.NoiseModel`), the noise a fit leaves on photos. A face whose image the
+    model explains better than that carries more evidence than b0 credits it with, so
+    the scale b is fitted jointly with the code, within [floor, b0]: minimising
+    N (P / b + log b) over b gives b = P and, up to constants, b0 (1 + log(P / b0)),
+    whose gradient is the fixed-scale one times b0 / P. Above b0 (photos: hair,
+    beards, what the model cannot draw) the fixed scale is kept; below the floor the
+    scale stops shrinking. Continuous with a continuous derivative, so a fit's
+    objective values stay comparable between codes.
+    """
+    b0 = FIT_NOISE.photometric_scale
+    if not 0.0 < floor <= b0:
+        raise ValueError(f"residual_scale_floor={floor} must be in (0, {b0}]")
+    inside = b0 * (1.0 + jnp.log(jnp.clip(residual, floor, b0) / b0))
+    below = b0 * (residual - floor) / floor
+    return jnp.where(residual > b0, residual, inside + jnp.minimum(below, 0.0))
+
+
 def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional[jax.Array],
               landmarks: jax.Array, weight: jax.Array, options: FitOptions = FitOptions(),
               contour: Optional[jax.Array] = None) -> jax.Array:
@@ -394,8 +420,10 @@ def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional
              + options.prior_expression * prior["prior_expression"])
     if photometric:
         out = render_face(model, code, camera, background=images)
-        total += (options.photometric * losses.photometric_dense(out.image, images, out.mask,
-                                                                 out.region)
+        per_face = losses.photometric_per_face(out.image, images, out.mask, out.region)
+        if options.residual_scale_floor:
+            per_face = profile_photometric(per_face, options.residual_scale_floor)
+        total += (options.photometric * jnp.mean(per_face)
                   + options.prior_reflectance * prior["prior_reflectance"]
                   + options.prior_illumination * prior["prior_illumination"])
     return total

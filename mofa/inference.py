@@ -88,11 +88,13 @@ class Reconstructor:
 
     def fit_errors(self, code: FaceCode, crops: list[dict]) -> dict:
         """`fitting.fit_errors` of codes on their crops, with the fit's own landmark
-        vertices and contour (so "landmarks" are the points the fit matched)."""
+        vertices and contour (so "landmarks" are the points the fit matched); the
+        photometric residual too where the fit read the image (`fit_steps` > 0)."""
         stack = lambda k: jnp.asarray(np.stack([c[k] for c in crops]))  # noqa: E731
         return jax.device_get(fitting.fit_errors(
             self.fit_model, self.camera, jax.tree.map(jnp.asarray, code), stack("landmarks"),
-            stack("landmark_weight"), contour=self._contour))
+            stack("landmark_weight"), images=stack("image") if self.fit_steps else None,
+            contour=self._contour))
 
     def landmark_weights(self, weight: jax.Array) -> jax.Array:
         """Detector confidences (B, 68) times the calibrated per-landmark weights."""

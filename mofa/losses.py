@@ -92,22 +92,32 @@ def _robust_norm(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(x * x, axis=-1) + _EPS)
 
 
+def _per_example_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    """(B,) weighted means over all but the batch axis."""
+    axes = tuple(range(1, values.ndim))
+    return jnp.sum(values * weights, axis=axes) / jnp.maximum(jnp.sum(weights, axis=axes), 1.0)
+
+
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     """Per-example weighted mean over all but the batch axis, then the batch mean."""
-    axes = tuple(range(1, values.ndim))
-    per_example = jnp.sum(values * weights, axis=axes) / jnp.maximum(
-        jnp.sum(weights, axis=axes), 1.0)
-    return jnp.mean(per_example)
+    return jnp.mean(_per_example_mean(values, weights))
 
 
-def photometric_dense(rendered: jax.Array, target: jax.Array, mask: jax.Array,
-                      skin_mask: jax.Array | None = None) -> jax.Array:
-    """Robust l2,1 distance (B, H, W, 3) over the rendered region `mask` (B, H, W)."""
+def photometric_per_face(rendered: jax.Array, target: jax.Array, mask: jax.Array,
+                         skin_mask: jax.Array | None = None) -> jax.Array:
+    """(B,) robust l2,1 distance of images (B, H, W, 3) over the rendered region `mask`
+    (B, H, W), times `skin_mask` where given."""
     if rendered.shape != target.shape:
         raise ValueError(f"rendered image {tuple(rendered.shape)} and target "
                          f"{tuple(target.shape)} differ in shape")
     weights = mask if skin_mask is None else mask * skin_mask
-    return _weighted_mean(_robust_norm(rendered - target), weights)
+    return _per_example_mean(_robust_norm(rendered - target), weights)
+
+
+def photometric_dense(rendered: jax.Array, target: jax.Array, mask: jax.Array,
+                      skin_mask: jax.Array | None = None) -> jax.Array:
+    """Batch mean of `photometric_per_face`."""
+    return jnp.mean(photometric_per_face(rendered, target, mask, skin_mask))
 
 
 def bilinear_sample(image: jax.Array, points: jax.Array) -> jax.Array:

@@ -146,7 +146,9 @@ class ReconstructionJob:
             # (calibrated vertices, jaw on the silhouette), not the model's own vertices.
             out = {**{k: v[i] for k, v in outs.items()}, "landmarks": errors["landmarks"][i]}
             face_code = _code_arrays(code, i)
-            self._write_face(folder, face, face_code, out, float(errors["landmark_px"][i]))
+            residual = errors.get("photometric")
+            self._write_face(folder, face, face_code, out, float(errors["landmark_px"][i]),
+                             None if residual is None else float(residual[i]))
             self.faces.append({"source": face["source"], "output": folder})
             photos.setdefault(face["source"], []).append((face, face_code, out, folder))
         if "images" in self.outputs:
@@ -182,7 +184,7 @@ class ReconstructionJob:
             Image.fromarray(canvas).save(os.path.join(folder, "overlay.png"))
 
     def _write_face(self, folder: str, face: dict, code: dict, out: dict,
-                    landmark_px: float) -> None:
+                    landmark_px: float, photometric: Optional[float] = None) -> None:
         model = self.rec.model
         os.makedirs(folder, exist_ok=True)
         to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
@@ -228,6 +230,8 @@ class ReconstructionJob:
             "crop": {"origin_xy": face["origin"], "scale": face["scale"],
                      "note": "crop pixel = (image pixel - origin) * scale"},
             "landmark_error_px_crop": landmark_px, "depth_png_range_mm": [near, far],
+            # Mean colour distance (linear RGB) over the skin the fit scored; None unfitted.
+            "photometric_error": photometric,
             "pixel_convention": "original image pixels, x right, y down",
         }
         if model.expression_names:  # the expression code by name (blendshapes: ARKit weights)
