@@ -238,6 +238,20 @@ def _landmark_nme(predictions: str, truth: dict) -> tuple | None:
     return _median_mean(values)
 
 
+def _photometric_residuals(predictions: str, truth: dict) -> tuple | None:
+    """(p10, median, p90) of the fits' photometric residuals (code.json), or None where
+    the variant did not fit the image."""
+    values = []
+    for stem in truth:
+        folders = scan_eval.prediction_faces(predictions, stem)
+        if folders:
+            residual = scan_eval.read_code_json(folders[0]).get("photometric_error")
+            if residual is None:
+                return None
+            values.append(residual)
+    return tuple(np.percentile(values, [10, 50, 90])) if values else None
+
+
 class CachedDetector:
     """MediaPipe, run once per image: every variant sees the same detections, and
     faces/s then measures crop + reconstruction + writing (detection is timed apart)."""
@@ -334,12 +348,15 @@ def run(args) -> None:
         rows = (_score(predictions, scans, truth, args.scan_stride)
                 if kind == "mean" or "mesh" in args.outputs.split(",") else {})
         nme = _landmark_nme(predictions, truth)
-        table[variant] = {"rows": rows, "landmark_nme": nme, "faces_per_second":
-                          None if seconds is None else len(stems) / seconds}
         line = "  ".join(f"{k}: {m:.2f}/{a:.2f} (n={n})" for k, (m, a, n) in rows.items())
         if nme:
             line += f"  2D NME median/mean {nme[0]:.3f}/{nme[1]:.3f}"
+        residual = _photometric_residuals(predictions, truth) if kind != "mean" else None
+        if residual:
+            line += "  photometric residual p10/median/p90 {:.3f}/{:.3f}/{:.3f}".format(*residual)
         speed = "" if seconds is None else f"  {len(stems) / seconds:.2f} faces/s"
+        table[variant] = {"rows": rows, "landmark_nme": nme, "photometric_residual": residual,
+                          "faces_per_second": None if seconds is None else len(stems) / seconds}
         print(f"{variant:16s} median/mean mm  {line}{speed}", flush=True)
         if seconds is not None:
             print(f"{variant:16s} options {rec.options}", flush=True)

@@ -542,7 +542,6 @@ def fit_errors(model: FaceModel, camera: Camera, code: FaceCode, landmarks: jax.
     if images is not None:
         out = render_face(model, code, camera, background=images)
         # Over the face region's skin, the pixels the objective scores.
-        errors["photometric"] = jax.vmap(
-            lambda r, t, m, w: losses.photometric_dense(r[None], t[None], m[None], w[None]))(
-                out.image, images, out.mask, out.region)
+        errors["photometric"] = losses.photometric_per_face(out.image, images, out.mask,
+                                                            out.region)
     return errors

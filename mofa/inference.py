@@ -90,11 +90,15 @@ class Reconstructor:
         """`fitting.fit_errors` of codes on their crops, with the fit's own landmark
         vertices and contour (so "landmarks" are the points the fit matched); the
         photometric residual too where the fit read the image (`fit_steps` > 0)."""
-        stack = lambda k: jnp.asarray(np.stack([c[k] for c in crops]))  # noqa: E731
-        return jax.device_get(fitting.fit_errors(
-            self.fit_model, self.camera, jax.tree.map(jnp.asarray, code), stack("landmarks"),
-            stack("landmark_weight"), images=stack("image") if self.fit_steps else None,
-            contour=self._contour))
+        parts = []
+        for n, chunk, stacked in self._batches(code, crops, ("landmarks", "landmark_weight",
+                                                             "image")):
+            errors = fitting.fit_errors(
+                self.fit_model, self.camera, chunk, stacked["landmarks"],
+                stacked["landmark_weight"], images=stacked["image"] if self.fit_steps else None,
+                contour=self._contour)
+            parts.append({k: np.asarray(v)[:n] for k, v in errors.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def landmark_weights(self, weight: jax.Array) -> jax.Array:
         """Detector confidences (B, 68) times the calibrated per-landmark weights."""
@@ -150,20 +154,25 @@ class Reconstructor:
             parts.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], code))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
+    def _batches(self, code: FaceCode, crops: list[dict], keys: tuple):
+        """(n, code, {key: stacked crops[key]}) per batch of `batch_size` crops, padded
+        to one shape (one compile); n rows are real."""
+        pad = lambda x: jnp.asarray(pad_rows(np.asarray(x), self.batch_size))  # noqa: E731
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start:start + self.batch_size]
+            rows = slice(start, start + len(chunk))
+            yield (len(chunk), jax.tree.map(lambda x: pad(np.asarray(x)[rows]), code),  # noqa: B023
+                   {k: pad(np.stack([c[k] for c in chunk])) for k in keys})
+
     def render(self, code: FaceCode, crops: list[dict]):
         """Per-face render outputs (numpy) of `code` over the crops, batched like `codes`."""
         outs = []
-        for start in range(0, len(crops), self.batch_size):
-            n = min(self.batch_size, len(crops) - start)
-            pad = lambda x: jnp.asarray(pad_rows(x, self.batch_size))  # noqa: E731
-            chunk = jax.tree.map(lambda x: pad(x[start:start + n]), code)  # noqa: B023
-            background = pad(np.stack([c["image"] for c in crops[start:start + n]]))
-            out = render_face(self.model, chunk, self.camera, background)
+        for n, chunk, stacked in self._batches(code, crops, ("image",)):
+            out = render_face(self.model, chunk, self.camera, stacked["image"])
             outs.append({k: np.asarray(getattr(out, k))[:n] for k in (
                 "mask", "depth", "normals", "screen_vertices", "vertex_visibility",
                 "landmarks")})
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
 
 def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[str] = None,
                        image_size: Optional[int] = None, fit_steps: Optional[int] = None,
