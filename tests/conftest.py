@@ -88,6 +88,25 @@ def builtin_model():
 _SPEED: dict = {}
 
 
+def pytest_collection_modifyitems(config, items):
+    """The modules with slow end-to-end tests first, alternating between the two halves of
+    the list. pytest-xdist's worksteal scheduler starts each worker on one half and lets an
+    idle worker steal from the end of the other's queue; with the long tests at the front
+    of both queues, what is left to steal at the end is short, and neither worker finishes
+    long before the other. Modules stay whole (their module-scoped fixtures are built once)."""
+    modules: dict = {}
+    for item in items:
+        modules.setdefault(item.module.__name__ if item.module else item.nodeid, []).append(item)
+    heavy = [m for m in modules.values() if any(i.get_closest_marker("slow") for i in m)]
+    light = [m for m in modules.values() if not any(i.get_closest_marker("slow") for i in m)]
+    halves: list[list] = [[], []]
+    for n, module in enumerate(heavy):
+        halves[n % 2].extend(module)
+    rest = [item for module in light for item in module]
+    fill = max(0, len(items) // 2 - len(halves[0]))
+    items[:] = halves[0] + rest[:fill] + halves[1] + rest[fill:]
+
+
 def pytest_sessionstart(session):
     """A fixed CPU workload timed before the tests: the machine's speed, printed beside
     the suite's time (machines of one kind differ about 3x)."""
@@ -102,11 +121,71 @@ def pytest_sessionstart(session):
     _SPEED["svd_ms"] = (time.perf_counter() - start) * 100.0
 
 
+# Where the suite's time goes (issue 13): each test's JAX tracing, lowering and XLA
+# compilation in its own process (not in the subprocesses it starts), and each worker's
+# busy time and finish, to see whether a worker idles at the end.
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_COMPILE_SECONDS = [0.0]
+
+
+def _count_compile_time(event: str, seconds: float, **_) -> None:
+    if event in _COMPILE_EVENTS:
+        _COMPILE_SECONDS[0] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report carries the JAX compile seconds spent in that phase."""
+    start = item.stash.setdefault(_COMPILE_MARK, [_COMPILE_SECONDS[0]])
+    item.user_properties[:] = [p for p in item.user_properties if p[0] != "compile_seconds"]
+    item.user_properties.append(("compile_seconds", _COMPILE_SECONDS[0] - start[0]))
+    start[0] = _COMPILE_SECONDS[0]
+    yield
+
+
+_COMPILE_MARK = pytest.StashKey[list]()
+_PHASES: list = []  # (worker, nodeid, start, stop, compile seconds), on the controller
+
+
+def pytest_runtest_logreport(report):
+    node = getattr(report, "node", None)  # the xdist worker that ran it
+    worker = node.gateway.id if node is not None else "main"
+    compiled = dict(report.user_properties).get("compile_seconds", 0.0)
+    _PHASES.append((worker, report.nodeid, report.start, report.stop, compiled))
+
+
+def _time_summary(write) -> None:
+    if not _PHASES:
+        return
+    first = min(p[2] for p in _PHASES)
+    end = max(p[3] for p in _PHASES)
+    for worker in sorted({p[0] for p in _PHASES}):
+        mine = [p for p in _PHASES if p[0] == worker]
+        busy = sum(p[3] - p[2] for p in mine)
+        write(f"worker {worker}: busy {busy:.0f} s, finished at {max(p[3] for p in mine) - first:.0f}"
+              f" s of {end - first:.0f} s, {sum(p[4] for p in mine):.0f} s compiling "
+              f"({len({p[1] for p in mine})} tests)")
+    per_test: dict = {}
+    for _, nodeid, start, stop, compiled in _PHASES:
+        total = per_test.setdefault(nodeid, [0.0, 0.0])
+        total[0] += stop - start
+        total[1] += compiled
+    heaviest = sorted(per_test.items(), key=lambda kv: -kv[1][1])[:10]
+    write("most compile time (test: compile / total seconds): " + "; ".join(
+        f"{nodeid.split('::', 1)[-1]} {c:.0f}/{t:.0f}" for nodeid, (t, c) in heaviest))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _SPEED:
         terminalreporter.write_line(
             f"machine speed: numpy SVD of a 400x400 matrix {_SPEED['svd_ms']:.1f} ms "
             "(measured before the tests)")
+    _time_summary(terminalreporter.write_line)
 
 
 def tiny_config(**overrides):
