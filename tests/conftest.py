@@ -138,11 +138,6 @@ def _count_compile_time(event: str, seconds: float, **_) -> None:
 jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    item.stash[_COMPILE_MARK] = [_COMPILE_SECONDS[0]]  # before the fixtures compile
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Each phase's report carries the JAX compile seconds spent in that phase."""
