@@ -190,6 +190,10 @@ def surface_errors(model: facemodel.FaceModel, predicted: FaceCode,
             "translation_error_mm": centroid_error}
 
 
+# One jitted program per shape for every evaluation (the model an argument, not a constant).
+_reconstruction_errors = jax.jit(reconstruction_errors, static_argnames=("vertex_errors",))
+
+
 def evaluate_predictions(config, predict, decoder, num_batches: int | None = None, *,
                          num_faces: int | None = None, face_model: str | None = None,
                          yaw_split_degrees: float | None = None) -> dict:
@@ -224,8 +228,8 @@ def evaluate_predictions(config, predict, decoder, num_batches: int | None = Non
         batch_size = min(batch_size, num_faces)
         num_batches = -(-num_faces // batch_size)
     num_batches = num_batches or config.get("eval_batches", 4)
-    errors = jax.jit(functools.partial(reconstruction_errors, decoder.face_model, decoder.camera,
-                                       vertex_errors=not cross_model))
+    errors = functools.partial(_reconstruction_errors, decoder.face_model, decoder.camera,
+                               vertex_errors=not cross_model)
     totals: dict = {}
     codes: dict = {"predicted": {}, "truth": {}}
     for i in range(num_batches):

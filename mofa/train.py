@@ -329,20 +329,22 @@ def predictor(state: TrainState, decoder: Decoder, weights: LossWeights, refine_
     refine_steps: the encoder's refinement to its own landmarks (`encode`); fit_steps:
     then the test-time photometric fit (`fit_code`: the 3DMM code, on top of the
     corrective level's offsets where the encoder has one)."""
+    return functools.partial(_predict, state, decoder, weights=weights,
+                             refine_steps=refine_steps, fit_steps=fit_steps)
 
-    @jax.jit
-    def predict(state, decoder, batch):
-        _, aux = eval_step(state, batch, decoder, weights, refine_steps)
-        space, coefficients = state.params.get("corrective"), aux["corrective"]
-        offsets = None if coefficients is None else corrective.corrections(space, coefficients)
-        if fit_steps:
-            code = fit_code(aux["code"], batch["image"], aux["encoder_landmarks"], decoder,
-                            fit_steps, corrections=offsets)
-            out = decoder.render(code, space, coefficients, background=batch["image"])
-            return code, out, None if offsets is None else offsets[0]
-        return aux["code"], aux["render"], None if offsets is None else offsets[0]
 
-    return lambda batch: predict(state, decoder, batch)
+# Module-level, so every evaluation of one shape and setting reuses the compiled program.
+@functools.partial(jax.jit, static_argnames=("weights", "refine_steps", "fit_steps"))
+def _predict(state, decoder, batch, weights: LossWeights, refine_steps: int, fit_steps: int):
+    _, aux = eval_step(state, batch, decoder, weights, refine_steps)
+    space, coefficients = state.params.get("corrective"), aux["corrective"]
+    offsets = None if coefficients is None else corrective.corrections(space, coefficients)
+    if fit_steps:
+        code = fit_code(aux["code"], batch["image"], aux["encoder_landmarks"], decoder,
+                        fit_steps, corrections=offsets)
+        out = decoder.render(code, space, coefficients, background=batch["image"])
+        return code, out, None if offsets is None else offsets[0]
+    return aux["code"], aux["render"], None if offsets is None else offsets[0]
 
 
 def evaluate_state(config, state: TrainState, decoder: Decoder, weights: LossWeights,

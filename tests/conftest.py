@@ -127,36 +127,70 @@ def pytest_sessionstart(session):
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
-_COMPILE_SECONDS = [0.0]
+_SPANS: list = []  # (start, end) wall times of those events in this phase; traces nest
+_PROGRAMS: dict = {}  # jitted function -> [XLA compile seconds, compilations], this phase
 
 
-def _count_compile_time(event: str, seconds: float, **_) -> None:
+def _record_span(event: str, start: float, end: float, **_) -> None:
     if event in _COMPILE_EVENTS:
-        _COMPILE_SECONDS[0] += seconds
+        _SPANS.append((start, end))
 
 
-jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
+def _count_program(event: str, seconds: float, fun_name: str = "", **_) -> None:
+    if event == _COMPILE_EVENTS[-1]:
+        tally = _PROGRAMS.setdefault(fun_name, [0.0, 0])
+        tally[0] += seconds
+        tally[1] += 1
+
+
+jax.monitoring.register_event_time_span_listener(_record_span)
+jax.monitoring.register_event_duration_secs_listener(_count_program)
+
+
+def _covered_seconds(spans: list) -> float:
+    """The length of the union of the spans (a trace includes the traces it nests)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _SPANS.clear()  # the count starts before the test's fixtures compile
+    _PROGRAMS.clear()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Each phase's report carries the JAX compile seconds spent in that phase."""
-    start = item.stash.setdefault(_COMPILE_MARK, [_COMPILE_SECONDS[0]])
-    item.user_properties[:] = [p for p in item.user_properties if p[0] != "compile_seconds"]
-    item.user_properties.append(("compile_seconds", _COMPILE_SECONDS[0] - start[0]))
-    start[0] = _COMPILE_SECONDS[0]
+    """Each phase's report carries the JAX compile seconds spent in that phase and the
+    programs it compiled."""
+    item.user_properties[:] = [p for p in item.user_properties
+                               if p[0] not in ("compile_seconds", "programs")]
+    item.user_properties.append(("compile_seconds", _covered_seconds(_SPANS)))
+    item.user_properties.append(("programs", dict(_PROGRAMS)))
+    _SPANS.clear()
+    _PROGRAMS.clear()
     yield
 
 
-_COMPILE_MARK = pytest.StashKey[list]()
 _PHASES: list = []  # (worker, nodeid, start, stop, compile seconds), on the controller
+_ALL_PROGRAMS: dict = {}  # jitted function -> [XLA compile seconds, compilations, tests]
 
 
 def pytest_runtest_logreport(report):
     node = getattr(report, "node", None)  # the xdist worker that ran it
     worker = node.gateway.id if node is not None else "main"
-    compiled = dict(report.user_properties).get("compile_seconds", 0.0)
-    _PHASES.append((worker, report.nodeid, report.start, report.stop, compiled))
+    properties = dict(report.user_properties)
+    _PHASES.append((worker, report.nodeid, report.start, report.stop,
+                    properties.get("compile_seconds", 0.0)))
+    for name, (seconds, count) in properties.get("programs", {}).items():
+        tally = _ALL_PROGRAMS.setdefault(name, [0.0, 0, set()])
+        tally[0] += seconds
+        tally[1] += count
+        tally[2].add(report.nodeid)
 
 
 def _time_summary(write) -> None:
@@ -178,6 +212,10 @@ def _time_summary(write) -> None:
     heaviest = sorted(per_test.items(), key=lambda kv: -kv[1][1])[:10]
     write("most compile time (test: compile / total seconds): " + "; ".join(
         f"{nodeid.split('::', 1)[-1]} {c:.0f}/{t:.0f}" for nodeid, (t, c) in heaviest))
+    # The same function compiled in many tests is where shared shapes or fixtures save most.
+    programs = sorted(_ALL_PROGRAMS.items(), key=lambda kv: -kv[1][0])[:12]
+    write("most XLA compile time (program: seconds, compilations, tests): " + "; ".join(
+        f"{name} {s:.0f} s, {n}x, {len(tests)}" for name, (s, n, tests) in programs))
 
 
 def pytest_terminal_summary(terminalreporter):
