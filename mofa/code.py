@@ -120,7 +120,16 @@ def random_code(model: FaceModel, key: jax.Array, batch_shape=(), *,
                 max_roll_degrees: float = 10.0, distance_mm: float = DEFAULT_DISTANCE_MM,
                 shift_mm: float = 8.0, light_strength: float = 0.8) -> FaceCode:
     """Random faces from the prior under random pose and random, mostly frontal light."""
-    batch_shape = tuple(batch_shape)
+    return _random_code(model, key, tuple(batch_shape), shape_scale, expression_scale,
+                        max_yaw_degrees, max_pitch_degrees, max_roll_degrees, distance_mm,
+                        shift_mm, light_strength)
+
+
+# One program per model and setting: called eagerly, the draw would compile each of its
+# dozens of small operations on its own.
+@functools.partial(jax.jit, static_argnums=tuple(range(2, 11)))
+def _random_code(model, key, batch_shape, shape_scale, expression_scale, max_yaw_degrees,
+                 max_pitch_degrees, max_roll_degrees, distance_mm, shift_mm, light_strength):
     keys = jax.random.split(key, 7)
     normal = lambda k, n, s=1.0: s * jax.random.normal(k, batch_shape + (n,))  # noqa: E731
     limits = jnp.radians(jnp.array([max_pitch_degrees, max_yaw_degrees, max_roll_degrees]))
