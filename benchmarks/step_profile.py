@@ -8,11 +8,18 @@ forward render. Run by hand from the repository root, e.g. to compare two checko
 
     python benchmarks/step_profile.py --face-model ict:/tmp/ict/ict-facekit --size 128
     PYTHONPATH=OTHER_CHECKOUT python benchmarks/step_profile.py ...   # the same, other code
+
+--decimate MM draws the model decimated to MM cells (`facemodel.decimate`, as the
+fit's coarse steps do) in every part but the objective's landmarks and priors;
+--fit-steps N adds the time of a whole `fitting.fit` of the batch at --size (its
+default options, so the coarse steps of 128 px crops draw the 6 mm mesh), and with
+--options K=V,... its FitOptions overrides.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -42,9 +49,13 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--decimate", type=float, default=0.0)
+    parser.add_argument("--fit-steps", type=int, default=0)
+    parser.add_argument("--options", default="")
     args = parser.parse_args(argv)
 
-    model = facemodel.load(args.face_model)
+    full_model = facemodel.load(args.face_model)
+    model = facemodel.decimate(full_model, args.decimate) if args.decimate else full_model
     camera = camera_lib.Camera.from_fov(DEFAULT_FOV_DEGREES, args.size, args.size)
     code = random_code(model, jax.random.key(0), (args.batch,))
     out = render.render_face(model, code, camera)
@@ -57,7 +68,8 @@ def main(argv=None) -> None:
     attributes = jnp.concatenate([albedo, albedo, albedo[..., :2]], -1)  # 8 channels
 
     def objective(c):
-        return fitting.objective(model, camera, c, images, landmarks, weight)
+        return fitting.objective(full_model, camera, c, images, landmarks, weight,
+                                 render_model=model)
 
     def interpolate(s, a):
         bary = rasterizer.barycentrics(s, model.triangles, triangle_id)
@@ -83,7 +95,16 @@ def main(argv=None) -> None:
          jax.grad(squared(interpolate), argnums=(0, 1)), (screen, attributes)),
         ("render_face forward", lambda c: render.render_face(model, c, camera).image, (code,)),
     ]
-    print(f"{args.face_model}: {model.num_vertices} vertices, {model.triangles.shape[0]} "
+    if args.fit_steps:
+        options = dataclasses.replace(fitting.FitOptions(),
+                                      **fitting.option_overrides(args.options))
+        coarse = fitting.coarse_render_model(full_model, options)
+        parts.append((f"whole fit, {args.fit_steps} steps",
+                      lambda i: fitting.fit(full_model, camera, i, landmarks, weight,
+                                            steps=args.fit_steps, options=options,
+                                            coarse_mesh=coarse), (images,)))
+    print(f"{args.face_model}{f' decimated to {args.decimate} mm' if args.decimate else ''}: "
+          f"{model.num_vertices} vertices, {model.triangles.shape[0]} "
           f"triangles, batch {args.batch} at {args.size} px, "
           f"{float(out.mask.mean()):.0%} of the pixels covered")
     for name, function, inputs in parts:

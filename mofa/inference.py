@@ -85,6 +85,14 @@ class Reconstructor:
             self.options = options.for_model(self.model.name)
         self._contour = (jnp.asarray(fitting.contour_candidates(self.fit_model))
                          if self.contour else None)
+        self._coarse_meshes = {}
+
+    def coarse_mesh(self):
+        """`fitting.coarse_render_model` for the current options, once per cell size."""
+        mm = self.options.coarse_mesh_mm
+        if mm not in self._coarse_meshes:
+            self._coarse_meshes[mm] = fitting.coarse_render_model(self.fit_model, self.options)
+        return self._coarse_meshes[mm]
 
     def fit_errors(self, code: FaceCode, crops: list[dict]) -> dict:
         """`fitting.fit_errors` of codes on their crops, with the fit's own landmark
@@ -150,7 +158,7 @@ class Reconstructor:
             elif steps > 0:
                 code = fitting.fit(self.fit_model, self.camera, pixels, lm, weight, start_code,
                                    steps=steps, options=self.options, fixed=fixed,
-                                   contour=self._contour)
+                                   contour=self._contour, coarse_mesh=self.coarse_mesh())
             parts.append(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], code))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 

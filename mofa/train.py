@@ -283,11 +283,14 @@ def refine_code(code, encoder_landmarks: jax.Array, decoder: Decoder, steps: int
 # landmark-only refinement keeps the stricter): on the quickstart and the 128 px
 # supervised encoders alike that lowered identity, light and albedo errors (README,
 # "Quickstart results"). The illumination prior weighs as the reflectance prior: the
-# two split the image's brightness between skin and light.
+# two split the image's brightness between skin and light. The coarse steps (crops of
+# 128 px and up) render the full mesh: this fit runs under jit, where the model is
+# traced and cannot be decimated (`fitting.coarse_render_model`).
 FIT_OPTIONS = dataclasses.replace(REFINE_OPTIONS, rigid_fraction=0.0, shape_fraction=0.0,
                                   prior_identity=fitting.CALIBRATED_PRIOR_IDENTITY,
                                   prior_reflectance=fitting.CALIBRATED_PRIOR_IDENTITY,
-                                  prior_illumination=fitting.CALIBRATED_PRIOR_IDENTITY)
+                                  prior_illumination=fitting.CALIBRATED_PRIOR_IDENTITY,
+                                  coarse_mesh_mm=0.0)
 
 
 def fit_code(code: FaceCode, images: jax.Array, encoder_landmarks: jax.Array,

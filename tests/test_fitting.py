@@ -255,6 +255,56 @@ def test_half_resolution_is_the_same_view(builtin_model):
         fitting.half_resolution(_camera(63), full.image[:, :63, :63], lm)
 
 
+def test_decimated_render_mesh_draws_the_same_face_and_points_at_the_truth(builtin_model):
+    """The coarse appearance steps' render mesh (`facemodel.decimate`): its vertices are
+    the model's own, with their basis rows, so a code means the same face; drawn at the
+    coarse steps' 64 px it covers the same pixels with the same colours; and its
+    photometric objective is lowest at the true code of rendered faces."""
+    with pytest.raises(ValueError, match="cell_mm"):
+        facemodel.decimate(builtin_model, 0.0)
+    coarse = facemodel.decimate(builtin_model, 6.0)
+    assert coarse.num_vertices < builtin_model.num_vertices / 4
+    full_mean, kept = np.asarray(builtin_model.mean_shape), np.asarray(coarse.mean_shape)
+    rows = np.argmin(((kept[:, None] - full_mean[None]) ** 2).sum(-1), 1)
+    np.testing.assert_array_equal(full_mean[rows], kept)
+    for field in ("identity_basis", "expression_basis", "albedo_basis"):
+        np.testing.assert_array_equal(np.asarray(getattr(builtin_model, field))[:, rows],
+                                      np.asarray(getattr(coarse, field)))
+
+    size = 64
+    camera = _camera(size)
+    truth = _random_codes(builtin_model, jax.random.key(9), 2)
+    background = jnp.full((2, size, size, 3), 0.3)
+    draw = jax.jit(render.render_face)
+    full, decimated = draw(builtin_model, truth, camera), draw(coarse, truth, camera)
+    full_mask, coarse_mask = np.asarray(full.mask) > 0, np.asarray(decimated.mask) > 0
+    assert (full_mask & coarse_mask).sum() / (full_mask | coarse_mask).sum() > 0.95
+    both = full_mask & coarse_mask
+    difference = np.abs(np.asarray(full.image) - np.asarray(decimated.image))[both]
+    assert np.median(difference) < 0.01, np.median(difference)
+
+    images = jnp.where(full.mask[..., None] > 0, full.image, background)
+    lm, weight = _landmarks(builtin_model, truth, camera)
+    options = fitting.FitOptions(coarse_mesh_mm=6.0)
+    score = jax.jit(lambda code: fitting.objective(builtin_model, camera, code, images, lm,
+                                                   weight, options, render_model=coarse))
+    at_truth = np.asarray(score(truth))
+    key = jax.random.key(10)
+    for field, step in (("identity", 0.5), ("expression", 0.5), ("reflectance", 0.5),
+                        ("rotation", 0.03), ("translation", 3.0)):
+        value = getattr(truth, field)
+        for sign in (1.0, -1.0):
+            key, sub = jax.random.split(key)
+            moved = value + sign * step * jax.random.normal(sub, value.shape)
+            assert at_truth < np.asarray(score(truth.replace(**{field: moved}))), field
+    assert fitting.FitOptions().coarse_mesh_mm == 6.0  # the default
+    # Under jit the model is traced: the fit says how to decimate it outside.
+    traced = jax.jit(lambda model: fitting.fit(model, _camera(128), jnp.zeros((2, 128, 128, 3)),
+                                               lm * 2, weight, steps=4, options=options))
+    with pytest.raises(ValueError, match="coarse_render_model"):
+        traced(builtin_model)
+
+
 def test_bad_shapes_are_named(builtin_model):
     camera = _camera(32)
     with pytest.raises(ValueError, match="landmarks have shape"):

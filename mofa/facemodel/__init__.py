@@ -14,6 +14,7 @@ from mofa.facemodel.model import (
     NUM_LANDMARKS,
     FaceModel,
     albedo,
+    decimate,
     from_numpy,
     linear_combination,
     load_npz,
@@ -85,7 +86,8 @@ def load(spec: str, **options) -> FaceModel:
 
 
 __all__ = [
-    "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "from_numpy",
+    "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "decimate",
+    "from_numpy",
     "linear_combination", "load", "load_npz", "safe_normalize", "sample_codes", "save_npz",
     "shape", "vertex_normals",
 ]

@@ -265,6 +265,48 @@ def replace(model: FaceModel, **changes) -> FaceModel:
     return dataclasses.replace(model, **changes)
 
 
+def decimate(model: FaceModel, cell_mm: float) -> FaceModel:
+    """The model on a subset of its own vertices, for rendering where the full mesh puts
+    several triangles in a pixel (a fit's low-resolution steps).
+
+    Vertex clustering on the mean face: the vertices in each `cell_mm` cube become the
+    one nearest their centroid, triangles are remapped to the kept vertices and those
+    that collapse are dropped. Every kept vertex is an original one, so the bases,
+    albedo and face mask are the original rows and any code means the same face; only
+    the surface between the kept vertices is coarser. Landmarks move to their
+    cluster's vertex; UVs are dropped. Runs in numpy, outside jit.
+    """
+    if not cell_mm > 0:
+        raise ValueError(f"decimate: cell_mm must be > 0, got {cell_mm}")
+    mean = np.asarray(model.mean_shape, np.float64)
+    cells = np.floor(mean / cell_mm).astype(np.int64)
+    _, cluster = np.unique(cells, axis=0, return_inverse=True)
+    cluster = cluster.reshape(-1)
+    count = np.bincount(cluster)
+    centroid = np.zeros((len(count), 3))
+    np.add.at(centroid, cluster, mean)
+    centroid /= count[:, None]
+    # Per cluster, its vertex nearest the centroid: sort by (cluster, distance).
+    order = np.lexsort((np.sum((mean - centroid[cluster]) ** 2, -1), cluster))
+    first = np.ones(len(order), bool)
+    first[1:] = cluster[order][1:] != cluster[order][:-1]
+    keep = order[first]  # keep[c] is cluster c's vertex
+    triangles = cluster[np.asarray(model.triangles)]
+    distinct = ((triangles[:, 0] != triangles[:, 1]) & (triangles[:, 1] != triangles[:, 2])
+                & (triangles[:, 0] != triangles[:, 2]))
+    triangles = triangles[distinct]
+    _, unique = np.unique(np.sort(triangles, 1), axis=0, return_index=True)
+    triangles = triangles[np.sort(unique)]
+    rows = jnp.asarray(keep)
+    return dataclasses.replace(
+        model, mean_shape=model.mean_shape[rows], identity_basis=model.identity_basis[:, rows],
+        expression_basis=model.expression_basis[:, rows], albedo_mean=model.albedo_mean[rows],
+        albedo_basis=model.albedo_basis[:, rows], face_mask=model.face_mask[rows],
+        triangles=jnp.asarray(triangles, jnp.int32),
+        landmark_indices=jnp.asarray(cluster[np.asarray(model.landmark_indices)], jnp.int32),
+        uv_coords=None, uv_triangles=None)
+
+
 # ---------------------------------------------------------------------------
 # Similarity transforms in displacement spaces: the part of a shape change that
 # an image cannot tell from head pose and camera distance.
