@@ -313,9 +313,4 @@ def coarse_builtin(model, stride: int = 2):
                                                          jnp.asarray(triangles)))
     on_face = np.asarray(model.face_mask)[keep] > 0.5
     assert np.median(np.sum(full_normals * coarse_normals, -1)[on_face]) > 0.95
-    return model.replace(
-        mean_shape=model.mean_shape[k], identity_basis=model.identity_basis[:, k],
-        expression_basis=model.expression_basis[:, k], albedo_mean=model.albedo_mean[k],
-        albedo_basis=model.albedo_basis[:, k], triangles=jnp.asarray(triangles),
-        landmark_indices=jnp.asarray(landmarks), face_mask=model.face_mask[k],
-        uv_coords=None, uv_triangles=None)
+    return facemodel.vertex_subset(model, keep, triangles, landmarks)

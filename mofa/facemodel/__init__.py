@@ -23,6 +23,7 @@ from mofa.facemodel.model import (
     save_npz,
     shape,
     vertex_normals,
+    vertex_subset,
 )
 
 KINDS = ("builtin", "ict", "bfm2009", "bfm2017", "flame", "npz")
@@ -87,7 +88,6 @@ def load(spec: str, **options) -> FaceModel:
 
 __all__ = [
     "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "decimate",
-    "from_numpy",
-    "linear_combination", "load", "load_npz", "safe_normalize", "sample_codes", "save_npz",
-    "shape", "vertex_normals",
+    "from_numpy", "linear_combination", "load", "load_npz", "safe_normalize", "sample_codes",
+    "save_npz", "shape", "vertex_normals", "vertex_subset",
 ]

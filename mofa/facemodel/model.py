@@ -297,14 +297,21 @@ def decimate(model: FaceModel, cell_mm: float) -> FaceModel:
     triangles = triangles[distinct]
     _, unique = np.unique(np.sort(triangles, 1), axis=0, return_index=True)
     triangles = triangles[np.sort(unique)]
+    return vertex_subset(model, keep, triangles, cluster[np.asarray(model.landmark_indices)])
+
+
+def vertex_subset(model: FaceModel, keep, triangles, landmark_indices) -> FaceModel:
+    """The model on its vertices `keep` (V',): every per-vertex field's own rows, with
+    `triangles` (T', 3) and `landmark_indices` (68,) indexing the kept vertices. UVs
+    are dropped."""
     rows = jnp.asarray(keep)
     return dataclasses.replace(
         model, mean_shape=model.mean_shape[rows], identity_basis=model.identity_basis[:, rows],
         expression_basis=model.expression_basis[:, rows], albedo_mean=model.albedo_mean[rows],
         albedo_basis=model.albedo_basis[:, rows], face_mask=model.face_mask[rows],
         triangles=jnp.asarray(triangles, jnp.int32),
-        landmark_indices=jnp.asarray(cluster[np.asarray(model.landmark_indices)], jnp.int32),
-        uv_coords=None, uv_triangles=None)
+        landmark_indices=jnp.asarray(landmark_indices, jnp.int32),
+        uv_coords=None, uv_triangles=None).validate("vertex_subset")
 
 
 # ---------------------------------------------------------------------------
