@@ -123,11 +123,12 @@ class FitOptions:
     # and 0.01 fitted alike (README, "The photometric noise of each face").
     residual_scale_floor: float = FIT_NOISE.photometric_scale / 5
     # The coarse appearance steps render the model decimated to this cell size in mm
-    # (`facemodel.decimate`, `coarse_render_model`; 0: the full mesh): at 64 px ICT's and the builtin's 2.6-2.8
-    # mm edges put several triangles in a pixel. 6 mm keeps a third of ICT's vertices
-    # and a sixth of the builtin's; on rendered ICT faces it fitted as well as the full
-    # mesh, 1.15-1.5x faster (8 mm: 0.02-0.03 mm worse; README, "A coarse mesh for the
-    # coarse steps"). Landmarks, priors and the full-size steps keep the full model.
+    # (`facemodel.decimate`, `coarse_render_model`; 0: the full mesh): at 64 px the
+    # 2.6-2.8 mm edges of ICT and the builtin put several triangles in a pixel. 6 mm
+    # keeps 28% of ICT's vertices and 17% of the builtin's; on rendered ICT faces it
+    # fitted as well as the full mesh, 1.15-1.5x faster (8 mm: 0.02-0.03 mm worse;
+    # README, "A coarse mesh for the coarse steps"). Landmarks, priors and the
+    # full-size steps keep the full model.
     coarse_mesh_mm: float = 6.0
 
     def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0,
