@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--fit-steps", type=int, default=None,
                        help="analysis-by-synthesis steps after the encoder or from the mean "
                        "face (default with an encoder: its config's encoder.fit_steps; from "
-                       "the mean face: mofa.fitting.DEFAULT_FIT_STEPS, 400; 0: the encoder's "
+                       "the mean face: mofa.fitting.DEFAULT_FIT_STEPS, 500; 0: the encoder's "
                        "code, or the mean face posed from the landmarks)")
     recon.add_argument("--face-model", default=None,
                        help="face model spec (default: the checkpoint's, else builtin)")
