@@ -458,12 +458,11 @@ def coarse_render_model(model: FaceModel, options: FitOptions) -> Optional[FaceM
     if not options.coarse_mesh_mm:
         return None
     try:
-        np.asarray(model.mean_shape)
+        return facemodel.decimate(model, options.coarse_mesh_mm)
     except jax.errors.TracerArrayConversionError:
         raise ValueError("a fit of a traced model (under jit or vmap) cannot decimate it: "
                          "pass coarse_mesh=fitting.coarse_render_model(model, options) from "
                          "outside, or options with coarse_mesh_mm=0") from None
-    return facemodel.decimate(model, options.coarse_mesh_mm)
 
 
 def _run_stage(model, camera, options, stage, steps, fixed, code, images, landmarks, weight,
