@@ -8,7 +8,8 @@ The usual coarse-to-fine schedule of model-based fitting:
      and SH illumination only get gradients from it); its first
      `coarse_fraction` of steps on the images at half resolution, drawing the
      model decimated to `coarse_mesh_mm` cells, where a step costs about a
-     quarter as much and moves the code about as far.
+     quarter as much; the rest at full size, each step scoring one of the four
+     2x2 pixel sub-grids of the image (`subgrid_views`) with the full mesh.
 Each stage is one `jax.lax.scan` of Adam steps, so a whole fit compiles once
 per (batch size, image size, step counts). Faces in a batch are fitted
 independently: every loss is a per-face mean and Adam scales per parameter,
@@ -68,9 +69,8 @@ MODEL_PRIORS = {"builtin": {"prior_identity": 0.05, "prior_expression": 0.02}}
 # (README), smaller was not measured, so crops under 128 px fit at full size only.
 MIN_COARSE_SIZE = 64
 # Steps of a fit from the mean face (`fit`, `mofa reconstruct`): 125 rigid, 75 shape,
-# 225 coarse and 75 full-size appearance steps. With the coarse steps' decimated mesh
-# the 100 steps more than before cost no time, and shape gained on all three ICT sets
-# (README, "A coarse mesh for the coarse steps").
+# 150 coarse and 150 full-size (sub-grid) appearance steps (README, "A coarse mesh
+# for the coarse steps", "Full-size steps on pixel sub-grids").
 DEFAULT_FIT_STEPS = 500
 # `_landmark_term` is in percent of the image size squared (1e4 x `landmark_alignment`).
 _FIT_LANDMARK = FIT_NOISE.landmark_weight(_FIT_PHOTOMETRIC) / 1e4  # 0.94
@@ -118,9 +118,11 @@ class FitOptions:
     # landmark weights the shape comes mostly from the photometric stage.
     shape_fraction: float = 0.15
     # Of the appearance stage, run first on 2x2-averaged images (`coarse_ok`) and the
-    # decimated mesh (`coarse_mesh_mm`): as accurate per step at a quarter of the cost
-    # (README, "Accuracy on rendered ICT faces", "A coarse mesh for the coarse steps").
-    coarse_fraction: float = 0.75
+    # decimated mesh (`coarse_mesh_mm`): a quarter of a full-size step's cost (README,
+    # "Accuracy on rendered ICT faces", "A coarse mesh for the coarse steps"). Half:
+    # with the full-size steps on pixel sub-grids, more of them fit shape better than
+    # more coarse ones (README, "Full-size steps on pixel sub-grids").
+    coarse_fraction: float = 0.5
     # Each face's photometric noise scale is estimated with its code, between this floor
     # and FIT_NOISE's scale (`profile_photometric`); 0 keeps FIT_NOISE's. The floor only
     # guards the division: on rendered ICT faces, whose residuals reach 0.008, 0.005
@@ -134,6 +136,11 @@ class FitOptions:
     # README, "A coarse mesh for the coarse steps"). Landmarks, priors and the
     # full-size steps keep the full model.
     coarse_mesh_mm: float = 6.0
+    # The full-size appearance steps each score one of the `full_size_subgrid`^2 pixel
+    # sub-grids of the image (`subgrid_views`, cycled; 1: every pixel every step),
+    # drawing the full mesh: every pixel's own colour, a quarter of them a step, at
+    # 2.2-2.6x less time a step (README, "Full-size steps on pixel sub-grids").
+    full_size_subgrid: int = 2
 
     def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0,
                             identity_shrink: float = 0.0, expression_shrink: float = 0.0
@@ -212,6 +219,49 @@ def half_resolution(camera: Camera, images: jax.Array, landmarks: jax.Array):
     half = Camera(focal=jnp.asarray(camera.focal) / 2, principal_point=camera.principal_point / 2,
                   height=height // 2, width=width // 2)
     return half, coarse, landmarks / 2
+
+
+@flax.struct.dataclass
+class Views:
+    """`P` views of the same B faces, cycled through a stage's steps (step t sees view
+    t mod P): the camera's fields, the images and the landmarks with a leading P."""
+
+    camera: Camera  # focal (P,), principal_point (P, 2)
+    images: Optional[jax.Array]  # (P, B, H, W, 3) or None (landmark stages)
+    landmarks: jax.Array  # (P, B, 68, 2) pixels
+
+    @classmethod
+    def single(cls, camera: Camera, images: Optional[jax.Array], landmarks: jax.Array):
+        add = lambda x: None if x is None else jnp.asarray(x)[None]
+        return cls(camera=jax.tree.map(add, camera), images=add(images), landmarks=add(landmarks))
+
+    def at(self, index) -> tuple:
+        view = jax.tree.map(lambda x: x[index], self)
+        return view.camera, view.images, view.landmarks
+
+
+def subgrid_views(camera: Camera, images: jax.Array, landmarks: jax.Array, factor: int) -> Views:
+    """The factor^2 pixel sub-grids of full-size images as views of their own: pixel
+    (factor i + di, factor j + dj) of an image is pixel (i, j) of view (di, dj), whose
+    camera (focal / factor, principal point shifted) puts its pixel centres exactly on
+    those of the image. Rendering a view draws those pixels of the full-size rendering,
+    so the views' objectives together score every pixel once. Views alternate
+    diagonally ((0, 0), (1, 1), (0, 1), (1, 0) for 2) so consecutive steps see
+    different rows and columns."""
+    batch, height, width, _ = images.shape
+    if factor < 1 or height % factor or width % factor:
+        raise ValueError(f"a {factor}x{factor} pixel sub-grid needs image sizes divisible by "
+                         f"{factor}, got {height}x{width}")
+    offsets = [(d, (d + s) % factor) for s in range(factor) for d in range(factor)]
+    # x_view = (x - dx - 0.5) / factor + 0.5 maps pixel centres to pixel centres.
+    shift = jnp.asarray([(dx, dy) for dy, dx in offsets], jnp.float32)  # (P, 2) as (x, y)
+    to_view = lambda points: (points[None] - shift[:, None, None] - 0.5) / factor + 0.5
+    cameras = Camera(focal=jnp.broadcast_to(jnp.asarray(camera.focal) / factor, (len(offsets),)),
+                     principal_point=to_view(camera.principal_point[None])[:, 0, 0],
+                     height=height // factor, width=width // factor)
+    return Views(camera=cameras,
+                 images=jnp.stack([images[:, dy::factor, dx::factor] for dy, dx in offsets]),
+                 landmarks=to_view(landmarks))
 
 
 
@@ -445,7 +495,7 @@ def objective(model: FaceModel, camera: Camera, code: FaceCode, images: Optional
     return total
 
 
-def _objective(model, camera, options, photometric, params, frozen, images, landmarks, weight,
+def _objective(model, options, photometric, params, frozen, camera, images, landmarks, weight,
                contour, render_model):
     return objective(model, camera, FaceCode(**params, **frozen),
                      images if photometric else None, landmarks, weight, options, contour,
@@ -465,9 +515,10 @@ def coarse_render_model(model: FaceModel, options: FitOptions) -> Optional[FaceM
                          "outside, or options with coarse_mesh_mm=0") from None
 
 
-def _run_stage(model, camera, options, stage, steps, fixed, code, images, landmarks, weight,
-               contour=None, render_model=None):
-    """`steps` Adam steps (cosine-decayed) on the stage's free fields, as one scan."""
+def _run_stage(model, views: Views, options, stage, steps, fixed, code, weight, contour=None,
+               render_model=None):
+    """`steps` Adam steps (cosine-decayed) on the stage's free fields, as one scan; step t
+    scores view t mod P of `views`."""
     if steps == 0:
         return code
     free = [f for f in _STAGE_FIELDS[stage] if f not in fixed]
@@ -478,19 +529,21 @@ def _run_stage(model, camera, options, stage, steps, fixed, code, images, landma
     tx = optax.multi_transform(
         {f: optax.adam(optax.cosine_decay_schedule(rates[f], steps, alpha=0.05)) for f in free},
         {f: f for f in free})
-    loss = functools.partial(_objective, model, camera, options, stage == "appearance")
+    loss = functools.partial(_objective, model, options, stage == "appearance")
     grad = jax.grad(loss)
+    num_views = views.landmarks.shape[0]
 
-    def step(carry, _):
+    def step(carry, index):
         params, opt_state = carry
-        updates, opt_state = tx.update(grad(params, frozen, images, landmarks, weight,
+        camera, images, landmarks = views.at(index % num_views)
+        updates, opt_state = tx.update(grad(params, frozen, camera, images, landmarks, weight,
                                             contour, render_model), opt_state, params)
         params = optax.apply_updates(params, updates)
         if "expression" in params and model.blendshapes:  # projected: weights stay in range
             params["expression"] = jnp.clip(params["expression"], *model.expression_bounds)
         return (params, opt_state), None
 
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
     return FaceCode(**params, **frozen)
 
 
@@ -525,9 +578,10 @@ def fit_landmarks(model: FaceModel, camera: Camera, landmarks: jax.Array, weight
         init_code = initial_code(model, camera, landmarks, weight)
     split = stage_steps(steps, options, photometric=False)
     code = init_code
+    views = Views.single(camera, None, landmarks)
     for stage in ("rigid", "shape"):
-        code = _run_stage(model, camera, options, stage, split[stage], fixed, code, None,
-                          landmarks, weight, contour)
+        code = _run_stage(model, views, options, stage, split[stage], fixed, code, weight,
+                          contour)
     return code
 
 
@@ -558,15 +612,18 @@ def _fit(model, camera, images, landmarks, landmark_weight, init_code, steps, op
         init_code = initial_code(model, camera, landmarks, landmark_weight)
     split = stage_steps(steps, options, photometric=True, coarse=coarse_ok(camera))
     code = init_code
+    full_size = Views.single(camera, images, landmarks)
     for stage in ("rigid", "shape"):
-        code = _run_stage(model, camera, options, stage, split[stage], fixed, code, images,
-                          landmarks, landmark_weight, contour)
+        code = _run_stage(model, full_size, options, stage, split[stage], fixed, code,
+                          landmark_weight, contour)
     if split["coarse"]:
-        half, coarse_images, coarse_landmarks = half_resolution(camera, images, landmarks)
-        code = _run_stage(model, half, options, "appearance", split["coarse"], fixed, code,
-                          coarse_images, coarse_landmarks, landmark_weight, contour, coarse_mesh)
-    return _run_stage(model, camera, options, "appearance", split["appearance"], fixed, code,
-                      images, landmarks, landmark_weight, contour)
+        code = _run_stage(model, Views.single(*half_resolution(camera, images, landmarks)),
+                          options, "appearance", split["coarse"], fixed, code, landmark_weight,
+                          contour, coarse_mesh)
+    if coarse_ok(camera) and options.full_size_subgrid > 1:
+        full_size = subgrid_views(camera, images, landmarks, options.full_size_subgrid)
+    return _run_stage(model, full_size, options, "appearance", split["appearance"], fixed, code,
+                      landmark_weight, contour)
 
 
 @jax.jit
