@@ -139,7 +139,7 @@ class FitOptions:
     # The full-size appearance steps each score one of the `full_size_subgrid`^2 pixel
     # sub-grids of the image (`subgrid_views`, cycled; 1: every pixel every step),
     # drawing the full mesh: every pixel's own colour, a quarter of them a step, at
-    # 2.2-2.6x less time a step (README, "Full-size steps on pixel sub-grids").
+    # 2.3-2.7x less time a step on ICT (README, "Full-size steps on pixel sub-grids").
     full_size_subgrid: int = 2
 
     def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0,
