@@ -90,26 +90,6 @@ def test_projection_and_rotation_gradients():
     check_grads(cam.axis_angle_to_matrix, (jnp.array([0.3, 0.2, -0.5]),), order=2, rtol=2e-2)
 
 
-def test_rigid_transform_is_r_p_plus_t_with_exact_gradients():
-    """`rigid_transform` (three multiply-adds with a hand-written VJP) against the
-    matrix product, per mesh and with one rotation broadcast over a batch of meshes,
-    and its reverse-mode gradients against finite differences."""
-    key = jax.random.split(jax.random.key(4), 3)
-    rotation = cam.euler_to_matrix(jax.random.uniform(key[0], (2, 3), minval=-1, maxval=1))
-    points = jax.random.normal(key[1], (2, 5, 3))
-    translation = jax.random.normal(key[2], (2, 3))
-    np.testing.assert_allclose(cam.rigid_transform(points, rotation, translation),
-                               points @ jnp.swapaxes(rotation, -1, -2) + translation[:, None],
-                               rtol=1e-5, atol=1e-5)
-    shared = cam.rigid_transform(points, rotation[0], translation)  # one R, two meshes
-    np.testing.assert_allclose(shared, points @ rotation[0].T + translation[:, None],
-                               rtol=1e-5, atol=1e-5)
-    check_grads(cam.rigid_transform, (points, rotation, translation), order=1, modes=("rev",),
-                eps=1e-2, rtol=2e-2)
-    check_grads(lambda p, r: cam.rigid_transform(p, r, translation), (points[0], rotation[:1]),
-                order=1, modes=("rev",), eps=1e-2, rtol=2e-2)
-
-
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="points"):
         cam.project(jnp.zeros((4, 2)), cam.Camera.from_fov(30.0, 8, 8))
