@@ -13,13 +13,17 @@ forward render. Run by hand from the repository root, e.g. to compare two checko
 fit's coarse steps do) in every part but the objective's landmarks and priors;
 --fit-steps N adds the time of a whole `fitting.fit` of the batch at --size (its
 default options, so the coarse steps of 128 px crops draw the 6 mm mesh), and with
---options K=V,... its FitOptions overrides.
+--options K=V,... its FitOptions overrides. --versus K=V,... then times that fit and
+one with these overrides instead, interleaved in this process (--repeats rounds of
+one call each), and prints wall and process CPU seconds of both: on a shared machine
+whole-fit times of separate runs varied by 20-30%, more than the gains measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -52,6 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--decimate", type=float, default=0.0)
     parser.add_argument("--fit-steps", type=int, default=0)
     parser.add_argument("--options", default="")
+    parser.add_argument("--versus", default=None)
     args = parser.parse_args(argv)
 
     full_model = facemodel.load(args.face_model)
@@ -107,9 +112,36 @@ def main(argv=None) -> None:
           f"{model.num_vertices} vertices, {model.triangles.shape[0]} "
           f"triangles, batch {args.batch} at {args.size} px, "
           f"{float(out.mask.mean()):.0%} of the pixels covered")
+    if args.fit_steps and args.versus is not None:
+        _interleaved_fits(full_model, camera, images, landmarks, weight, args)
+        return
     for name, function, inputs in parts:
         print(f"  {name:34s} {_median_ms(function, *inputs, repeats=args.repeats):8.2f} ms",
               flush=True)
+
+
+def _interleaved_fits(model, camera, images, landmarks, weight, args) -> None:
+    """Whole fits with --options and with --versus, alternated call by call."""
+    runs = {}
+    for text in (args.options, args.versus):
+        options = dataclasses.replace(fitting.FitOptions(), **fitting.option_overrides(text))
+        coarse = fitting.coarse_render_model(model, options)
+        runs[text or "defaults"] = functools.partial(
+            fitting.fit, model, camera, images, landmarks, weight, steps=args.fit_steps,
+            options=options, coarse_mesh=coarse)
+    times = {name: ([], []) for name in runs}
+    for name, run in runs.items():
+        jax.block_until_ready(run())  # compiles
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(run())
+            times[name][0].append(time.perf_counter() - wall)
+            times[name][1].append(time.process_time() - cpu)
+    for name, (wall, cpu) in times.items():
+        print(f"  whole fit, {args.fit_steps} steps, {name}: wall {statistics.median(wall):.2f} s"
+              f" (min {min(wall):.2f}), CPU {statistics.median(cpu):.2f} s (min {min(cpu):.2f})"
+              f", median of {args.repeats}", flush=True)
 
 
 if __name__ == "__main__":
