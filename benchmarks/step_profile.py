@@ -58,6 +58,8 @@ def main(argv=None) -> None:
     parser.add_argument("--options", default="")
     parser.add_argument("--versus", default=None)
     args = parser.parse_args(argv)
+    if args.versus is not None and not args.fit_steps:
+        parser.error("--versus compares whole fits: give --fit-steps N too")
 
     full_model = facemodel.load(args.face_model)
     model = facemodel.decimate(full_model, args.decimate) if args.decimate else full_model

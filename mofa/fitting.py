@@ -248,7 +248,7 @@ def subgrid_views(camera: Camera, images: jax.Array, landmarks: jax.Array, facto
     so the views' objectives together score every pixel once. Views alternate
     diagonally ((0, 0), (1, 1), (0, 1), (1, 0) for 2) so consecutive steps see
     different rows and columns."""
-    batch, height, width, _ = images.shape
+    _, height, width, _ = images.shape
     if factor < 1 or height % factor or width % factor:
         raise ValueError(f"a {factor}x{factor} pixel sub-grid needs image sizes divisible by "
                          f"{factor}, got {height}x{width}")
@@ -262,7 +262,6 @@ def subgrid_views(camera: Camera, images: jax.Array, landmarks: jax.Array, facto
     return Views(camera=cameras,
                  images=jnp.stack([images[:, dy::factor, dx::factor] for dy, dx in offsets]),
                  landmarks=to_view(landmarks))
-
 
 
 @jax.jit
