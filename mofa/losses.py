@@ -88,8 +88,8 @@ LANDMARK_WEIGHT = NoiseModel().landmark_weight(PHOTOMETRIC_WEIGHT)  # 161
 
 
 def _robust_norm(x: jax.Array) -> jax.Array:
-    """|x|_2 over the last axis with a finite gradient at 0."""
-    return jnp.sqrt(jnp.sum(x * x, axis=-1) + _EPS)
+    """|x|_2 over the last axis (of 3: colours) with a finite gradient at 0."""
+    return jnp.sqrt(facemodel.dot_last(x, x) + _EPS)
 
 
 def _per_example_mean(values: jax.Array, weights: jax.Array) -> jax.Array:

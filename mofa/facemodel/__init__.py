@@ -15,6 +15,7 @@ from mofa.facemodel.model import (
     FaceModel,
     albedo,
     decimate,
+    dot_last,
     from_numpy,
     linear_combination,
     load_npz,
@@ -87,7 +88,7 @@ def load(spec: str, **options) -> FaceModel:
 
 
 __all__ = [
-    "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "decimate",
+    "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "decimate", "dot_last",
     "from_numpy", "linear_combination", "load", "load_npz", "safe_normalize", "sample_codes",
     "save_npz", "shape", "vertex_normals", "vertex_subset",
 ]

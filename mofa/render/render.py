@@ -42,7 +42,7 @@ def vertex_visibility(screen_vertices, normals_camera, vertices_camera, depth_ma
     at = jax.vmap(lambda img, y, x: img[y, x])
     surface_depth, covered = at(depth_map, py, px), at(mask, py, px) > 0
     depth = screen_vertices[..., 2]
-    facing = jnp.sum(normals_camera * vertices_camera, axis=-1) < 0.0
+    facing = facemodel.dot_last(normals_camera, vertices_camera) < 0.0
     return in_image & covered & facing & (depth <= surface_depth * (1.0 + rel_tolerance))
 
 
