@@ -1,0 +1,81 @@
+"""The visibility pass of this checkout against another revision's, in one process.
+
+Loads `mofa/render/rasterizer.py` as it was at --against (`git show`; the module
+imports nothing of mofa), rasterizes the same random faces with both, checks that the
+triangle ids are identical and prints medians of alternated calls and their ratio. On
+a shared machine separate runs of `render_bench.py` varied by 20-50%, more than a
+change to measure; alternating in one process cancels the drift. Run by hand from the
+repository root:
+
+    python benchmarks/rasterizer_ab.py --against 709e247 --models builtin,ict:/tmp/ict/ict-facekit
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from mofa import facemodel
+from mofa.code import DEFAULT_FOV_DEGREES, random_code
+from mofa.render import camera as camera_lib
+from mofa.render import rasterizer, render
+
+
+def _module_at(revision: str):
+    source = subprocess.run(["git", "show", f"{revision}:mofa/render/rasterizer.py"],
+                            check=True, capture_output=True, text=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(f"rasterizer_{revision}", f.name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seconds(function, argument) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(function(argument))
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", required=True, help="a git revision")
+    parser.add_argument("--models", default="builtin")
+    parser.add_argument("--settings", default="1x128,16x128,1x224,8x64",
+                        help="comma list of BATCHxPIXELS")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args(argv)
+    other = _module_at(args.against)
+    print(f"visibility pass, ms per image: this checkout / {args.against} (medians of "
+          f"{args.repeats} alternated calls)")
+    for spec in args.models.split(","):
+        model = facemodel.load(spec)
+        for setting in args.settings.split(","):
+            batch, size = (int(x) for x in setting.split("x"))
+            camera = camera_lib.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
+            code = random_code(model, jax.random.key(batch * 1000 + size), (batch,))
+            screen = camera_lib.project(render.face_geometry(model, code)[0], camera)
+            runs = {name: jax.jit(lambda s, m=module: m.rasterize(
+                        s, model.triangles, height=size, width=size).triangle_id)
+                    for name, module in (("this", rasterizer), ("other", other))}
+            ids = {name: np.asarray(run(screen)) for name, run in runs.items()}  # compiles
+            times = {name: [] for name in runs}
+            for _ in range(args.repeats):
+                for name, run in runs.items():
+                    times[name].append(_seconds(run, screen))
+            this, that = (1e3 * statistics.median(times[n]) / batch for n in ("this", "other"))
+            same = "identical ids" if np.array_equal(ids["this"], ids["other"]) else "IDS DIFFER"
+            print(f"  {spec.split(':')[0]:8s} batch {batch:3d} {size:4d} px  {this:7.3f} / "
+                  f"{that:7.3f}  = {this / that:.2f}  {same}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
