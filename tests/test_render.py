@@ -46,6 +46,24 @@ def test_vertex_normals_are_radial_on_a_sphere_per_mesh_and_differentiable():
                 order=1, modes=("rev",), atol=2e-2, rtol=2e-2, eps=1e-3)
 
 
+def test_dot_last_and_the_face_normals_cross_product_match_numpy():
+    a = jax.random.normal(jax.random.key(1), (4, 5, 3))
+    b = jax.random.normal(jax.random.key(2), (4, 5, 3))
+    np.testing.assert_allclose(facemodel.dot_last(a, b), np.sum(np.asarray(a) * np.asarray(b), -1),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(facemodel.safe_normalize(a),
+                               a / np.linalg.norm(np.asarray(a), axis=-1, keepdims=True),
+                               rtol=1e-5)
+    # One triangle: its vertices' normals are the cross product's direction.
+    triangle = jnp.asarray(a[0, :3])
+    normal = np.cross(np.asarray(a[0, 1] - a[0, 0]), np.asarray(a[0, 2] - a[0, 0]))
+    np.testing.assert_allclose(facemodel.vertex_normals(triangle, jnp.array([[0, 1, 2]])),
+                               np.tile(normal / np.linalg.norm(normal), (3, 1)), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="vectors of 3"):
+        facemodel.dot_last(a[..., :2], b[..., :2])
+
+
 # --- camera -----------------------------------------------------------------
 
 

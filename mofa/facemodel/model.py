@@ -173,6 +173,8 @@ def albedo(model: FaceModel, reflectance: jax.Array) -> jax.Array:
 def dot_last(a: jax.Array, b: jax.Array) -> jax.Array:
     """sum(a * b, -1) over a last axis of 3, from its components: XLA's CPU reduction over
     a size-3 axis ran 10-50x slower than the three products."""
+    if a.shape[-1:] != (3,) or b.shape[-1:] != (3,):
+        raise ValueError(f"dot_last takes vectors of 3, got shapes {a.shape} and {b.shape}")
     return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
 
 
