@@ -67,12 +67,12 @@ def _rasterize_one(screen_vertices, triangles, height, width, chunk, cull_backfa
     usable &= (area < -_AREA_EPS) if cull_backfaces else (jnp.abs(area) > _AREA_EPS)
 
     # Pixel-centre bounding boxes, clipped to the image.
-    lowest, highest = functools.partial(functools.reduce, jnp.minimum), functools.partial(
-        functools.reduce, jnp.maximum)
-    x_lo = jnp.clip(jnp.ceil(lowest(x) - 0.5), 0, width).astype(jnp.int32)
-    x_hi = jnp.clip(jnp.floor(highest(x) - 0.5), -1, width - 1).astype(jnp.int32)
-    y_lo = jnp.clip(jnp.ceil(lowest(y) - 0.5), 0, height).astype(jnp.int32)
-    y_hi = jnp.clip(jnp.floor(highest(y) - 0.5), -1, height - 1).astype(jnp.int32)
+    x_min, x_max = functools.reduce(jnp.minimum, x), functools.reduce(jnp.maximum, x)
+    y_min, y_max = functools.reduce(jnp.minimum, y), functools.reduce(jnp.maximum, y)
+    x_lo = jnp.clip(jnp.ceil(x_min - 0.5), 0, width).astype(jnp.int32)
+    x_hi = jnp.clip(jnp.floor(x_max - 0.5), -1, width - 1).astype(jnp.int32)
+    y_lo = jnp.clip(jnp.ceil(y_min - 0.5), 0, height).astype(jnp.int32)
+    y_hi = jnp.clip(jnp.floor(y_max - 0.5), -1, height - 1).astype(jnp.int32)
     box_w = jnp.maximum(x_hi - x_lo + 1, 0)
     counts = jnp.where(usable, box_w * jnp.maximum(y_hi - y_lo + 1, 0), 0)
     ends = _cumulative(jnp.add, counts)
