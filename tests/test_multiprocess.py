@@ -20,7 +20,11 @@ import pytest
 from mofa import metric_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 12
+# Short: training is chaotic (Adam's normalised steps, vertices crossing pixel centres),
+# so runs that differ only in the all-reduce's summation order part by discrete jumps
+# once they start. Measured with 12 steps: 2 vs 1 process agreed to 1.6e-7 through
+# step 8, then jumped to 1e-5 at step 9 and 1e-4 at step 12.
+STEPS = 6
 HEARTBEAT_SECONDS = 10
 
 
@@ -36,7 +40,7 @@ def _launch(workdir, devices: int, *flags: str) -> subprocess.Popen:
         [sys.executable, "-m", "experiments.main", "--config=experiments/configs/quickstart.py",
          f"--workdir={workdir}", f"--config.num_steps={STEPS}", "--config.image_size=32",
          "--config.encoder.width=8", "--config.batch_size=8", "--config.log_every=1",
-         "--config.checkpoint_every=3", "--config.image_every=1000",
+         "--config.checkpoint_every=2", "--config.image_every=1000",
          "--config.eval_batches=0",  # training only: the loss curves are what is compared
          # The head's code alone: the refinement's unrolled Adam steps amplify the
          # all-reduce's summation-order differences (1.7e-4 relative by step 10).
@@ -91,7 +95,7 @@ def test_two_processes_train_kill_resume_and_hand_over_to_one(tmp_path):
     run = tmp_path / "run"
     processes = _two_processes(run)
     deadline = time.time() + 600
-    while (not (run / "checkpoints" / "3").exists() and time.time() < deadline
+    while (not (run / "checkpoints" / "2").exists() and time.time() < deadline
            and all(p.poll() is None for p in processes)):
         time.sleep(0.05)
     processes[1].send_signal(signal.SIGKILL)
@@ -99,7 +103,7 @@ def test_two_processes_train_kill_resume_and_hand_over_to_one(tmp_path):
     _, err = processes[0].communicate(timeout=HEARTBEAT_SECONDS + 120)
     waited = time.time() - killed_at
     processes[1].wait()
-    assert (run / "checkpoints" / "3").exists(), "the run never wrote its first checkpoint"
+    assert (run / "checkpoints" / "2").exists(), "the run never wrote its first checkpoint"
     assert processes[0].returncode != 0, "the surviving process did not notice"
     assert waited < HEARTBEAT_SECONDS + 60, waited
     assert "relaunch every process to resume" in err or "heartbeat" in err, err[-3000:]

@@ -64,6 +64,22 @@ def test_dot_last_and_the_face_normals_cross_product_match_numpy():
         facemodel.dot_last(a[..., :2], b[..., :2])
 
 
+def test_linear_combination_both_paths_match_numpy_with_forward_and_reverse_gradients():
+    """Batches in TRANSPOSED_TANGENT_BATCHES take the custom tangent, batch 1 the plain
+    product: both are sum_k w_k basis_k, with gradients in both modes for both inputs."""
+    basis = jax.random.normal(jax.random.key(0), (5, 7, 3))
+    for batch_shape in ((), (1,), (3,), (2, 4)):
+        weights = jax.random.normal(jax.random.key(1), batch_shape + (5,))
+        np.testing.assert_allclose(
+            facemodel.linear_combination(basis, weights),
+            np.einsum("...k,kvc->...vc", np.asarray(weights), np.asarray(basis)),
+            rtol=1e-5, atol=1e-5)
+        check_grads(facemodel.linear_combination, (basis, weights), order=2,
+                    modes=("fwd", "rev"), rtol=1e-2)
+    assert 3 in facemodel.model.TRANSPOSED_TANGENT_BATCHES
+    assert 1 not in facemodel.model.TRANSPOSED_TANGENT_BATCHES
+
+
 # --- camera -----------------------------------------------------------------
 
 
@@ -97,6 +113,27 @@ def test_rotations_agree_and_are_orthonormal():
     # Gradient at zero rotation is finite (series branch).
     grad = jax.grad(lambda a: jnp.sum(cam.axis_angle_to_matrix(a) ** 2))(jnp.zeros(3))
     assert np.all(np.isfinite(grad))
+
+
+def test_rigid_transform_matches_numpy_and_broadcasts():
+    rotation = cam.euler_to_matrix(jax.random.normal(jax.random.key(0), (2, 3)))
+    translation = jax.random.normal(jax.random.key(1), (2, 3))
+    points = jax.random.normal(jax.random.key(2), (2, 6, 3))
+    expected = (np.einsum("bij,bnj->bni", np.asarray(rotation), np.asarray(points))
+                + np.asarray(translation)[:, None])
+    np.testing.assert_allclose(cam.rigid_transform(points, rotation, translation), expected,
+                               rtol=1e-5, atol=1e-5)
+    # One pose for a batch of point sets, and a batch of poses for one point set.
+    np.testing.assert_allclose(cam.rigid_transform(points, rotation[0], translation[0]),
+                               np.einsum("ij,bnj->bni", np.asarray(rotation[0]),
+                                         np.asarray(points)) + np.asarray(translation[0]),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cam.rigid_transform(points[0], rotation, translation),
+                               np.einsum("bij,nj->bni", np.asarray(rotation),
+                                         np.asarray(points[0])) + np.asarray(translation)[:, None],
+                               rtol=1e-5, atol=1e-5)
+    check_grads(cam.rigid_transform, (points, rotation, translation), order=2,
+                modes=("fwd", "rev"), rtol=1e-2)
 
 
 def test_projection_and_rotation_gradients():
