@@ -14,6 +14,7 @@ from mofa.facemodel.model import (
     NUM_LANDMARKS,
     FaceModel,
     albedo,
+    components,
     decimate,
     dot_last,
     from_numpy,
@@ -88,7 +89,8 @@ def load(spec: str, **options) -> FaceModel:
 
 
 __all__ = [
-    "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "decimate", "dot_last",
+    "NUM_LANDMARKS", "FaceModel", "albedo", "cache_dir", "cache_path", "components", "decimate",
+    "dot_last",
     "from_numpy", "linear_combination", "load", "load_npz", "safe_normalize", "sample_codes",
     "save_npz", "shape", "vertex_normals", "vertex_subset",
 ]

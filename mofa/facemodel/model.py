@@ -210,24 +210,40 @@ def albedo(model: FaceModel, reflectance: jax.Array) -> jax.Array:
                                                   reflectance * model.albedo_std)
 
 
+def components(x: jax.Array) -> tuple:
+    """The three components (...) of vectors (..., 3), as one split: the gradient of a
+    split concatenates, where that of three slices pads each to (..., 3) and adds them
+    (1.6x the vertex normals' gradient time on CPU)."""
+    if x.shape[-1:] != (3,):
+        raise ValueError(f"expected vectors of 3, got shape {x.shape}")
+    return tuple(part.reshape(x.shape[:-1]) for part in jnp.split(x, 3, axis=-1))
+
+
 def dot_last(a: jax.Array, b: jax.Array) -> jax.Array:
     """sum(a * b, -1) over a last axis of 3, from its components: XLA's CPU reduction over
     a size-3 axis ran 10-50x slower than the three products."""
     if a.shape[-1:] != (3,) or b.shape[-1:] != (3,):
         raise ValueError(f"dot_last takes vectors of 3, got shapes {a.shape} and {b.shape}")
-    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+    (ax, ay, az), (bx, by, bz) = components(a), components(b)
+    return ax * bx + ay * by + az * bz
 
 
 def safe_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """x / |x| (last axis of 3) with finite values and gradients at x = 0 (rsqrt, not norm)."""
-    return x * jax.lax.rsqrt(dot_last(x, x) + eps)[..., None]
+    """x / |x| (last axis of 3) with finite values and gradients at x = 0 (rsqrt, not norm).
+
+    Per component: broadcasting the scale over the last axis would make its gradient a
+    sum over that size-3 axis, slow on XLA's CPU backend."""
+    if x.shape[-1:] != (3,):
+        raise ValueError(f"safe_normalize takes vectors of 3, got shape {x.shape}")
+    parts = components(x)
+    scale = jax.lax.rsqrt(parts[0] * parts[0] + parts[1] * parts[1] + parts[2] * parts[2] + eps)
+    return jnp.stack([part * scale for part in parts], axis=-1)
 
 
 def _cross(a: jax.Array, b: jax.Array) -> jax.Array:
     """a x b over the last axis, from its components: jnp.cross moves the axis first and
     back, two transposes that cost more than the products on CPU."""
-    ax, ay, az = a[..., 0], a[..., 1], a[..., 2]
-    bx, by, bz = b[..., 0], b[..., 1], b[..., 2]
+    (ax, ay, az), (bx, by, bz) = components(a), components(b)
     return jnp.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], -1)
 
 

@@ -15,6 +15,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mofa.facemodel.model import components
+
 _EPS = 1e-8
 
 
@@ -77,7 +79,7 @@ def rigid_transform(points: jax.Array, rotation: jax.Array, translation: jax.Arr
     _check_last("translation", translation, 3)
     # Nine multiply-adds per point from the components: the einsum's batched 3x3 dot ran
     # 4-9x slower forward and 1.2-1.5x slower with its gradient on CPU.
-    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    x, y, z = components(points)
     rows = [rotation[..., i, 0, None] * x + rotation[..., i, 1, None] * y
             + rotation[..., i, 2, None] * z + translation[..., i, None] for i in range(3)]
     return jnp.stack(rows, axis=-1)
@@ -121,10 +123,11 @@ def project(points_camera: jax.Array, camera: Camera, min_depth: float = 1e-3) -
     returned depth is the true one so callers can cull points behind the camera.
     """
     _check_last("points", points_camera, 3)
-    depth = -points_camera[..., 2]
+    px, py, pz = components(points_camera)
+    depth = -pz
     inv = 1.0 / jnp.maximum(depth, min_depth)
     f = jnp.asarray(camera.focal)[..., None]
     pp = camera.principal_point[..., None, :]
-    x = pp[..., 0] + f * points_camera[..., 0] * inv
-    y = pp[..., 1] - f * points_camera[..., 1] * inv
+    x = pp[..., 0] + f * px * inv
+    y = pp[..., 1] - f * py * inv
     return jnp.stack([x, y, depth], axis=-1)

@@ -27,6 +27,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mofa.facemodel.model import components
+
 _AREA_EPS = 1e-9
 
 
@@ -170,14 +172,18 @@ def barycentrics(screen_vertices: jax.Array, triangles: jax.Array,
     corners = jax.vmap(lambda sv, ids: sv[ids])(screen_vertices, corner_ids)  # (B,H,W,3,3)
     cx = jnp.arange(width, dtype=jnp.float32)[None, None, :] + 0.5
     cy = jnp.arange(height, dtype=jnp.float32)[None, :, None] + 0.5
-    x, y, z = corners[..., 0], corners[..., 1], corners[..., 2]
-    e0 = _edge(x[..., 1], y[..., 1], x[..., 2], y[..., 2], cx, cy)
-    e1 = _edge(x[..., 2], y[..., 2], x[..., 0], y[..., 0], cx, cy)
-    e2 = _edge(x[..., 0], y[..., 0], x[..., 1], y[..., 1], cx, cy)
+    # Per corner and coordinate as splits and explicit sums: slices' gradients pad and
+    # a sum over a size-3 axis is slow on XLA's CPU backend.
+    (x0, y0, z0), (x1, y1, z1), (x2, y2, z2) = (
+        components(corner.reshape(triangle_id.shape + (3,)))
+        for corner in jnp.split(corners, 3, axis=-2))
     # Screen-space weights divided by depth, renormalized: perspective-correct.
-    weights = jnp.stack([e0, e1, e2], -1) / jnp.maximum(z, 1e-6)
-    bary = _safe_divide(weights, jnp.sum(weights, -1, keepdims=True))
-    return jnp.where(covered[..., None], bary, 0.0)
+    weights = [_edge(x1, y1, x2, y2, cx, cy) / jnp.maximum(z0, 1e-6),
+               _edge(x2, y2, x0, y0, cx, cy) / jnp.maximum(z1, 1e-6),
+               _edge(x0, y0, x1, y1, cx, cy) / jnp.maximum(z2, 1e-6)]
+    total = weights[0] + weights[1] + weights[2]
+    return jnp.stack([jnp.where(covered, _safe_divide(weight, total), 0.0)
+                      for weight in weights], -1)
 
 
 def interpolate(attributes: jax.Array, triangles: jax.Array, triangle_id: jax.Array,

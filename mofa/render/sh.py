@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mofa.facemodel.model import components
+
 NUM_SH = 9
 
 # Real SH basis constants, bands 0..2, in the order
@@ -34,7 +36,7 @@ def _basis_terms(normals: jax.Array) -> list:
     """The nine real SH basis values of unit directions (..., 3), each (...)."""
     if normals.shape[-1:] != (3,):
         raise ValueError(f"normals have shape {tuple(normals.shape)}, expected (..., 3)")
-    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    x, y, z = components(normals)
     return [jnp.full_like(x, Y00),
             Y1 * y, Y1 * z, Y1 * x,
             Y2 * x * y, Y2 * y * z, Y20 * (3.0 * z * z - 1.0), Y2 * x * z, Y22 * (x * x - y * y)]
