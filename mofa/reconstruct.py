@@ -564,7 +564,8 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
             count += job.video(path, stem)
         else:
             pending += job.image(path, stem)
-            if len(pending) >= rec.batch_size:
+            # As many whole batches as the reconstructor fits at once.
+            if len(pending) >= rec.batch_size * rec.parallel_batches:
                 job.finish_images(pending)
                 count, pending = count + len(pending), []
         bar.set_postfix(faces_per_s=f"{count / max(time.perf_counter() - start, 1e-9):.2f}")

@@ -515,3 +515,24 @@ def test_video_tracks_every_face_streaming(renders, builtin_model, tmp_path):
     np.testing.assert_allclose(np.diff(sliding_x), 3.0, atol=1.5)
     overlay = imageio.imread(tmp_path / "out" / "pair_overlay.mp4")
     assert overlay.shape == (6, SIZE, 2 * SIZE, 3)
+
+
+def test_batches_fitted_side_by_side_give_the_codes_of_one_after_another(builtin_model):
+    """`Reconstructor.parallel_batches`: after the first batch (alone: it compiles), the
+    others fit two at a time in threads, with the same codes, in the crops' order."""
+    batch = next(synthetic.synthetic_batches(builtin_model, 64, 7, jax.random.key(5)))
+    crops = [{"image": np.asarray(batch["image"][i]), "landmarks": np.asarray(
+        batch["landmarks"][i]), "landmark_weight": np.ones(68, np.float32)} for i in range(7)]
+    camera = render.Camera.from_fov(12.6, 64, 64)
+
+    def codes(parallel):
+        rec = inference.Reconstructor(builtin_model, camera, batch_size=2, fit_steps=12,
+                                      calibrated_landmarks=False, parallel_batches=parallel)
+        first = rec.codes(crops[:2])  # compiles; the next call fits 4 batches, 2 at a time
+        return jax.tree.map(lambda a, b: np.concatenate([a, b]), first, rec.codes(crops))
+
+    side_by_side, one_by_one = codes(2), codes(1)
+    for field in ("identity", "expression", "rotation", "translation", "illumination"):
+        np.testing.assert_array_equal(getattr(side_by_side, field), getattr(one_by_one, field))
+    # Each crop's own code: the faces differ, so a mix-up of batches would show.
+    assert np.ptp(side_by_side.translation[2:, 0]) > 1.0
