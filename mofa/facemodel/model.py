@@ -233,11 +233,8 @@ def safe_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
     Per component: broadcasting the scale over the last axis would make its gradient a
     sum over that size-3 axis, slow on XLA's CPU backend."""
-    if x.shape[-1:] != (3,):
-        raise ValueError(f"safe_normalize takes vectors of 3, got shape {x.shape}")
-    parts = components(x)
-    scale = jax.lax.rsqrt(parts[0] * parts[0] + parts[1] * parts[1] + parts[2] * parts[2] + eps)
-    return jnp.stack([part * scale for part in parts], axis=-1)
+    scale = jax.lax.rsqrt(dot_last(x, x) + eps)
+    return jnp.stack([part * scale for part in components(x)], axis=-1)
 
 
 def _cross(a: jax.Array, b: jax.Array) -> jax.Array:
