@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from mofa import facemodel, render
+from mofa import facemodel, images, render
 
 
 def _folder_of(path: str) -> None:
@@ -32,7 +34,6 @@ def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
     the same stem is written next to it and referenced.
     """
     vertices = np.asarray(vertices, np.float64)
-    triangles = np.asarray(triangles, np.int64) + 1  # OBJ indices start at 1
     lines = []
     stem = os.path.splitext(os.path.basename(path))[0]
     if texture_png:
@@ -43,13 +44,9 @@ def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
         colors = np.clip(np.asarray(vertex_colors, np.float64), 0.0, 1.0)
         lines.append(_format_rows("v %.5f %.5f %.5f %.4f %.4f %.4f",
                                   np.concatenate([vertices, colors], -1)))
-    if uv_coords is not None:
-        lines.append(_format_rows("vt %.6f %.6f", np.asarray(uv_coords, np.float64)))
-        uv_tri = np.asarray(uv_triangles, np.int64) + 1
-        lines.append(_format_rows("f %d/%d %d/%d %d/%d",
-                                  np.stack([triangles, uv_tri], -1).reshape(-1, 6)))
-    else:
-        lines.append(_format_rows("f %d %d %d", triangles))
+    as_bytes = lambda x, dtype: None if x is None else np.asarray(x, dtype).tobytes()  # noqa: E731
+    lines.append(_obj_topology(as_bytes(triangles, np.int64), as_bytes(uv_coords, np.float64),
+                               as_bytes(uv_triangles, np.int64)))
     lines = [line for line in lines if line]
     _folder_of(path)
     with open(path, "w", encoding="ascii") as f:
@@ -59,6 +56,20 @@ def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
                   encoding="ascii") as f:
             f.write(f"newmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
                     f"map_Kd {texture_png}\n")
+
+
+@functools.lru_cache(maxsize=8)
+def _obj_topology(triangles: bytes, uv_coords: bytes | None, uv_triangles: bytes | None) -> str:
+    """The `vt` and `f` lines of an OBJ, from its arrays' bytes (int64, float64): the same
+    for every mesh of a model, and two thirds of formatting one."""
+    triangles = np.frombuffer(triangles, np.int64).reshape(-1, 3) + 1  # OBJ counts from 1
+    if uv_coords is None:
+        return _format_rows("f %d %d %d", triangles)
+    uv_tri = np.frombuffer(uv_triangles, np.int64).reshape(-1, 3) + 1
+    return "\n".join(line for line in (
+        _format_rows("vt %.6f %.6f", np.frombuffer(uv_coords, np.float64).reshape(-1, 2)),
+        _format_rows("f %d/%d %d/%d %d/%d", np.stack([triangles, uv_tri], -1).reshape(-1, 6)),
+    ) if line)
 
 
 def write_ply(path: str, vertices, triangles, vertex_colors=None) -> None:
@@ -116,8 +127,6 @@ def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, tr
     are (mostly) visible, else `fallback_colors` (V, 3) (e.g. the model albedo
     in the same colour space), else grey. `layout`: a precomputed `uv_layout`.
     """
-    from mofa.losses import bilinear_sample
-
     tri_id, bary = layout if layout is not None else uv_layout(uv_coords, uv_triangles, size)
     if tri_id.shape != (size, size):
         raise ValueError(f"UV layout is {tri_id.shape[0]} px, expected {size}")
@@ -125,9 +134,7 @@ def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, tr
     screen = np.asarray(screen_vertices, np.float32)[:, :2]
     positions = np.einsum("hwk,hwkc->hwc", bary, screen[corners])
     visible = np.einsum("hwk,hwk->hw", bary, np.asarray(visibility, np.float32)[corners]) > 0.5
-    photo = np.asarray(bilinear_sample(jnp.asarray(image, jnp.float32)[None],
-                                       jnp.asarray(positions.reshape(1, -1, 2))))
-    photo = photo.reshape(size, size, -1)
+    photo = _bilinear_sample(np.asarray(image, np.float32), positions)
     if fallback_colors is None:
         fallback = np.full((size, size, 3), 0.5, np.float32)
     else:
@@ -135,6 +142,20 @@ def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, tr
                                                               np.float32)[corners])
     texture = np.where(visible[..., None], photo, fallback)
     return np.where((tri_id >= 0)[..., None], texture, 0.5).astype(np.float32)
+
+
+def _bilinear_sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """`losses.bilinear_sample` of one (H, W, C) image at (..., 2) pixel positions, on the
+    host: photos come in every size, and a jitted sampler compiled once per size."""
+    height, width = image.shape[:2]
+    x = np.clip(points[..., 0] - 0.5, 0.0, width - 1.0)
+    y = np.clip(points[..., 1] - 0.5, 0.0, height - 1.0)
+    x0 = np.clip(np.floor(x), 0, width - 2).astype(np.int32)
+    y0 = np.clip(np.floor(y), 0, height - 2).astype(np.int32)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
+    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 def write_depth_png(path: str, depth_mm, mask) -> tuple[float, float]:
@@ -149,8 +170,7 @@ def write_depth_png(path: str, depth_mm, mask) -> tuple[float, float]:
         span = max(far - near, 1e-6)
         scaled = np.where(covered, 1.0 + 65534.0 * (far - depth) / span, 0.0)
         scaled = np.round(scaled).astype(np.uint16)
-    _folder_of(path)
-    Image.fromarray(scaled).save(path)
+    images.save_png(path, scaled)
     return near, far
 
 
@@ -297,8 +317,54 @@ def rotation_quaternions(rotation) -> np.ndarray:
     return flat.reshape(*rotation.shape[:-1], 4).astype(np.float32)
 
 
+class GlbLayout(NamedTuple):
+    """What every `write_glb` rig of one face model shares: its topology (vertices split
+    at UV seams where textured), and the morph targets (K, V', 3), metres, with their
+    per-axis bounds (K, 3)."""
+    triangles: np.ndarray  # (T, 3) uint32
+    vertices: np.ndarray | None  # (V',) the model vertex of each glTF vertex; None: the same
+    uv: np.ndarray | None  # (V', 2) glTF texture coordinates (v down), or None
+    targets: np.ndarray
+    target_lows: np.ndarray
+    target_highs: np.ndarray
+
+
+def glb_layout(model, textured: bool) -> GlbLayout:
+    """The `GlbLayout` of `model`'s rigs (`textured`: with a UV texture, where the model
+    has UV coordinates)."""
+    mm = 0.001  # glTF units are metres
+    targets = (np.asarray(model.expression_basis, np.float32)
+               * np.asarray(model.expression_std, np.float32)[:, None, None] * mm)
+    triangles = np.asarray(model.triangles, np.int64)
+    vertices = uv = None
+    if textured and model.uv_coords is not None:
+        # glTF has one index per corner: split vertices where a UV seam gives one
+        # position several texture coordinates.
+        # (vertex, uv) pairs as one integer each: a 1-D unique sorts them in the same
+        # order as a row-wise one, several times faster.
+        uv_corner = np.asarray(model.uv_triangles, np.int64).ravel()
+        keys, inverse = np.unique(triangles.ravel() * (uv_corner.max() + 1) + uv_corner,
+                                  return_inverse=True)
+        vertices, uv_ids = np.divmod(keys, uv_corner.max() + 1)
+        triangles = inverse.reshape(-1, 3)
+        targets = targets[:, vertices]
+        uv = np.asarray(model.uv_coords, np.float32)[uv_ids] * [1.0, -1.0] + [0.0, 1.0]
+    # Every target's bounds in two reductions along contiguous rows: per-target
+    # reductions over (V, 3) arrays took a third of writing the file.
+    by_axis = np.ascontiguousarray(targets.transpose(0, 2, 1))  # (K, 3, V)
+    return GlbLayout(triangles.astype(np.uint32), vertices,
+                     None if uv is None else uv.astype(np.float32),
+                     np.ascontiguousarray(targets), by_axis.min(-1), by_axis.max(-1))
+
+
+@jax.jit
+def _neutral_shape(model, identity: jax.Array) -> jax.Array:
+    return facemodel.shape(model, identity, jnp.zeros(model.num_expression))
+
+
 def write_glb(path: str, model, identity, expression, vertex_colors=None,
-              texture=None, animation: dict | None = None) -> None:
+              texture=None, animation: dict | None = None,
+              layout: GlbLayout | None = None) -> None:
     """A glTF 2.0 face rig (binary .glb, written with pygltflib): the reconstructed
     identity at neutral expression as the base mesh (metres, +y up, facing +z), one
     morph target per expression component named after it (`mesh.extras.targetNames`,
@@ -311,32 +377,25 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     animation: a performance (a video's codes) as one glTF animation, linear between
     keyframes: {"times": (N,) seconds, "expression": (N, K) weights, "rotation": (N, 3)
     FaceCode head rotations, radians}; the head node turns about the model's origin.
+    layout: the model's `glb_layout` (with UVs exactly when textured), computed once for
+    many rigs.
     """
     import pygltflib as gl
 
     mm = 0.001  # glTF units are metres
     identity = np.asarray(identity, np.float32)
     expression = np.asarray(expression, np.float32)
-    base = np.asarray(facemodel.shape(model, jnp.asarray(identity),
-                                      jnp.zeros(model.num_expression)), np.float32) * mm
-    targets = (np.asarray(model.expression_basis, np.float32)
-               * np.asarray(model.expression_std, np.float32)[:, None, None] * mm)
-    triangles = np.asarray(model.triangles, np.int64)
+    textured = texture is not None and model.uv_coords is not None
+    layout = glb_layout(model, textured) if layout is None else layout
+    if (layout.uv is not None) != textured:
+        raise ValueError(f"a glb layout {'with' if layout.uv is not None else 'without'} "
+                         f"UV coordinates for a rig {'with' if textured else 'without'} texture")
+    base = np.asarray(_neutral_shape(model, jnp.asarray(identity)), np.float32) * mm
     colors = None if vertex_colors is None else np.asarray(vertex_colors, np.float32)
-    uv = None
-    if texture is not None and model.uv_coords is not None:
-        # glTF has one index per corner: split vertices where a UV seam gives one
-        # position several texture coordinates.
-        # (vertex, uv) pairs as one integer each: a 1-D unique sorts them in the same
-        # order as a row-wise one, several times faster.
-        uv_corner = np.asarray(model.uv_triangles, np.int64).ravel()
-        keys, inverse = np.unique(triangles.ravel() * (uv_corner.max() + 1) + uv_corner,
-                                  return_inverse=True)
-        pairs = np.stack(np.divmod(keys, uv_corner.max() + 1), 1)
-        triangles = inverse.reshape(-1, 3)
-        base, targets = base[pairs[:, 0]], targets[:, pairs[:, 0]]
-        colors = None if colors is None else colors[pairs[:, 0]]
-        uv = np.asarray(model.uv_coords, np.float32)[pairs[:, 1]] * [1.0, -1.0] + [0.0, 1.0]
+    if layout.vertices is not None:
+        base = base[layout.vertices]
+        colors = None if colors is None else colors[layout.vertices]
+    uv = layout.uv
 
     blob = bytearray()
     views, accessors = [], []
@@ -363,14 +422,10 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
         attributes.COLOR_0 = add(np.clip(colors, 0.0, 1.0).astype(np.float32), gl.ARRAY_BUFFER)
     if uv is not None:
         attributes.TEXCOORD_0 = add(uv.astype(np.float32), gl.ARRAY_BUFFER, kind=gl.VEC2)
-    indices = add(triangles.astype(np.uint32).ravel(), gl.ELEMENT_ARRAY_BUFFER,
+    indices = add(layout.triangles.ravel(), gl.ELEMENT_ARRAY_BUFFER,
                   component=gl.UNSIGNED_INT, kind=gl.SCALAR)
-    # Every target's bounds in two reductions along contiguous rows: per-target
-    # reductions over (V, 3) arrays took a third of writing the file.
-    by_axis = np.ascontiguousarray(targets.transpose(0, 2, 1))  # (K, 3, V)
-    lows, highs = by_axis.min(-1), by_axis.max(-1)
     morphs = [gl.Attributes(POSITION=add(t, gl.ARRAY_BUFFER, bounds=(lo, hi)))
-              for t, lo, hi in zip(targets, lows, highs)]
+              for t, lo, hi in zip(layout.targets, layout.target_lows, layout.target_highs)]
     material = gl.Material(name="face", doubleSided=False, pbrMetallicRoughness=gl.PbrMetallicRoughness(
         metallicFactor=0.0, roughnessFactor=0.8))
     images_, textures, samplers = [], [], []
@@ -378,10 +433,7 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
         import io
 
         png = io.BytesIO()
-        pixels = np.asarray(texture)
-        if pixels.dtype != np.uint8:  # sRGB floats in [0, 1], as `bake_texture` gives
-            pixels = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(png, format="PNG")
+        images.save_png(png, texture)  # sRGB: uint8, or floats in [0, 1] as `bake_texture` gives
         while len(blob) % 4:
             blob.append(0)
         views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(png.getvalue())))

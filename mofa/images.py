@@ -45,8 +45,18 @@ def grid(images: np.ndarray, columns: int | None = None, pad: int = 2,
     return out
 
 
-def save_png(path: str, srgb: np.ndarray) -> None:
-    """Writes an sRGB float image in [0, 1] as 8-bit PNG (creating the folder)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    Image.fromarray(to_uint8(srgb)).save(path)
+# zlib level 1: a third of the time of PIL's default 6 (a 224 px overlay 1.7 against
+# 4.9 ms, a 551 x 413 photo 12 against 43 ms), files 15-25% larger. Reconstruction
+# writes several PNGs a face.
+PNG_COMPRESS_LEVEL = 1
+
+
+def save_png(target, image: np.ndarray) -> None:
+    """Writes a PNG to `target` (a path, its folder created, or a binary file object):
+    floats as sRGB in [0, 1] (8-bit), uint8 and uint16 arrays as they are."""
+    pixels = np.asarray(image)
+    if pixels.dtype.kind == "f":
+        pixels = to_uint8(pixels)
+    if isinstance(target, (str, os.PathLike)):
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    Image.fromarray(pixels).save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)

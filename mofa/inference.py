@@ -21,6 +21,12 @@ from mofa.data import faces as faces_lib
 render_face = jax.jit(render.render_face)
 
 
+@jax.jit
+def _meshes(model: facemodel.FaceModel, code: FaceCode) -> tuple[jax.Array, jax.Array]:
+    return (facemodel.shape(model, code.identity, code.expression),
+            facemodel.albedo(model, code.reflectance))
+
+
 def crop_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
     """`faces.face_crop` plus its transform: crop pixel = (image pixel - origin) * scale."""
     example, scale, origin = faces_lib.face_crop_with_transform(image, landmarks, size)
@@ -189,6 +195,13 @@ class Reconstructor:
             rows = slice(start, start + len(chunk))
             yield (len(chunk), jax.tree.map(lambda x: pad(np.asarray(x)[rows]), code),  # noqa: B023
                    {k: pad(np.stack([c[k] for c in chunk])) for k in keys})
+
+    def meshes(self, code: FaceCode, crops: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """Every face's mesh (model space, mm; (N, V, 3)) and linear albedo (N, V, 3),
+        batched like `codes`."""
+        parts = [tuple(np.asarray(x)[:n] for x in _meshes(self.model, chunk))
+                 for n, chunk, _ in self._batches(code, crops, ())]
+        return tuple(np.concatenate(p) for p in zip(*parts))
 
     def render(self, code: FaceCode, crops: list[dict]):
         """Per-face render outputs (numpy) of `code` over the crops, batched like `codes`."""

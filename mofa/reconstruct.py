@@ -16,10 +16,12 @@ and listed with their reason in `summary.json`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional
 
 import jax
@@ -100,7 +102,12 @@ class ReconstructionJob:
         self.skipped: list[tuple] = []
         self.faces: list[dict] = []
         self.videos: list[dict] = []
-        self._layout = None
+        self._uv_layout = None
+        self._glb_layouts: dict[bool, export.GlbLayout] = {}  # by textured
+        # Writing a batch's files (numpy, zlib, text; mostly outside XLA) overlaps the
+        # next batch's fit, which leaves part of the cores idle.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mofa-writer")
+        self._writing: Optional[Future] = None
         os.makedirs(out_dir, exist_ok=True)
 
     def skip(self, source: str, reason: str) -> None:
@@ -132,24 +139,44 @@ class ReconstructionJob:
                      name=f"{stem}_face{k}") for k, lm in enumerate(found)]
 
     def finish_images(self, pending: list[dict]) -> None:
-        """Reconstructs and writes a list of pending faces (one batch or more)."""
+        """Reconstructs a list of pending faces (one batch or more) and hands them to the
+        writer thread, which writes them while the next faces are fitted."""
         if not pending:
             return
         code = self.rec.codes(pending)
         # Only the meshes' texture and the images need the rendered face.
         outs = self.rec.render(code, pending) if self.outputs else {}
         errors = self.rec.fit_errors(code, pending)
+        outs["geometry"], outs["linear_albedo"] = self.rec.meshes(code, pending)
+        outs["landmarks"] = errors["landmarks"]
+        codes = _code_arrays(code)
+        self.wait_for_writes()  # one batch in the writer at a time: bounded memory
+        self._writing = self._writer.submit(self._write_images, pending, codes, outs, errors)
+        self.faces += [{"source": face["source"], "output": os.path.join(self.out_dir, face["name"])}
+                       for face in pending]
+
+    def close(self) -> None:
+        """Stops the writer thread (after what it was given)."""
+        self._writer.shutdown(wait=True)
+
+    def wait_for_writes(self) -> None:
+        """Blocks until the writer has written every face handed to it (and raises its
+        error, if writing failed)."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
+    def _write_images(self, pending: list[dict], codes: dict, outs: dict, errors: dict) -> None:
         photos: dict[str, list] = {}
         for i, face in enumerate(pending):
             folder = os.path.join(self.out_dir, face["name"])
             # The fitted face's 68 landmarks as the fit matched them to the detector's
             # (calibrated vertices, jaw on the silhouette), not the model's own vertices.
-            out = {**{k: v[i] for k, v in outs.items()}, "landmarks": errors["landmarks"][i]}
-            face_code = _code_arrays(code, i)
+            out = {k: v[i] for k, v in outs.items()}
+            face_code = {k: v[i] for k, v in codes.items()}
             residual = errors.get("photometric")
             self._write_face(folder, face, face_code, out, float(errors["landmark_px"][i]),
                              None if residual is None else float(residual[i]))
-            self.faces.append({"source": face["source"], "output": folder})
             photos.setdefault(face["source"], []).append((face, face_code, out, folder))
         if "images" in self.outputs:
             for faces in photos.values():  # every face of a photo on the photo itself
@@ -179,27 +206,28 @@ class ReconstructionJob:
             to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
             points += [(face["detected"], visualize.DETECTED),
                        (to_image(out["landmarks"]), visualize.FITTED)]
-        canvas = visualize.draw_landmarks(canvas, points)
+        png = io.BytesIO()  # encoded once, the same file in every face's folder
+        images.save_png(png, visualize.draw_landmarks(canvas, points))
         for *_, folder in faces:
-            Image.fromarray(canvas).save(os.path.join(folder, "overlay.png"))
+            with open(os.path.join(folder, "overlay.png"), "wb") as f:
+                f.write(png.getvalue())
 
     def _write_face(self, folder: str, face: dict, code: dict, out: dict,
                     landmark_px: float, photometric: Optional[float] = None) -> None:
         model = self.rec.model
         os.makedirs(folder, exist_ok=True)
         to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
-        geometry = np.asarray(facemodel.shape(model, code["identity"], code["expression"]))
-        linear_albedo = np.asarray(facemodel.albedo(model, code["reflectance"]))
+        geometry, linear_albedo = out["geometry"], out["linear_albedo"]
         albedo = images.linear_to_srgb(linear_albedo)
         texture_name, texture = None, None
         if "mesh" in self.outputs and model.uv_coords is not None:
-            if self._layout is None:
-                self._layout = export.uv_layout(model.uv_coords, model.uv_triangles,
+            if self._uv_layout is None:
+                self._uv_layout = export.uv_layout(model.uv_coords, model.uv_triangles,
                                                 self.texture_size)
             texture = export.bake_texture(
                 face["photo"].astype(np.float32) / 255.0, to_image(out["screen_vertices"][:, :2]),
                 out["vertex_visibility"], model.uv_coords, model.uv_triangles, model.triangles,
-                self.texture_size, albedo, layout=self._layout)
+                self.texture_size, albedo, layout=self._uv_layout)
             texture_name = "texture.png"
             images.save_png(os.path.join(folder, texture_name), texture)
         if "mesh" in self.outputs:
@@ -207,8 +235,12 @@ class ReconstructionJob:
                              model.uv_coords, model.uv_triangles, albedo, texture_name)
             export.write_ply(os.path.join(folder, "mesh.ply"), geometry, model.triangles,
                              albedo)
+            textured = texture is not None
+            if textured not in self._glb_layouts:
+                self._glb_layouts[textured] = export.glb_layout(model, textured)
             export.write_glb(os.path.join(folder, "mesh.glb"), model, code["identity"],
-                             code["expression"], linear_albedo, texture)
+                             code["expression"], linear_albedo, texture,
+                             layout=self._glb_layouts[textured])
         near = far = None
         if "images" in self.outputs:
             near, far = export.write_depth_png(os.path.join(folder, "depth.png"),
@@ -223,7 +255,7 @@ class ReconstructionJob:
             overlay = visualize.draw_landmarks(
                 overlay, [(face["landmarks"], visualize.DETECTED),
                           (out["landmarks"], visualize.FITTED)])
-            Image.fromarray(overlay).save(os.path.join(folder, "overlay_crop.png"))
+            images.save_png(os.path.join(folder, "overlay_crop.png"), overlay)
         extra = {
             "source": face["source"], "face_model": model.name,
             "image_size": self.rec.image_size, "focal_px": float(self.rec.camera.focal),
@@ -559,18 +591,22 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
     videos = {path for path, _ in video_inputs}
     bar = tqdm(image_inputs + video_inputs, desc="reconstructing", unit="input",
                disable=not progress)
-    for path, stem in bar:
-        if path in videos:
-            count += job.video(path, stem)
-        else:
-            pending += job.image(path, stem)
-            # As many whole batches as the reconstructor fits at once.
-            if len(pending) >= rec.batch_size * rec.parallel_batches:
-                job.finish_images(pending)
-                count, pending = count + len(pending), []
-        bar.set_postfix(faces_per_s=f"{count / max(time.perf_counter() - start, 1e-9):.2f}")
-    job.finish_images(pending)
-    count += len(pending)
+    try:
+        for path, stem in bar:
+            if path in videos:
+                count += job.video(path, stem)
+            else:
+                pending += job.image(path, stem)
+                # As many whole batches as the reconstructor fits at once.
+                if len(pending) >= rec.batch_size * rec.parallel_batches:
+                    job.finish_images(pending)
+                    count, pending = count + len(pending), []
+            bar.set_postfix(faces_per_s=f"{count / max(time.perf_counter() - start, 1e-9):.2f}")
+        job.finish_images(pending)
+        count += len(pending)
+        job.wait_for_writes()
+    finally:
+        job.close()
     bar.close()
     seconds = time.perf_counter() - start
     summary = {

@@ -187,6 +187,11 @@ def test_export_round_trips_through_trimesh(builtin_model, tmp_path):
         np.testing.assert_allclose(mesh.vertices, vertices, atol=1e-4)
         np.testing.assert_array_equal(mesh.faces, np.asarray(builtin_model.triangles))
         np.testing.assert_allclose(mesh.visual.vertex_colors[:, :3] / 255.0, colors, atol=0.003)
+    # The topology's text is formatted once per topology: another one gets its own.
+    flipped = np.asarray(builtin_model.triangles)[:, ::-1]
+    export.write_obj(str(tmp_path / "f.obj"), vertices, flipped)
+    np.testing.assert_array_equal(trimesh.load(tmp_path / "f.obj", process=False).faces,
+                                  flipped)
     depth = np.full((8, 8), 990.0)
     depth[2:6, 2:6] = 980.0
     near, far = export.write_depth_png(str(tmp_path / "d.png"), depth, depth < 995)
@@ -360,6 +365,13 @@ def test_glb_face_rig_round_trips_and_validates(builtin_model, tmp_path, seams):
     texture = rng.uniform(0, 1, (32, 32, 3))
     path = tmp_path / "mesh.glb"
     export.write_glb(str(path), model, identity, expression, colors, texture)
+    # A layout computed once for many rigs writes the same file.
+    layout = export.glb_layout(model, textured=True)
+    export.write_glb(str(tmp_path / "again.glb"), model, identity, expression, colors, texture,
+                     layout=layout)
+    assert (tmp_path / "again.glb").read_bytes() == path.read_bytes()
+    with pytest.raises(ValueError, match="without texture"):
+        export.write_glb(str(tmp_path / "x.glb"), model, identity, expression, layout=layout)
 
     rig = export.read_glb(str(path))
     positions, triangles = rig["positions"], rig["triangles"]
@@ -536,3 +548,38 @@ def test_batches_fitted_side_by_side_give_the_codes_of_one_after_another(builtin
         np.testing.assert_array_equal(getattr(side_by_side, field), getattr(one_by_one, field))
     # Each crop's own code: the faces differ, so a mix-up of batches would show.
     assert np.ptp(side_by_side.translation[2:, 0]) > 1.0
+
+
+def test_a_failed_write_stops_the_run_with_its_error(builtin_model, tmp_path, monkeypatch):
+    """Files are written in a thread while the next batch is fitted: a write that fails
+    (a full disk) still ends the run with that error, and the faces written before it
+    are complete."""
+    batch = next(synthetic.synthetic_batches(builtin_model, 64, 3, jax.random.key(8)))
+    photos = images.to_uint8(images.linear_to_srgb(np.asarray(batch["image"])))
+    landmarks = {}
+    for i, photo in enumerate(photos):
+        Image.fromarray(photo).save(tmp_path / f"face{i}.png")
+        landmarks[photo.tobytes()] = np.asarray(batch["landmarks"][i])
+    detector = lambda image: [landmarks[np.asarray(image).tobytes()]]  # noqa: E731
+    camera = render.Camera.from_fov(12.6, 64, 64)
+    rec = inference.Reconstructor(builtin_model, camera, batch_size=2, fit_steps=0,
+                                  calibrated_landmarks=False, parallel_batches=1)
+    paths = [str(tmp_path / f"face{i}.png") for i in range(3)]
+    written = []
+    real_write_ply = export.write_ply
+
+    def write_ply(path, *args, **kwargs):
+        if len(written) == 2:  # the second batch's face: the disk is full
+            raise OSError(28, "No space left on device", path)
+        written.append(path)
+        real_write_ply(path, *args, **kwargs)
+
+    monkeypatch.setattr(export, "write_ply", write_ply)
+    with pytest.raises(OSError, match="No space left"):
+        reconstruct.run(paths, str(tmp_path / "out"), rec, detector, progress=False,
+                        outputs=("mesh",))
+    for name in ("face0_face0", "face1_face0"):  # the first batch, whole
+        folder = tmp_path / "out" / name
+        assert sorted(os.listdir(folder)) == sorted([
+            "blendshapes.json", "code.json", "code.npz", "mesh.glb", "mesh.mtl", "mesh.obj",
+            "mesh.ply", "texture.png"])
