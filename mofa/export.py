@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 from typing import NamedTuple
@@ -365,7 +366,7 @@ def _neutral_shape(model, identity: jax.Array) -> jax.Array:
 def write_glb(path: str, model, identity, expression, vertex_colors=None,
               texture=None, animation: dict | None = None,
               layout: GlbLayout | None = None) -> None:
-    """A glTF 2.0 face rig (binary .glb, written with pygltflib): the reconstructed
+    """A glTF 2.0 face rig (binary .glb; `read_glb` reads it with pygltflib): the reconstructed
     identity at neutral expression as the base mesh (metres, +y up, facing +z), one
     morph target per expression component named after it (`mesh.extras.targetNames`,
     the convention Blender, three.js and Unreal read), the fitted expression as the
@@ -380,8 +381,6 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     layout: the model's `glb_layout` (with UVs exactly when textured), computed once for
     many rigs.
     """
-    import pygltflib as gl
-
     mm = 0.001  # glTF units are metres
     identity = np.asarray(identity, np.float32)
     expression = np.asarray(expression, np.float32)
@@ -397,57 +396,55 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
         colors = None if colors is None else colors[layout.vertices]
     uv = layout.uv
 
-    blob = bytearray()
-    views, accessors = [], []
+    chunks, views, accessors = [], [], []
+    size = 0  # of the binary chunk so far
 
-    def add(array, target=None, component=gl.FLOAT, kind=gl.VEC3, bounds=None) -> int:
+    def view(data: bytes, target=None) -> int:
+        """A buffer view of `data`, at a 4-byte aligned offset of the binary chunk."""
+        nonlocal size
+        pad = -size % 4
+        chunks.append(b"\0" * pad + data)
+        views.append({"buffer": 0, "byteOffset": size + pad, "byteLength": len(data),
+                      **({} if target is None else {"target": target})})
+        size += pad + len(data)
+        return len(views) - 1
+
+    def add(array, target=None, component=_GL_FLOAT, kind="VEC3", bounds=None) -> int:
         """An accessor of `array`; bounds: its (min, max) per component, where glTF
         requires them (positions, animation times)."""
-        data = np.ascontiguousarray(array).tobytes()
-        while len(blob) % 4:
-            blob.append(0)
-        views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(data),
-                                   target=target))
-        blob.extend(data)
-        accessor = gl.Accessor(bufferView=len(views) - 1, componentType=component,
-                               count=len(array), type=kind)
+        accessor = {"bufferView": view(np.ascontiguousarray(array).tobytes(), target),
+                    "componentType": component, "count": len(array), "type": kind}
         if bounds is not None:
-            accessor.min, accessor.max = (np.atleast_1d(b).tolist() for b in bounds)
+            accessor["min"], accessor["max"] = (np.atleast_1d(b).tolist() for b in bounds)
         accessors.append(accessor)
         return len(accessors) - 1
 
-    attributes = gl.Attributes(POSITION=add(base, gl.ARRAY_BUFFER,
-                                            bounds=(base.min(0), base.max(0))))
+    attributes = {"POSITION": add(base, _GL_ARRAY_BUFFER, bounds=(base.min(0), base.max(0)))}
     if colors is not None:
-        attributes.COLOR_0 = add(np.clip(colors, 0.0, 1.0).astype(np.float32), gl.ARRAY_BUFFER)
+        attributes["COLOR_0"] = add(np.clip(colors, 0.0, 1.0).astype(np.float32),
+                                    _GL_ARRAY_BUFFER)
     if uv is not None:
-        attributes.TEXCOORD_0 = add(uv.astype(np.float32), gl.ARRAY_BUFFER, kind=gl.VEC2)
-    indices = add(layout.triangles.ravel(), gl.ELEMENT_ARRAY_BUFFER,
-                  component=gl.UNSIGNED_INT, kind=gl.SCALAR)
-    morphs = [gl.Attributes(POSITION=add(t, gl.ARRAY_BUFFER, bounds=(lo, hi)))
+        attributes["TEXCOORD_0"] = add(uv, _GL_ARRAY_BUFFER, kind="VEC2")
+    indices = add(layout.triangles.ravel(), _GL_ELEMENT_ARRAY_BUFFER,
+                  component=_GL_UNSIGNED_INT, kind="SCALAR")
+    morphs = [{"POSITION": add(t, _GL_ARRAY_BUFFER, bounds=(lo, hi))}
               for t, lo, hi in zip(layout.targets, layout.target_lows, layout.target_highs)]
-    material = gl.Material(name="face", doubleSided=False, pbrMetallicRoughness=gl.PbrMetallicRoughness(
-        metallicFactor=0.0, roughnessFactor=0.8))
-    images_, textures, samplers = [], [], []
+    material = {"name": "face", "doubleSided": False,
+                "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 0.8}}
+    document = {"asset": {"generator": "mofa", "version": "2.0"}, "scene": 0,
+                "scenes": [{"nodes": [0]}]}
     if uv is not None:
-        import io
-
         png = io.BytesIO()
         images.save_png(png, texture)  # sRGB: uint8, or floats in [0, 1] as `bake_texture` gives
-        while len(blob) % 4:
-            blob.append(0)
-        views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(png.getvalue())))
-        blob.extend(png.getvalue())
-        images_.append(gl.Image(bufferView=len(views) - 1, mimeType="image/png"))
-        samplers.append(gl.Sampler(magFilter=gl.LINEAR, minFilter=gl.LINEAR))
-        textures.append(gl.Texture(source=0, sampler=0))
-        material.pbrMetallicRoughness.baseColorTexture = gl.TextureInfo(index=0)
+        document["images"] = [{"bufferView": view(png.getvalue()), "mimeType": "image/png"}]
+        document["samplers"] = [{"magFilter": _GL_LINEAR, "minFilter": _GL_LINEAR}]
+        document["textures"] = [{"source": 0, "sampler": 0}]
+        material["pbrMetallicRoughness"]["baseColorTexture"] = {"index": 0}
     names = list(expression_weights(model, expression))
-    mesh = gl.Mesh(name="face", primitives=[gl.Primitive(
-        attributes=attributes, indices=indices, material=0, targets=morphs)],
-        weights=[float(w) for w in expression], extras={"targetNames": names})
-    node = gl.Node(name="face", mesh=0)
-    animations = []
+    mesh = {"name": "face", "primitives": [{"attributes": attributes, "indices": indices,
+                                            "material": 0, "targets": morphs}],
+            "weights": [float(w) for w in expression], "extras": {"targetNames": names}}
+    node = {"name": "face", "mesh": 0}
     if animation is not None:
         times = np.asarray(animation["times"], np.float32).reshape(-1)
         weights = np.asarray(animation["expression"], np.float32)
@@ -458,28 +455,43 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
                              f"got {weights.shape} and {quaternions.shape[:-1] + (3,)}")
         if len(times) > 1 and np.any(np.diff(times) <= 0):
             raise ValueError("animation times must increase")
-        node.rotation = quaternions[0].tolist()
-        keys = add(times, kind=gl.SCALAR, bounds=(times.min(0), times.max(0)))
-        animations.append(gl.Animation(name="performance", samplers=[
-            gl.AnimationSampler(input=keys, output=add(weights.ravel(), kind=gl.SCALAR),
-                                interpolation="LINEAR"),
-            gl.AnimationSampler(input=keys, output=add(quaternions, kind=gl.VEC4),
-                                interpolation="LINEAR"),
-        ], channels=[
-            gl.AnimationChannel(sampler=0, target=gl.AnimationChannelTarget(node=0,
-                                                                            path="weights")),
-            gl.AnimationChannel(sampler=1, target=gl.AnimationChannelTarget(node=0,
-                                                                            path="rotation")),
-        ]))
-    document = gl.GLTF2(
-        asset=gl.Asset(generator="mofa", version="2.0"), scene=0,
-        scenes=[gl.Scene(nodes=[0])], nodes=[node], meshes=[mesh],
-        materials=[material], accessors=accessors, bufferViews=views,
-        buffers=[gl.Buffer(byteLength=len(blob))], images=images_, textures=textures,
-        samplers=samplers, animations=animations)
-    document.set_binary_blob(bytes(blob))
+        node["rotation"] = quaternions[0].tolist()
+        keys = add(times, kind="SCALAR", bounds=(times.min(0), times.max(0)))
+        samplers = [{"input": keys, "output": add(values, kind=kind), "interpolation": "LINEAR"}
+                    for values, kind in ((weights.ravel(), "SCALAR"), (quaternions, "VEC4"))]
+        document["animations"] = [{"name": "performance", "samplers": samplers, "channels": [
+            {"sampler": k, "target": {"node": 0, "path": path}}
+            for k, path in enumerate(("weights", "rotation"))]}]
+    document.update(nodes=[node], meshes=[mesh], materials=[material], accessors=accessors,
+                    bufferViews=views, buffers=[{"byteLength": size}])
     _folder_of(path)
-    document.save_binary(path)
+    _write_glb_container(path, document, chunks)
+
+
+# glTF's enums (OpenGL's): component types, buffer targets, the linear texture filter.
+_GL_FLOAT, _GL_UNSIGNED_INT = 5126, 5125
+_GL_ARRAY_BUFFER, _GL_ELEMENT_ARRAY_BUFFER = 34962, 34963
+_GL_LINEAR = 9729
+
+
+def _write_glb_container(path: str, document: dict, chunks: list) -> None:
+    """A binary glTF file (glTF 2.0 spec, "GLB File Format Specification"): a 12-byte
+    header, then the JSON chunk (padded with spaces) and the binary chunk (with zeros),
+    each 4-byte aligned."""
+    import struct
+
+    text = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    binary = sum(len(c) for c in chunks)
+    tail = -binary % 4
+    total = 12 + 8 + len(text) + 8 + binary + tail
+    with open(path, "wb") as f:
+        f.write(struct.pack("<4sII", b"glTF", 2, total))
+        f.write(struct.pack("<I4s", len(text), b"JSON") + text)
+        f.write(struct.pack("<I4s", binary + tail, b"BIN\0"))
+        for chunk in chunks:
+            f.write(chunk)
+        f.write(b"\0" * tail)
 
 
 def read_glb(path: str) -> dict:
