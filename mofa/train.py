@@ -25,8 +25,8 @@ from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.decoder import Decoder
 from mofa.losses import LossWeights
 from mofa.data import sources
-from mofa.trainer import (DataParallel, TrainState, checkpoint_manager, local_copy,
-                          make_optimizer, restore_latest, run_steps)
+from mofa.trainer import (DataParallel, TrainState, checkpoint_manager, initial_state,
+                          local_copy, make_optimizer, restore_latest, run_steps)
 
 
 def _augment(batch: dict, key: jax.Array) -> dict:
@@ -134,10 +134,8 @@ def create_state(config: ml_collections.ConfigDict, model: facemodel.FaceModel,
                                                   if config.encoder.get("landmark_head") else 0),
                                    exposure_inputs=bool(config.encoder.get("exposure_inputs")))
     dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    variables = jax.jit(functools.partial(encoder.init, train=False))(key, dummy)
-    return TrainState.create(apply_fn=encoder.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),
-                             tx=make_optimizer(config))
+    return initial_state(functools.partial(encoder.init, train=False), encoder.apply,
+                         make_optimizer(config), key, dummy)
 
 
 def corrective_dims(config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -30,6 +30,21 @@ from mofa.data import common as data_common
 
 class TrainState(train_state.TrainState):
     batch_stats: Any = None
+
+
+def initial_state(init: Callable[..., dict], apply_fn: Callable,
+                  tx: optax.GradientTransformation, *init_args) -> TrainState:
+    """The step-0 TrainState of a Flax module: its variables (`init(*init_args)`, e.g.
+    `module.init`) and the optimizer's state made by one jitted program. Run op by op,
+    the optimizer's zeros compiled a small program per parameter shape (19 for an
+    encoder) in every process that built a state."""
+    def variables_and_optimizer(*args):
+        variables = init(*args)
+        return variables, tx.init(variables["params"])
+
+    variables, opt_state = jax.jit(variables_and_optimizer)(*init_args)
+    return TrainState(step=0, apply_fn=apply_fn, params=variables["params"], tx=tx,
+                      opt_state=opt_state, batch_stats=variables.get("batch_stats", {}))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -21,10 +21,9 @@ from mofa.detail.evaluation import evaluate_photos, evaluate_synthetic
 def create_state(config: ml_collections.ConfigDict, key: jax.Array) -> trainer.TrainState:
     net = FineNet(width=config.fine.width, depth=config.fine.depth)
     size = config.image_size
-    variables = jax.jit(net.init)(key, jnp.zeros((1, size, size, NUM_FEATURES)),
-                                  jnp.zeros((1, size, size)))
-    return trainer.TrainState.create(apply_fn=net.apply, params=variables["params"],
-                                   batch_stats={}, tx=trainer.make_optimizer(config))
+    return trainer.initial_state(net.init, net.apply, trainer.make_optimizer(config), key,
+                                 jnp.zeros((1, size, size, NUM_FEATURES)),
+                                 jnp.zeros((1, size, size)))
 
 
 def load_detail(workdir: str) -> tuple[ml_collections.ConfigDict, trainer.TrainState, int]:
