@@ -25,7 +25,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -199,10 +198,11 @@ class ReconstructionJob:
             camera = render.Camera(focal=self.rec.camera.focal * k,
                                    principal_point=self.rec.camera.principal_point * k,
                                    height=size, width=size)
-            single = FaceCode(**{f: jnp.asarray(v)[None] for f, v in code.items()})
+            # Host arrays in and out: no eager JAX op (one compile each per process).
+            single = FaceCode(**{f: np.asarray(v)[None] for f, v in code.items()})
             shaded = render_face(self.rec.model, single, camera)
-            shading = visualize.geometry_shading(shaded.normals[0])
-            canvas = _paste_shading(canvas, shading, np.asarray(shaded.mask[0]), face)
+            shading = visualize.geometry_shading(np.asarray(shaded.normals)[0])
+            canvas = _paste_shading(canvas, shading, np.asarray(shaded.mask)[0], face)
             to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
             points += [(face["detected"], visualize.DETECTED),
                        (to_image(out["landmarks"]), visualize.FITTED)]
