@@ -59,7 +59,7 @@ def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
                     f"map_Kd {texture_png}\n")
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # a few models' topologies, a few MB of text each
 def _obj_topology(triangles: bytes, uv_coords: bytes | None, uv_triangles: bytes | None) -> str:
     """The `vt` and `f` lines of an OBJ, from its arrays' bytes (int64, float64): the same
     for every mesh of a model, and two thirds of formatting one."""

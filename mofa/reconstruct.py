@@ -77,9 +77,8 @@ def collect_inputs(paths: list[str]) -> tuple[list[tuple], list[tuple], list[tup
     return images_, videos, skipped
 
 
-def _code_arrays(code: FaceCode, i=None) -> dict:
-    return {f: np.asarray(getattr(code, f)) if i is None else np.asarray(getattr(code, f))[i]
-            for f in FIELDS}
+def _code_arrays(code: FaceCode) -> dict:
+    return {f: np.asarray(getattr(code, f)) for f in FIELDS}
 
 
 class ReconstructionJob:
@@ -151,8 +150,8 @@ class ReconstructionJob:
         codes = _code_arrays(code)
         self.wait_for_writes()  # one batch in the writer at a time: bounded memory
         self._writing = self._writer.submit(self._write_images, pending, codes, outs, errors)
-        self.faces += [{"source": face["source"], "output": os.path.join(self.out_dir, face["name"])}
-                       for face in pending]
+        self.faces += [{"source": face["source"],
+                        "output": os.path.join(self.out_dir, face["name"])} for face in pending]
 
     def close(self) -> None:
         """Stops the writer thread (after what it was given)."""
@@ -223,7 +222,7 @@ class ReconstructionJob:
         if "mesh" in self.outputs and model.uv_coords is not None:
             if self._uv_layout is None:
                 self._uv_layout = export.uv_layout(model.uv_coords, model.uv_triangles,
-                                                self.texture_size)
+                                                   self.texture_size)
             texture = export.bake_texture(
                 face["photo"].astype(np.float32) / 255.0, to_image(out["screen_vertices"][:, :2]),
                 out["vertex_visibility"], model.uv_coords, model.uv_triangles, model.triangles,
