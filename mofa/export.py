@@ -135,7 +135,8 @@ def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, tr
     screen = np.asarray(screen_vertices, np.float32)[:, :2]
     positions = np.einsum("hwk,hwkc->hwc", bary, screen[corners])
     visible = np.einsum("hwk,hwk->hw", bary, np.asarray(visibility, np.float32)[corners]) > 0.5
-    photo = _bilinear_sample(np.asarray(image, np.float32), positions)
+    # On the host: photos come in every size, and a jitted sampler compiles per size.
+    photo = images.bilinear_sample(np.asarray(image, np.float32), positions)
     if fallback_colors is None:
         fallback = np.full((size, size, 3), 0.5, np.float32)
     else:
@@ -143,20 +144,6 @@ def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, tr
                                                               np.float32)[corners])
     texture = np.where(visible[..., None], photo, fallback)
     return np.where((tri_id >= 0)[..., None], texture, 0.5).astype(np.float32)
-
-
-def _bilinear_sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """`losses.bilinear_sample` of one (H, W, C) image at (..., 2) pixel positions, on the
-    host: photos come in every size, and a jitted sampler compiled once per size."""
-    height, width = image.shape[:2]
-    x = np.clip(points[..., 0] - 0.5, 0.0, width - 1.0)
-    y = np.clip(points[..., 1] - 0.5, 0.0, height - 1.0)
-    x0 = np.clip(np.floor(x), 0, width - 2).astype(np.int32)
-    y0 = np.clip(np.floor(y), 0, height - 2).astype(np.int32)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
-    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
-    return top * (1 - fy) + bottom * fy
 
 
 def write_depth_png(path: str, depth_mm, mask) -> tuple[float, float]:

@@ -24,6 +24,22 @@ def srgb_to_linear(srgb):
     return xp.where(x <= 0.04045, x / 12.92, xp.power((x + 0.055) / 1.055, 2.4))
 
 
+def bilinear_sample(image, points):
+    """One image (H, W, C) sampled at pixel positions (..., 2) (pixel centres at +0.5),
+    clamped to its border: numpy in, numpy out (photos of every size, no compile); a JAX
+    array in (also traced), a JAX array out."""
+    xp = jnp if isinstance(image, jax.Array) or isinstance(points, jax.Array) else np
+    height, width = image.shape[:2]
+    x = xp.clip(points[..., 0] - 0.5, 0.0, width - 1.0)
+    y = xp.clip(points[..., 1] - 0.5, 0.0, height - 1.0)
+    x0 = xp.clip(xp.floor(x), 0, width - 2).astype(xp.int32)
+    y0 = xp.clip(xp.floor(y), 0, height - 2).astype(xp.int32)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
+    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
 def to_uint8(srgb: np.ndarray) -> np.ndarray:
     return (np.clip(srgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

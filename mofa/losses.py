@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
-from mofa import corrective, facemodel
+from mofa import corrective, facemodel, images
 from mofa.code import FaceCode, illumination_statistics
 from mofa.render import camera as camera_lib
 
@@ -122,16 +122,7 @@ def photometric_dense(rendered: jax.Array, target: jax.Array, mask: jax.Array,
 
 def bilinear_sample(image: jax.Array, points: jax.Array) -> jax.Array:
     """Samples (B, H, W, C) at pixel positions (B, N, 2) (pixel centres at +0.5), clamped."""
-    _, height, width, _ = image.shape
-    x = jnp.clip(points[..., 0] - 0.5, 0.0, width - 1.0)
-    y = jnp.clip(points[..., 1] - 0.5, 0.0, height - 1.0)
-    x0 = jnp.clip(jnp.floor(x), 0, width - 2).astype(jnp.int32)
-    y0 = jnp.clip(jnp.floor(y), 0, height - 2).astype(jnp.int32)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    at = jax.vmap(lambda img, yy, xx: img[yy, xx])
-    top = at(image, y0, x0) * (1 - fx) + at(image, y0, x0 + 1) * fx
-    bottom = at(image, y0 + 1, x0) * (1 - fx) + at(image, y0 + 1, x0 + 1) * fx
-    return top * (1 - fy) + bottom * fy
+    return jax.vmap(images.bilinear_sample)(image, points)
 
 
 def photometric_vertex(target: jax.Array, screen_vertices: jax.Array, vertex_colors: jax.Array,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from mofa import fitting, losses, render, train
+from mofa import fitting, images, losses, render, train
 from mofa.decoder import Decoder
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.data import sources, synthetic
@@ -50,6 +50,15 @@ def test_bilinear_sampling_and_vertex_photometric():
     # Gradient w.r.t. position follows the image gradient (1 per pixel along x).
     grad = jax.grad(lambda s: jnp.sum(losses.bilinear_sample(ramp, s)[..., 0]))(points)
     np.testing.assert_allclose(grad[0, :, 0], 1.0, atol=1e-5)
+    # The host path (numpy in, numpy out: texture baking) samples the same values,
+    # also past the border, where both clamp.
+    rng = np.random.default_rng(3)
+    photo = rng.uniform(size=(9, 7, 3)).astype(np.float32)
+    where = rng.uniform(-2.0, 11.0, size=(40, 2)).astype(np.float32)
+    on_host = images.bilinear_sample(photo, where)
+    assert isinstance(on_host, np.ndarray)
+    np.testing.assert_allclose(on_host, losses.bilinear_sample(photo[None], where[None])[0],
+                               atol=1e-6)
 
 
 def test_landmark_and_prior_terms(builtin_model):
