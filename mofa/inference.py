@@ -62,7 +62,8 @@ class Reconstructor:
     detail: Optional[Callable] = None  # `detail.load_refiner`: per-face FineNet refinement
     # None: `fitting.FitOptions()` with the landmark weight derived from the calibrated
     # detector noise where the model has a landmark table, and the model's measured
-    # priors (`fitting.MODEL_PRIORS`).
+    # priors (`fitting.MODEL_PRIORS`); from an encoder's estimate, its refining split
+    # (`FitOptions.refining`).
     options: Optional[fitting.FitOptions] = None
     # Jaw landmarks slide onto the model's silhouette (`fitting.contour_candidates`):
     # a detector puts them on the occluding contour, not on fixed vertices.
@@ -93,7 +94,8 @@ class Reconstructor:
                        else fitting.FitOptions().with_landmark_noise(
                            table.crop_sigma(), table.independent_fraction(),
                            table.identity_shrink, table.expression_shrink))
-            self.options = options.for_model(self.model.name)
+            options = options.for_model(self.model.name)
+            self.options = options.refining() if self.encoder is not None else options
         self._contour = (jnp.asarray(fitting.contour_candidates(self.fit_model))
                          if self.contour else None)
         self._coarse_meshes = {}

@@ -166,17 +166,23 @@ def barycentrics(screen_vertices: jax.Array, triangles: jax.Array,
     the fixed visibility given by `triangle_id`.
     """
     _check_inputs(screen_vertices, triangles)
+    batch, num_vertices, _ = screen_vertices.shape
     _, height, width = triangle_id.shape
     covered = triangle_id >= 0
-    corner_ids = triangles[jnp.maximum(triangle_id, 0)]  # (B, H, W, 3)
-    corners = jax.vmap(lambda sv, ids: sv[ids])(screen_vertices, corner_ids)  # (B,H,W,3,3)
+    # One gather of the corners, corner-major (3, B, H, W, 3) from the batch's vertices
+    # as one table: split along the corner axis, the gradient concatenates contiguous
+    # blocks (pixel-major corners made it interleave them, 0.7 ms of a fit step at
+    # batch 8, 64 px), and a flat index needs no (batch, vertex) pairs.
+    tri = jnp.maximum(triangle_id, 0)
+    offset = (jnp.arange(batch, dtype=tri.dtype) * num_vertices)[:, None, None]
+    corner_rows = jnp.stack([triangles[:, k][tri] + offset for k in range(3)])
+    corners = screen_vertices.reshape(batch * num_vertices, 3)[corner_rows]
     cx = jnp.arange(width, dtype=jnp.float32)[None, None, :] + 0.5
     cy = jnp.arange(height, dtype=jnp.float32)[None, :, None] + 0.5
     # Per corner and coordinate as splits and explicit sums: slices' gradients pad and
     # a sum over a size-3 axis is slow on XLA's CPU backend.
     (x0, y0, z0), (x1, y1, z1), (x2, y2, z2) = (
-        components(corner.reshape(triangle_id.shape + (3,)))
-        for corner in jnp.split(corners, 3, axis=-2))
+        components(corner[0]) for corner in jnp.split(corners, 3, axis=0))
     # Screen-space weights divided by depth, renormalized: perspective-correct.
     weights = [_edge(x1, y1, x2, y2, cx, cy) / jnp.maximum(z0, 1e-6),
                _edge(x2, y2, x0, y0, cx, cy) / jnp.maximum(z1, 1e-6),
