@@ -75,3 +75,6 @@ def test_reconstructor_defaults_to_the_shipped_encoder_for_the_builtin_model(shi
     plain = inference.load_reconstructor("none")
     assert plain.encoder is None and plain.image_size == 128
     assert inference.load_reconstructor(face_model="builtin", checkpoint="none").encoder is None
+    # An encoder's placed estimate is refined with coarse steps only; the mean face
+    # keeps the from-scratch split with its full-size steps.
+    assert rec.options == plain.options.refining() and rec.options != plain.options
