@@ -17,6 +17,10 @@ default options, so the coarse steps of 128 px crops draw the 6 mm mesh), and wi
 one with these overrides instead, interleaved in this process (--repeats rounds of
 one call each), and prints wall and process CPU seconds of both: on a shared machine
 whole-fit times of separate runs varied by 20-30%, more than the gains measured.
+--stage-steps N instead times a step of each of the fit's stages as the fit runs them
+(a scan of N steps of `fitting._run_stage`, with --options): rigid and landmark shape,
+coarse appearance (half-size images, the decimated mesh) and full-size appearance
+(sub-grid views of the full mesh).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def main(argv=None) -> None:
     parser.add_argument("--fit-steps", type=int, default=0)
     parser.add_argument("--options", default="")
     parser.add_argument("--versus", default=None)
+    parser.add_argument("--stage-steps", type=int, default=0)
     args = parser.parse_args(argv)
     if args.versus is not None and not args.fit_steps:
         parser.error("--versus compares whole fits: give --fit-steps N too")
@@ -117,9 +122,34 @@ def main(argv=None) -> None:
     if args.fit_steps and args.versus is not None:
         _interleaved_fits(full_model, camera, images, landmarks, weight, args)
         return
+    if args.stage_steps:
+        _stage_steps(full_model, camera, images, landmarks, weight, args)
+        return
     for name, function, inputs in parts:
         print(f"  {name:34s} {_median_ms(function, *inputs, repeats=args.repeats):8.2f} ms",
               flush=True)
+
+
+def _stage_steps(model, camera, images, landmarks, weight, args) -> None:
+    """ms per step of each fitting stage, from the landmarks' initial code."""
+    options = dataclasses.replace(fitting.FitOptions(), **fitting.option_overrides(args.options))
+    init = fitting.initial_code(model, camera, landmarks, weight)
+    full = fitting.Views.single(camera, images, landmarks)
+    stages = [
+        ("rigid", full, "rigid", None),
+        ("landmark shape", full, "shape", None),
+        ("coarse appearance", fitting.Views.single(
+            *fitting.half_resolution(camera, images, landmarks)), "appearance",
+         fitting.coarse_render_model(model, options)),
+        ("full-size appearance", fitting.subgrid_views(
+            camera, images, landmarks, options.full_size_subgrid), "appearance", None),
+    ]
+    for name, views, stage, render_model in stages:
+        def run(code, views=views, stage=stage, render_model=render_model):
+            return fitting._run_stage(model, views, options, stage, args.stage_steps, (), code,
+                                      weight, None, render_model)
+        ms = _median_ms(run, init, repeats=args.repeats) / args.stage_steps
+        print(f"  {name + ' step':34s} {ms:8.2f} ms", flush=True)
 
 
 def _interleaved_fits(model, camera, images, landmarks, weight, args) -> None:
