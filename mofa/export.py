@@ -27,6 +27,48 @@ def _format_rows(row_format: str, rows: np.ndarray) -> str:
     return "\n".join([row_format] * len(rows)) % tuple(rows.ravel().tolist())
 
 
+def _format_fixed(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) -> str:
+    """Rows of a 2D float array as `prefix` and fixed-point numbers (column k with
+    decimals[k] digits, as "%.{d}f" prints them), one line per row, built as a byte array
+    in numpy: printf formatting was most of the time of writing a mesh's OBJ.
+
+    Digits come from round(|x| 10^d) in float64, which can differ from printf's exact
+    decimal rounding in the last digit where x 10^d lies within a rounding error of a
+    half; both name the same float to within 10^-d."""
+    rows = np.asarray(rows, np.float64)
+    if rows.ndim != 2 or rows.shape[1] != len(decimals):
+        raise ValueError(f"rows have shape {rows.shape}, expected (N, {len(decimals)})")
+    if not len(rows):
+        return ""
+    if not np.all(np.isfinite(rows)):
+        raise ValueError("cannot write non-finite coordinates")
+    pad = 0  # a byte no field contains: removed at the end, so fields have their own width
+    n = len(rows)
+    scaled = np.rint(np.abs(rows) * 10.0 ** np.asarray(decimals, np.float64)).astype(np.int64)
+    whole, fraction = np.divmod(scaled, 10 ** np.asarray(decimals, np.int64))
+    widths = [max(len(str(int(w))), 1) for w in whole.max(0)]
+    head = (prefix + " ").encode("ascii")
+    # Per field: sign slot, integer digits, '.', fraction digits, separator.
+    text = np.full((n, len(head) + sum(w + 3 + d for w, d in zip(widths, decimals))), pad,
+                   np.uint8)
+    text[:, :len(head)] = np.frombuffer(head, np.uint8)
+    at = len(head)
+    for k, (width, d) in enumerate(zip(widths, decimals)):
+        places = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)  # most significant first
+        digits = whole[:, k, None] // places % 10
+        shown = (whole[:, k, None] >= places) | (places == 1)  # leading zeros stay pad
+        text[:, at + 1:at + 1 + width] = np.where(shown, 48 + digits, pad)
+        negative = np.flatnonzero(np.signbit(rows[:, k]))  # printf keeps "-0.00000"
+        first = np.argmax(shown[negative], axis=1)  # the first digit shown
+        text[negative, at + first] = ord("-")
+        text[:, at + 1 + width] = ord(".")
+        places = 10 ** np.arange(d - 1, -1, -1, dtype=np.int64)
+        text[:, at + 2 + width:at + 2 + width + d] = 48 + fraction[:, k, None] // places % 10
+        at += width + 3 + d
+        text[:, at - 1] = ord(" ") if k + 1 < len(decimals) else ord("\n")
+    return text.tobytes().translate(None, bytes([pad])).decode("ascii")[:-1]
+
+
 def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
               vertex_colors=None, texture_png: str | None = None) -> None:
     """Wavefront OBJ with `v x y z r g b` colours (sRGB in [0, 1]), `vt`, `f v/vt`.
@@ -40,11 +82,11 @@ def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
     if texture_png:
         lines += [f"mtllib {stem}.mtl", "usemtl face"]
     if vertex_colors is None:
-        lines.append(_format_rows("v %.5f %.5f %.5f", vertices))
+        lines.append(_format_fixed("v", vertices, (5, 5, 5)))
     else:
         colors = np.clip(np.asarray(vertex_colors, np.float64), 0.0, 1.0)
-        lines.append(_format_rows("v %.5f %.5f %.5f %.4f %.4f %.4f",
-                                  np.concatenate([vertices, colors], -1)))
+        lines.append(_format_fixed("v", np.concatenate([vertices, colors], -1),
+                                   (5, 5, 5, 4, 4, 4)))
     as_bytes = lambda x, dtype: None if x is None else np.asarray(x, dtype).tobytes()  # noqa: E731
     lines.append(_obj_topology(as_bytes(triangles, np.int64), as_bytes(uv_coords, np.float64),
                                as_bytes(uv_triangles, np.int64)))
@@ -121,7 +163,9 @@ def uv_layout(uv_coords, uv_triangles, size: int) -> tuple[np.ndarray, np.ndarra
 
 def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, triangles,
                  size: int = 512, fallback_colors=None, layout=None) -> np.ndarray:
-    """Samples `image` (H, W, 3) floats into the UV layout: (size, size, 3) in its colour space.
+    """Samples `image` (H, W, 3), floats or uint8 (read as /255: a photo as it was
+    loaded, never converted whole), into the UV layout: (size, size, 3) floats in its
+    colour space.
 
     screen_vertices: (V, 2+) pixel positions of the mesh vertices in `image`;
     visibility: (V,) bool. A texel takes the photo where its triangle's corners
@@ -136,7 +180,10 @@ def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, tr
     positions = np.einsum("hwk,hwkc->hwc", bary, screen[corners])
     visible = np.einsum("hwk,hwk->hw", bary, np.asarray(visibility, np.float32)[corners]) > 0.5
     # On the host: photos come in every size, and a jitted sampler compiles per size.
-    photo = images.bilinear_sample(np.asarray(image, np.float32), positions)
+    image = np.asarray(image)
+    photo = images.bilinear_sample(image, positions).astype(np.float32)
+    if image.dtype == np.uint8:
+        photo /= 255.0
     if fallback_colors is None:
         fallback = np.full((size, size, 3), 0.5, np.float32)
     else:
@@ -358,7 +405,8 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     morph target per expression component named after it (`mesh.extras.targetNames`,
     the convention Blender, three.js and Unreal read), the fitted expression as the
     mesh's default weights, vertex colours (linear RGB) and, with `texture` (sRGB,
-    H x W x 3, uint8 or floats in [0, 1], the model's UV layout), a textured material.
+    H x W x 3, uint8 or floats in [0, 1], the model's UV layout; or that image's PNG
+    file as bytes, embedded as it is), a textured material.
     Morph weight w adds w x (the component's standard deviation x basis): weights are
     the code.
 
@@ -386,11 +434,12 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     chunks, views, accessors = [], [], []
     size = 0  # of the binary chunk so far
 
-    def view(data: bytes, target=None) -> int:
-        """A buffer view of `data`, at a 4-byte aligned offset of the binary chunk."""
+    def view(data, target=None) -> int:
+        """A buffer view of `data` (bytes or a byte memoryview, written as it is: the
+        morph targets are megabytes), at a 4-byte aligned offset of the binary chunk."""
         nonlocal size
         pad = -size % 4
-        chunks.append(b"\0" * pad + data)
+        chunks.extend((b"\0" * pad, data))
         views.append({"buffer": 0, "byteOffset": size + pad, "byteLength": len(data),
                       **({} if target is None else {"target": target})})
         size += pad + len(data)
@@ -399,7 +448,8 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     def add(array, target=None, component=_GL_FLOAT, kind="VEC3", bounds=None) -> int:
         """An accessor of `array`; bounds: its (min, max) per component, where glTF
         requires them (positions, animation times)."""
-        accessor = {"bufferView": view(np.ascontiguousarray(array).tobytes(), target),
+        data = memoryview(np.ascontiguousarray(array)).cast("B")
+        accessor = {"bufferView": view(data, target),
                     "componentType": component, "count": len(array), "type": kind}
         if bounds is not None:
             accessor["min"], accessor["max"] = (np.atleast_1d(b).tolist() for b in bounds)
@@ -421,9 +471,11 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     document = {"asset": {"generator": "mofa", "version": "2.0"}, "scene": 0,
                 "scenes": [{"nodes": [0]}]}
     if uv is not None:
-        png = io.BytesIO()
-        images.save_png(png, texture)  # sRGB: uint8, or floats in [0, 1] as `bake_texture` gives
-        document["images"] = [{"bufferView": view(png.getvalue()), "mimeType": "image/png"}]
+        if not isinstance(texture, bytes):
+            png = io.BytesIO()
+            images.save_png(png, texture)  # sRGB: uint8, or floats in [0, 1] (`bake_texture`)
+            texture = png.getvalue()
+        document["images"] = [{"bufferView": view(texture), "mimeType": "image/png"}]
         document["samplers"] = [{"magFilter": _GL_LINEAR, "minFilter": _GL_LINEAR}]
         document["textures"] = [{"source": 0, "sampler": 0}]
         material["pbrMetallicRoughness"]["baseColorTexture"] = {"index": 0}

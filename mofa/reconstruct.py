@@ -224,11 +224,15 @@ class ReconstructionJob:
                 self._uv_layout = export.uv_layout(model.uv_coords, model.uv_triangles,
                                                    self.texture_size)
             texture = export.bake_texture(
-                face["photo"].astype(np.float32) / 255.0, to_image(out["screen_vertices"][:, :2]),
+                face["photo"], to_image(out["screen_vertices"][:, :2]),
                 out["vertex_visibility"], model.uv_coords, model.uv_triangles, model.triangles,
                 self.texture_size, albedo, layout=self._uv_layout)
             texture_name = "texture.png"
-            images.save_png(os.path.join(folder, texture_name), texture)
+            png = io.BytesIO()  # encoded once: the file and the glTF's embedded image
+            images.save_png(png, texture)
+            texture = png.getvalue()
+            with open(os.path.join(folder, texture_name), "wb") as f:
+                f.write(texture)
         if "mesh" in self.outputs:
             export.write_obj(os.path.join(folder, "mesh.obj"), geometry, model.triangles,
                              model.uv_coords, model.uv_triangles, albedo, texture_name)

@@ -1,5 +1,6 @@
 """`mofa reconstruct` end to end, and the export formats (mofa.export)."""
 
+import io
 import json
 import os
 
@@ -199,6 +200,40 @@ def test_export_round_trips_through_trimesh(builtin_model, tmp_path):
     assert (near, far) == (980.0, 990.0) and stored.max() == 65535 and stored.min() == 1
 
 
+def test_obj_numbers_print_as_printf_does():
+    # The vertex lines are built as bytes in numpy; they must read as "%.5f" / "%.4f".
+    rng = np.random.default_rng(3)
+    edge = [0.0, -0.0, -1e-6, 9.999996, -99.999996, 0.5, 1e-7, 123456.789, -5.0, 0.015625]
+    for rows in [rng.normal(size=(500, 6)) * scale for scale in (1e-3, 1.0, 80.0, 2e4)] + [
+            np.stack([edge, edge[::-1], edge, edge, edge[::-1], edge], 1)]:
+        expected = "\n".join("v %.5f %.5f %.5f %.4f %.4f %.4f" % tuple(r) for r in rows)
+        assert export._format_fixed("v", rows, (5, 5, 5, 4, 4, 4)) == expected
+    with pytest.raises(ValueError, match="non-finite"):
+        export._format_fixed("v", np.array([[0.0, np.nan]]), (5, 5))
+
+
+def test_texture_baking_samples_the_photo_where_uv_matches_the_screen():
+    # Two triangles whose UV square lies exactly on the photo's pixels: every texel is
+    # its pixel. A uint8 photo is read as /255, as the same photo in floats.
+    size = 16
+    photo = np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    uv = np.array([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # v up
+    screen = np.array([[0.0, 0.0], [size, 0.0], [size, size], [0.0, size]])
+    triangles = np.array([[0, 1, 2], [0, 2, 3]])
+    layout = export.uv_layout(uv, triangles, size)
+    assert (layout[0] >= 0).all()
+    baked = export.bake_texture(photo, screen, np.ones(4, bool), uv, triangles, triangles,
+                                size, layout=layout)
+    np.testing.assert_allclose(baked, photo / 255.0, atol=1e-5)
+    floats = export.bake_texture(photo / 255.0, screen, np.ones(4, bool), uv, triangles,
+                                 triangles, size, layout=layout)
+    np.testing.assert_allclose(floats, baked, atol=1e-6)
+    # Hidden corners: the fallback colours instead of the photo.
+    hidden = export.bake_texture(photo, screen, np.zeros(4, bool), uv, triangles, triangles,
+                                 size, np.full((4, 3), 0.25), layout=layout)
+    np.testing.assert_allclose(hidden, 0.25, atol=1e-6)
+
+
 def test_reconstruct_with_a_checkpoint(renders, tmp_path):
     pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
     import orbax.checkpoint as ocp
@@ -370,6 +405,12 @@ def test_glb_face_rig_round_trips_and_validates(builtin_model, tmp_path, seams):
     export.write_glb(str(tmp_path / "again.glb"), model, identity, expression, colors, texture,
                      layout=layout)
     assert (tmp_path / "again.glb").read_bytes() == path.read_bytes()
+    # So does the texture given as its PNG file (reconstruction encodes it once).
+    png = io.BytesIO()
+    images.save_png(png, texture)
+    export.write_glb(str(tmp_path / "png.glb"), model, identity, expression, colors,
+                     png.getvalue(), layout=layout)
+    assert (tmp_path / "png.glb").read_bytes() == path.read_bytes()
     with pytest.raises(ValueError, match="without texture"):
         export.write_glb(str(tmp_path / "x.glb"), model, identity, expression, layout=layout)
 
