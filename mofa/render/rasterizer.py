@@ -171,8 +171,8 @@ def barycentrics(screen_vertices: jax.Array, triangles: jax.Array,
     covered = triangle_id >= 0
     # One gather of the corners, corner-major (3, B, H, W, 3) from the batch's vertices
     # as one table: split along the corner axis, the gradient concatenates contiguous
-    # blocks (pixel-major corners made it interleave them, 0.7 ms of a fit step at
-    # batch 8, 64 px), and a flat index needs no (batch, vertex) pairs.
+    # blocks (pixel-major corners made it interleave them: the costliest op of a
+    # profiled coarse fit step), and a flat index needs no (batch, vertex) pairs.
     tri = jnp.maximum(triangle_id, 0)
     offset = (jnp.arange(batch, dtype=tri.dtype) * num_vertices)[:, None, None]
     corner_rows = jnp.stack([triangles[:, k][tri] + offset for k in range(3)])
