@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 # refinement: coarse steps only"): zlib, file writes and numpy release the GIL.
 WRITER_THREADS = 2
 
+# The photo overlay draws a face rendered at 128, 256 or 512 px, the smallest that is at
+# least the face's size in the photo over this factor (a face of up to 160 px reuses
+# its 128 px crop's render).
+OVERLAY_UPSAMPLING = 1.25
+
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".webm", ".gif", ".mkv", ".m4v"})
 # What a photo's face folder gets besides code.json/.npz and blendshapes.json (always
 # written): "mesh" = mesh.obj (+ .mtl, texture.png), mesh.ply, mesh.glb; "images" =
@@ -204,19 +209,23 @@ class ReconstructionJob:
         points = []
         for face, code, out, _ in faces:
             side = self.rec.image_size / face["scale"]  # the crop's size in photo pixels
-            # Few sizes, few compilations; shading is smooth, so 512 px upsamples well.
+            # Few sizes, few compilations; shading is smooth, so it upsamples well: 512 px
+            # for any larger face, and each size for faces up to OVERLAY_UPSAMPLING x it.
             size = 128
-            while size < min(side, 512):
+            while size * OVERLAY_UPSAMPLING < min(side, 512):
                 size *= 2
-            k = size / self.rec.image_size
-            camera = render.Camera(focal=self.rec.camera.focal * k,
-                                   principal_point=self.rec.camera.principal_point * k,
-                                   height=size, width=size)
-            # Host arrays in and out: no eager JAX op (one compile each per process).
-            single = FaceCode(**{f: np.asarray(v)[None] for f, v in code.items()})
-            shaded = render_face(self.rec.model, single, camera)
-            shading = visualize.geometry_shading(np.asarray(shaded.normals)[0])
-            canvas = _paste_shading(canvas, shading, np.asarray(shaded.mask)[0], face)
+            if size == self.rec.image_size:  # the crop's own render is this render
+                normals, mask = out["normals"], out["mask"]
+            else:
+                k = size / self.rec.image_size
+                camera = render.Camera(focal=self.rec.camera.focal * k,
+                                       principal_point=self.rec.camera.principal_point * k,
+                                       height=size, width=size)
+                # Host arrays in and out: no eager JAX op (one compile each per process).
+                single = FaceCode(**{f: np.asarray(v)[None] for f, v in code.items()})
+                shaded = render_face(self.rec.model, single, camera)
+                normals, mask = np.asarray(shaded.normals)[0], np.asarray(shaded.mask)[0]
+            canvas = _paste_shading(canvas, visualize.geometry_shading(normals), mask, face)
             to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
             points += [(face["detected"], visualize.DETECTED),
                        (to_image(out["landmarks"]), visualize.FITTED)]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mofa import (cli, export, facemodel, fitting, images, inference, reconstruct, render,
                   trainer)
-from mofa.code import FaceCode
+from mofa.code import FaceCode, random_code
 from mofa.data import synthetic
 
 SIZE = 160  # mediapipe finds the builtin model's renders at this size
@@ -624,3 +624,42 @@ def test_a_failed_write_stops_the_run_with_its_error(builtin_model, tmp_path, mo
         assert sorted(os.listdir(folder)) == sorted([
             "blendshapes.json", "code.json", "code.npz", "mesh.glb", "mesh.mtl", "mesh.obj",
             "mesh.ply", "texture.png"])
+
+
+def test_photo_overlay_reuses_the_crop_render_up_to_its_upsampling(builtin_model, tmp_path,
+                                                                   monkeypatch):
+    """A face up to OVERLAY_UPSAMPLING x the crop's size in the photo is drawn from the
+    crop's own 128 px render (the same camera, so the same pixels); a larger one is
+    rendered again at 256 px. Either way the photo is shaded where the face is."""
+    camera = render.Camera.from_fov(12.6, 128, 128)
+    rec = inference.Reconstructor(builtin_model, camera, fit_steps=0,
+                                  calibrated_landmarks=False)
+    job = reconstruct.ReconstructionJob(rec, str(tmp_path), detector=None)
+    code = random_code(builtin_model, jax.random.key(5), (1,)).replace(
+        translation=jnp.array([[0.0, 0.0, -1000.0]]))
+    crop_render = inference.render_face(builtin_model, code, camera)
+    out = {"normals": np.asarray(crop_render.normals)[0], "mask": np.asarray(crop_render.mask)[0],
+           "landmarks": np.zeros((68, 2))}
+    sizes = []
+    real_render = reconstruct.render_face
+
+    def recording_render(model, single, cam):
+        sizes.append(cam.height)
+        return real_render(model, single, cam)
+
+    monkeypatch.setattr(reconstruct, "render_face", recording_render)
+    photo = np.full((400, 400, 3), 90, np.uint8)
+    fields = {f: np.asarray(getattr(code, f))[0] for f in reconstruct.FIELDS}
+    for side, rendered in ((150.0, []), (170.0, [256])):
+        sizes.clear()
+        face = {"photo": photo, "scale": 128 / side, "origin": np.array([100.0, 80.0]),
+                "image": np.zeros((128, 128, 3)), "detected": np.zeros((68, 2))}
+        folder = tmp_path / f"side{int(side)}"
+        folder.mkdir()
+        job._write_photo_overlay([(face, fields, out, str(folder))])
+        assert sizes == rendered
+        overlay = np.asarray(Image.open(folder / "overlay.png")).astype(int)
+        changed = np.abs(overlay - photo).sum(-1) > 30
+        face_area = crop_render.mask.mean() * side**2 / overlay[..., 0].size
+        assert abs(changed.mean() - face_area) < 0.2 * face_area, (changed.mean(), face_area)
+    job.close()
