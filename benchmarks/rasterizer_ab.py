@@ -1,13 +1,17 @@
-"""The visibility pass of this checkout against another revision's, in one process.
+"""The rasterizer of this checkout against another revision's, in one process.
 
 Loads `mofa/render/rasterizer.py` as it was at --against (`git show`; the module
-imports nothing of mofa), rasterizes the same random faces with both, checks that the
-triangle ids are identical and prints medians of alternated calls and their ratio. On
+imports nothing of mofa), runs the same random faces through both, checks that the
+results agree and prints medians of alternated calls and their ratio. --part picks
+what is timed: the visibility pass (triangle ids identical), `render` (the image of
+`render.render_face`, this checkout's renderer composing either rasterizer module) or
+`gradient` (the gradient of a squared image loss with respect to the code). On
 a shared machine separate runs of `render_bench.py` varied by 20-50%, more than a
 change to measure; alternating in one process cancels the drift. Run by hand from the
 repository root:
 
     python benchmarks/rasterizer_ab.py --against 709e247 --models builtin,ict:/tmp/ict/ict-facekit
+    python benchmarks/rasterizer_ab.py --against HEAD~1 --part render --settings 1x128,64x128
 """
 
 from __future__ import annotations
@@ -39,6 +43,37 @@ def _module_at(revision: str):
     return module
 
 
+def _with_rasterizer(module, function):
+    """`function` traced with `render`'s rasterizer module swapped for `module`."""
+    def traced(*args):
+        own = render.raster
+        render.raster = module
+        try:
+            return function(*args)
+        finally:
+            render.raster = own
+    return traced
+
+
+def _part(part: str, model, size: int):
+    """The timed function of `part`, (code, rasterizer module) -> result."""
+    camera = camera_lib.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
+    if part == "visibility":
+        def function(code, m):
+            screen = camera_lib.project(render.face_geometry(model, code)[0], camera)
+            return m.rasterize(jax.lax.stop_gradient(screen), model.triangles, height=size,
+                               width=size).triangle_id
+    elif part == "render":
+        def function(code, m):
+            return _with_rasterizer(m, lambda c: render.render_face(model, c, camera).image)(
+                code)
+    else:
+        def function(code, m):
+            image = _with_rasterizer(m, lambda c: render.render_face(model, c, camera).image)
+            return jax.grad(lambda c: jax.numpy.sum((image(c) - 0.3) ** 2))(code)
+    return function
+
+
 def _seconds(function, argument) -> float:
     start = time.perf_counter()
     jax.block_until_ready(function(argument))
@@ -48,31 +83,38 @@ def _seconds(function, argument) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", required=True, help="a git revision")
+    parser.add_argument("--part", default="visibility",
+                        choices=("visibility", "render", "gradient"))
     parser.add_argument("--models", default="builtin")
     parser.add_argument("--settings", default="1x128,16x128,1x224,8x64",
                         help="comma list of BATCHxPIXELS")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args(argv)
     other = _module_at(args.against)
-    print(f"visibility pass, ms per image: this checkout / {args.against} (medians of "
+    print(f"{args.part}, ms per image: this checkout / {args.against} (medians of "
           f"{args.repeats} alternated calls)")
     for spec in args.models.split(","):
         model = facemodel.load(spec)
         for setting in args.settings.split(","):
             batch, size = (int(x) for x in setting.split("x"))
-            camera = camera_lib.Camera.from_fov(DEFAULT_FOV_DEGREES, size, size)
             code = random_code(model, jax.random.key(batch * 1000 + size), (batch,))
-            screen = camera_lib.project(render.face_geometry(model, code)[0], camera)
-            runs = {name: jax.jit(lambda s, m=module: m.rasterize(
-                        s, model.triangles, height=size, width=size).triangle_id)
+            function = _part(args.part, model, size)
+            runs = {name: jax.jit(lambda c, m=module: function(c, m))
                     for name, module in (("this", rasterizer), ("other", other))}
-            ids = {name: np.asarray(run(screen)) for name, run in runs.items()}  # compiles
+            results = {name: jax.tree.leaves(jax.device_get(run(code)))  # compiles
+                       for name, run in runs.items()}
             times = {name: [] for name in runs}
             for _ in range(args.repeats):
                 for name, run in runs.items():
-                    times[name].append(_seconds(run, screen))
+                    times[name].append(_seconds(run, code))
             this, that = (1e3 * statistics.median(times[n]) / batch for n in ("this", "other"))
-            same = "identical ids" if np.array_equal(ids["this"], ids["other"]) else "IDS DIFFER"
+            if args.part == "visibility":
+                agree = np.array_equal(results["this"][0], results["other"][0])
+                same = "identical ids" if agree else "IDS DIFFER"
+            else:
+                gap = max(float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+                          for a, b in zip(results["this"], results["other"]))
+                same = f"largest relative difference {gap:.1e}"
             print(f"  {spec.split(':')[0]:8s} batch {batch:3d} {size:4d} px  {this:7.3f} / "
                   f"{that:7.3f}  = {this / that:.2f}  {same}", flush=True)
 

@@ -212,6 +212,22 @@ def test_obj_numbers_print_as_printf_does():
         export._format_fixed("v", np.array([[0.0, np.nan]]), (5, 5))
 
 
+def test_json_outputs_read_back_as_written_one_member_per_line(tmp_path):
+    document = {"source": 'a "quoted" \\ path.png', "crop": {"origin_xy": [1.5, -2.0],
+                                                           "note": "x"},
+                "empty": {}, "none": None, "weights": {"jawOpen": 0.25, "eyeBlink_L": 1.0},
+                "identity": [0.1, -3e-9, 12345.678], "landmarks": [[1.0, 2.0], [3.5, 4.0]]}
+    path = str(tmp_path / "doc.json")
+    export._write_json(path, document)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    assert json.loads(text) == document
+    lines = text.splitlines()
+    # Top-level members and a dict's members each on a line; arrays stay on theirs.
+    assert ' "landmarks": [[1.0, 2.0], [3.5, 4.0]]' in lines
+    assert '  "jawOpen": 0.25,' in lines and len(lines) == 2 + len(document) + 3 + 3
+
+
 def test_texture_baking_samples_the_photo_where_uv_matches_the_screen():
     # Two triangles whose UV square lies exactly on the photo's pixels: every texel is
     # its pixel. A uint8 photo is read as /255, as the same photo in floats.

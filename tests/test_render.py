@@ -276,6 +276,29 @@ def test_render_mesh_depth_mask_background_and_visibility():
 # --- gradients ----------------------------------------------------------------
 
 
+def test_interpolation_matches_numpy_alone_and_when_differentiated():
+    """`interpolate` evaluates per corner alone and by a contraction under differentiation
+    (a custom JVP): both equal the barycentric sum done in numpy, batch by batch."""
+    vertices, triangles = _sphere(subdivisions=2)
+    vertices = jnp.concatenate([vertices, vertices + jnp.array([9.0, -4.0, 30.0])])
+    camera = cam.Camera.from_fov(12.6, 24, 24)
+    screen = cam.project(vertices, camera)
+    ids = render.rasterize(screen, triangles, height=24, width=24).triangle_id
+    bary = render.barycentrics(screen, triangles, ids)
+    attributes = jax.random.normal(jax.random.key(1), vertices.shape[:2] + (5,))
+    corners = np.asarray(triangles)[np.maximum(np.asarray(ids), 0)]  # (B, H, W, 3)
+    values = np.take_along_axis(np.asarray(attributes)[:, None, None],
+                                corners[..., None], axis=3)  # (B, H, W, 3, 5)
+    expected = np.sum(np.asarray(bary)[..., None] * values, axis=3)
+    expected[np.asarray(ids) < 0] = 0.0
+    assert (np.asarray(ids) >= 0).any(axis=(1, 2)).all()
+    alone = jax.jit(render.interpolate)(attributes, triangles, ids, bary)
+    differentiated, _ = jax.jvp(lambda a, b: render.interpolate(a, triangles, ids, b),
+                                (attributes, bary), (attributes, bary))
+    np.testing.assert_allclose(alone, expected, atol=1e-5)
+    np.testing.assert_allclose(differentiated, expected, atol=1e-5)
+
+
 def test_interpolation_gradients():
     vertices, triangles = _sphere(subdivisions=2)
     camera = cam.Camera.from_fov(12.6, 24, 24)

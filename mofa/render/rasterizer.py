@@ -200,6 +200,44 @@ def interpolate(attributes: jax.Array, triangles: jax.Array, triangle_id: jax.Ar
     if bary.shape != triangle_id.shape + (3,):
         raise ValueError(f"barycentrics have shape {tuple(bary.shape)}, expected "
                          f"{tuple(triangle_id.shape) + (3,)}")
+    return _interpolate(attributes, bary, triangles, triangle_id)
+
+
+def _corner_values(attributes, triangles, triangle_id):
+    """Each pixel's three corners' attributes (B, H, W, 3, C), one gather per image."""
     corner_ids = triangles[jnp.maximum(triangle_id, 0)]  # (B, H, W, 3)
-    values = jax.vmap(lambda a, ids: a[ids])(attributes, corner_ids)  # (B, H, W, 3, C)
-    return jnp.einsum("bhwk,bhwkc->bhwc", bary, values)
+    return jax.vmap(lambda a, ids: a[ids])(attributes, corner_ids)
+
+
+@jax.custom_jvp
+def _interpolate(attributes, bary, triangles, triangle_id):
+    # Evaluated alone (no derivative taken): a gather per corner from the batch's
+    # vertices as one flat table, weighted and summed elementwise. The contraction of
+    # (B, H, W, 3, C) corner values below ran 1.5-4x slower forward on XLA's CPU backend
+    # (4x at batch 64, 128 px), but it and its transpose make the faster gradient.
+    batch, num_vertices, channels = attributes.shape
+    table = attributes.reshape(batch * num_vertices, channels)
+    tri = jnp.maximum(triangle_id, 0)
+    offset = (jnp.arange(batch, dtype=tri.dtype) * num_vertices)[:, None, None]
+    return sum(bary[..., k:k + 1] * table[triangles[:, k][tri] + offset] for k in range(3))
+
+
+def _interpolate_jvp(primals, tangents):
+    # Differentiated: the batched gather and contraction, whose transposes (a scatter per
+    # image, a contraction) ran 1.1-3x faster than those of the per-corner form. The
+    # integer topology and ids have no tangent; a symbolic zero adds no term.
+    attributes, bary, triangles, triangle_id = primals
+    attributes_dot, bary_dot = tangents[:2]
+    values = _corner_values(attributes, triangles, triangle_id)
+    contract = functools.partial(jnp.einsum, "bhwk,bhwkc->bhwc")
+    out = contract(bary, values)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(bary_dot, jax.custom_derivatives.SymbolicZero):
+        tangent = tangent + contract(bary_dot, values)
+    if not isinstance(attributes_dot, jax.custom_derivatives.SymbolicZero):
+        tangent = tangent + contract(bary, _corner_values(attributes_dot, triangles,
+                                                          triangle_id))
+    return out, tangent
+
+
+_interpolate.defjvp(_interpolate_jvp, symbolic_zeros=True)
