@@ -158,6 +158,14 @@ def _safe_divide(num, den, eps=_AREA_EPS):
     return num / jnp.where(jnp.abs(den) > eps, den, jnp.where(den < 0, -eps, eps))
 
 
+def _flat_corner_rows(triangles, triangle_id, num_vertices: int) -> list:
+    """Per corner k, the row (B, H, W) of each pixel's k-th vertex in the batch's vertices
+    as one (B * V, ...) table: a flat index needs no (batch, vertex) pairs."""
+    tri = jnp.maximum(triangle_id, 0)
+    offset = (jnp.arange(triangle_id.shape[0], dtype=tri.dtype) * num_vertices)[:, None, None]
+    return [triangles[:, k][tri] + offset for k in range(3)]
+
+
 def barycentrics(screen_vertices: jax.Array, triangles: jax.Array,
                  triangle_id: jax.Array) -> jax.Array:
     """Perspective-correct barycentrics (B, H, W, 3) of each pixel centre, differentiable.
@@ -172,10 +180,8 @@ def barycentrics(screen_vertices: jax.Array, triangles: jax.Array,
     # One gather of the corners, corner-major (3, B, H, W, 3) from the batch's vertices
     # as one table: split along the corner axis, the gradient concatenates contiguous
     # blocks (pixel-major corners made it interleave them: the costliest op of a
-    # profiled coarse fit step), and a flat index needs no (batch, vertex) pairs.
-    tri = jnp.maximum(triangle_id, 0)
-    offset = (jnp.arange(batch, dtype=tri.dtype) * num_vertices)[:, None, None]
-    corner_rows = jnp.stack([triangles[:, k][tri] + offset for k in range(3)])
+    # profiled coarse fit step).
+    corner_rows = jnp.stack(_flat_corner_rows(triangles, triangle_id, num_vertices))
     corners = screen_vertices.reshape(batch * num_vertices, 3)[corner_rows]
     cx = jnp.arange(width, dtype=jnp.float32)[None, None, :] + 0.5
     cy = jnp.arange(height, dtype=jnp.float32)[None, :, None] + 0.5
@@ -217,9 +223,8 @@ def _interpolate(attributes, bary, triangles, triangle_id):
     # (4x at batch 64, 128 px), but it and its transpose make the faster gradient.
     batch, num_vertices, channels = attributes.shape
     table = attributes.reshape(batch * num_vertices, channels)
-    tri = jnp.maximum(triangle_id, 0)
-    offset = (jnp.arange(batch, dtype=tri.dtype) * num_vertices)[:, None, None]
-    return sum(bary[..., k:k + 1] * table[triangles[:, k][tri] + offset] for k in range(3))
+    rows = _flat_corner_rows(triangles, triangle_id, num_vertices)
+    return sum(bary[..., k:k + 1] * table[rows[k]] for k in range(3))
 
 
 def _interpolate_jvp(primals, tangents):
