@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 from typing import NamedTuple
@@ -487,10 +486,8 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     document = {"asset": {"generator": "mofa", "version": "2.0"}, "scene": 0,
                 "scenes": [{"nodes": [0]}]}
     if uv is not None:
-        if not isinstance(texture, bytes):
-            png = io.BytesIO()
-            images.save_png(png, texture)  # sRGB: uint8, or floats in [0, 1] (`bake_texture`)
-            texture = png.getvalue()
+        if not isinstance(texture, bytes):  # sRGB: uint8, or floats in [0, 1] (`bake_texture`)
+            texture = images.png_bytes(texture)
         document["images"] = [{"bufferView": view(texture), "mimeType": "image/png"}]
         document["samplers"] = [{"magFilter": _GL_LINEAR, "minFilter": _GL_LINEAR}]
         document["textures"] = [{"source": 0, "sampler": 0}]

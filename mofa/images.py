@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import jax
@@ -76,3 +77,11 @@ def save_png(target, image: np.ndarray) -> None:
     if isinstance(target, (str, os.PathLike)):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     Image.fromarray(pixels).save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """The PNG file `save_png` writes, as bytes: for a file written to several places or
+    embedded (the texture in a glTF)."""
+    buffer = io.BytesIO()
+    save_png(buffer, image)
+    return buffer.getvalue()

@@ -16,7 +16,6 @@ and listed with their reason in `summary.json`.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -229,11 +228,11 @@ class ReconstructionJob:
             to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
             points += [(face["detected"], visualize.DETECTED),
                        (to_image(out["landmarks"]), visualize.FITTED)]
-        png = io.BytesIO()  # encoded once, the same file in every face's folder
-        images.save_png(png, visualize.draw_landmarks(canvas, points))
+        # Encoded once, the same file in every face's folder.
+        png = images.png_bytes(visualize.draw_landmarks(canvas, points))
         for *_, folder in faces:
             with open(os.path.join(folder, "overlay.png"), "wb") as f:
-                f.write(png.getvalue())
+                f.write(png)
 
     def _write_face(self, folder: str, face: dict, code: dict, out: dict,
                     landmark_px: float, photometric: Optional[float] = None) -> None:
@@ -252,9 +251,8 @@ class ReconstructionJob:
                 out["vertex_visibility"], model.uv_coords, model.uv_triangles, model.triangles,
                 self.texture_size, albedo, layout=self._uv_layout)
             texture_name = "texture.png"
-            png = io.BytesIO()  # encoded once: the file and the glTF's embedded image
-            images.save_png(png, texture)
-            texture = png.getvalue()
+            # Encoded once: the file and the glTF's embedded image.
+            texture = images.png_bytes(texture)
             with open(os.path.join(folder, texture_name), "wb") as f:
                 f.write(texture)
         if "mesh" in self.outputs:
