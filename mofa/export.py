@@ -26,46 +26,70 @@ def _format_rows(row_format: str, rows: np.ndarray) -> str:
     return "\n".join([row_format] * len(rows)) % tuple(rows.ravel().tolist())
 
 
-def _format_fixed(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) -> str:
-    """Rows of a 2D float array as `prefix` and fixed-point numbers (column k with
-    decimals[k] digits, as "%.{d}f" prints them), one line per row, built as a byte array
-    in numpy: printf formatting was most of the time of writing a mesh's OBJ.
+@functools.cache
+def _digit_table() -> np.ndarray:
+    """(10^5,) little-endian uint64 whose bytes 1-5 are the ASCII digits of "%05d" % i
+    (bytes 0, 6 and 7 zero): five digits of a number in one gather."""
+    values = np.arange(100000)
+    table = np.zeros((100000, 8), np.uint8)
+    for k in range(5):
+        table[:, 5 - k] = ord("0") + values // 10 ** k % 10
+    return table.view("<u8").ravel()
 
-    Digits come from round(|x| 10^d) in float64, which can differ from printf's exact
-    decimal rounding in the last digit where x 10^d lies within a rounding error of a
-    half; both name the same float to within 10^-d."""
+
+def _bytes_mask(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """uint64 masks keeping `count` bytes from byte `first` on (little-endian)."""
+    ones = (np.left_shift(np.uint64(1), (8 * count).astype(np.uint64)) - np.uint64(1))
+    return np.left_shift(ones, (8 * first).astype(np.uint64))
+
+
+def _format_fixed(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) -> bytes:
+    """Rows of a 2D float array as `prefix` and fixed-point numbers (column k with
+    decimals[k] <= 5 digits, as "%.{d}f" prints them), one line per row (no final
+    newline), as ASCII bytes: printf formatting was most of the time of writing a mesh's
+    OBJ.
+
+    Built as 8-byte words in numpy, elementwise over all numbers: per number one word
+    per five integer digits (sign and digits, leading slots zero) and one of the point,
+    the decimals and the separator; the zero bytes are then dropped. Digits come from
+    round(|x| 10^d) in float64, which can differ from printf's exact decimal rounding in
+    the last digit where x 10^d lies within a rounding error of a half; both name the
+    same float to within 10^-d."""
     rows = np.asarray(rows, np.float64)
     if rows.ndim != 2 or rows.shape[1] != len(decimals):
         raise ValueError(f"rows have shape {rows.shape}, expected (N, {len(decimals)})")
+    if len(prefix) > 7 or not all(0 <= d <= 5 for d in decimals):
+        raise ValueError(f"prefix {prefix!r} longer than 7 or decimals {decimals} not in 0-5")
     if not len(rows):
-        return ""
+        return b""
     if not np.all(np.isfinite(rows)):
         raise ValueError("cannot write non-finite coordinates")
-    pad = 0  # a byte no field contains: removed at the end, so fields have their own width
-    n = len(rows)
-    scaled = np.rint(np.abs(rows) * 10.0 ** np.asarray(decimals, np.float64)).astype(np.int64)
-    whole, fraction = np.divmod(scaled, 10 ** np.asarray(decimals, np.int64))
-    widths = [max(len(str(int(w))), 1) for w in whole.max(0)]
-    head = (prefix + " ").encode("ascii")
-    # Per field: sign slot, integer digits, '.', fraction digits, separator.
-    text = np.full((n, len(head) + sum(w + 3 + d for w, d in zip(widths, decimals))), pad,
-                   np.uint8)
-    text[:, :len(head)] = np.frombuffer(head, np.uint8)
-    at = len(head)
-    for k, (width, d) in enumerate(zip(widths, decimals)):
-        places = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)  # most significant first
-        digits = whole[:, k, None] // places % 10
-        shown = (whole[:, k, None] >= places) | (places == 1)  # leading zeros stay pad
-        text[:, at + 1:at + 1 + width] = np.where(shown, 48 + digits, pad)
-        negative = np.flatnonzero(np.signbit(rows[:, k]))  # printf keeps "-0.00000"
-        first = np.argmax(shown[negative], axis=1)  # the first digit shown
-        text[negative, at + first] = ord("-")
-        text[:, at + 1 + width] = ord(".")
-        places = 10 ** np.arange(d - 1, -1, -1, dtype=np.int64)
-        text[:, at + 2 + width:at + 2 + width + d] = 48 + fraction[:, k, None] // places % 10
-        at += width + 3 + d
-        text[:, at - 1] = ord(" ") if k + 1 < len(decimals) else ord("\n")
-    return text.tobytes().translate(None, bytes([pad])).decode("ascii")[:-1]
+    n, columns = rows.shape
+    decimals = np.asarray(decimals, np.int64)
+    scaled = np.rint(np.abs(rows) * 10.0 ** decimals).astype(np.int64)
+    whole, fraction = np.divmod(scaled, 10 ** decimals)
+    groups = -(-max(len(str(int(whole.max()))), 1) // 5)
+    count = sum((whole >= 10 ** k for k in range(1, 5 * groups)), np.ones_like(whole))
+    negative = np.signbit(rows)  # printf keeps "-0.00000"
+    table = _digit_table()
+    words = np.empty((n, 1 + columns * (groups + 1)), "<u8")
+    words[:, 0] = np.frombuffer((prefix + " ").encode("ascii").ljust(8, b"\0"), "<u8")[0]
+    per_number = words[:, 1:].reshape(n, columns, groups + 1)
+    for j in range(groups):  # j = 0: the last five integer digits
+        whole, low = np.divmod(whole, 100000) if j + 1 < groups else (None, whole)
+        shown = np.clip(count - 5 * j, 0, 5)  # digits 6 - shown .. 5 of the word
+        word = table.take(low) & _bytes_mask(6 - shown, shown)
+        sign = negative & ((count - 1) // 5 == j)  # the sign goes before the first digit
+        per_number[..., groups - 1 - j] = word | np.where(
+            sign, np.left_shift(np.uint64(ord("-")), (8 * (5 - shown)).astype(np.uint64)), 0)
+    point = np.where(decimals > 0, ord("."), 0).astype("<u8")
+    separator = np.full(columns, ord(" "), "<u8")
+    separator[-1] = ord("\n")
+    per_number[..., groups] = (
+        (table.take(fraction * 10 ** (5 - decimals)) & _bytes_mask(np.ones_like(decimals),
+                                                                  decimals))
+        | point | np.left_shift(separator, np.uint64(48)))
+    return words.tobytes().translate(None, b"\0")[:-1]
 
 
 def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
@@ -76,23 +100,23 @@ def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
     the same stem is written next to it and referenced.
     """
     vertices = np.asarray(vertices, np.float64)
-    lines = []
     stem = os.path.splitext(os.path.basename(path))[0]
-    if texture_png:
-        lines += [f"mtllib {stem}.mtl", "usemtl face"]
+    parts = [f"mtllib {stem}.mtl\nusemtl face".encode("ascii")] if texture_png else []
     if vertex_colors is None:
-        lines.append(_format_fixed("v", vertices, (5, 5, 5)))
+        parts.append(_format_fixed("v", vertices, (5, 5, 5)))
     else:
         colors = np.clip(np.asarray(vertex_colors, np.float64), 0.0, 1.0)
-        lines.append(_format_fixed("v", np.concatenate([vertices, colors], -1),
+        parts.append(_format_fixed("v", np.concatenate([vertices, colors], -1),
                                    (5, 5, 5, 4, 4, 4)))
     as_bytes = lambda x, dtype: None if x is None else np.asarray(x, dtype).tobytes()  # noqa: E731
-    lines.append(_obj_topology(as_bytes(triangles, np.int64), as_bytes(uv_coords, np.float64),
+    parts.append(_obj_topology(as_bytes(triangles, np.int64), as_bytes(uv_coords, np.float64),
                                as_bytes(uv_triangles, np.int64)))
-    lines = [line for line in lines if line]
     _folder_of(path)
-    with open(path, "w", encoding="ascii") as f:
-        f.write("\n".join(lines) + "\n")
+    with open(path, "wb") as f:  # the parts as they are: no joined copy of the text
+        for part in parts:
+            if part:
+                f.write(part)
+                f.write(b"\n")
     if texture_png:
         with open(os.path.join(os.path.dirname(os.path.abspath(path)), f"{stem}.mtl"), "w",
                   encoding="ascii") as f:
@@ -101,17 +125,18 @@ def write_obj(path: str, vertices, triangles, uv_coords=None, uv_triangles=None,
 
 
 @functools.lru_cache(maxsize=4)  # a few models' topologies, a few MB of text each
-def _obj_topology(triangles: bytes, uv_coords: bytes | None, uv_triangles: bytes | None) -> str:
+def _obj_topology(triangles: bytes, uv_coords: bytes | None,
+                  uv_triangles: bytes | None) -> bytes:
     """The `vt` and `f` lines of an OBJ, from its arrays' bytes (int64, float64): the same
     for every mesh of a model, and two thirds of formatting one."""
     triangles = np.frombuffer(triangles, np.int64).reshape(-1, 3) + 1  # OBJ counts from 1
     if uv_coords is None:
-        return _format_rows("f %d %d %d", triangles)
+        return _format_rows("f %d %d %d", triangles).encode("ascii")
     uv_tri = np.frombuffer(uv_triangles, np.int64).reshape(-1, 3) + 1
     return "\n".join(line for line in (
         _format_rows("vt %.6f %.6f", np.frombuffer(uv_coords, np.float64).reshape(-1, 2)),
         _format_rows("f %d/%d %d/%d %d/%d", np.stack([triangles, uv_tri], -1).reshape(-1, 6)),
-    ) if line)
+    ) if line).encode("ascii")
 
 
 def write_ply(path: str, vertices, triangles, vertex_colors=None) -> None:

@@ -203,13 +203,16 @@ def test_export_round_trips_through_trimesh(builtin_model, tmp_path):
 def test_obj_numbers_print_as_printf_does():
     # The vertex lines are built as bytes in numpy; they must read as "%.5f" / "%.4f".
     rng = np.random.default_rng(3)
-    edge = [0.0, -0.0, -1e-6, 9.999996, -99.999996, 0.5, 1e-7, 123456.789, -5.0, 0.015625]
+    edge = [0.0, -0.0, -1e-6, 9.999996, -99.999996, 0.5, 1e-7, 123456.789, -5.0, 0.015625,
+            1.5e10, -2.5e9]  # integer parts of 1-11 digits: one to three 5-digit groups
     for rows in [rng.normal(size=(500, 6)) * scale for scale in (1e-3, 1.0, 80.0, 2e4)] + [
             np.stack([edge, edge[::-1], edge, edge, edge[::-1], edge], 1)]:
         expected = "\n".join("v %.5f %.5f %.5f %.4f %.4f %.4f" % tuple(r) for r in rows)
-        assert export._format_fixed("v", rows, (5, 5, 5, 4, 4, 4)) == expected
+        assert export._format_fixed("v", rows, (5, 5, 5, 4, 4, 4)) == expected.encode()
     with pytest.raises(ValueError, match="non-finite"):
         export._format_fixed("v", np.array([[0.0, np.nan]]), (5, 5))
+    with pytest.raises(ValueError, match="decimals"):
+        export._format_fixed("v", np.zeros((1, 2)), (6, 5))
 
 
 def test_json_outputs_read_back_as_written_one_member_per_line(tmp_path):
