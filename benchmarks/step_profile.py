@@ -21,14 +21,24 @@ whole-fit times of separate runs varied by 20-30%, more than the gains measured.
 (a scan of N steps of `fitting._run_stage`, with --options): rigid and landmark shape,
 coarse appearance (half-size images, the decimated mesh) and full-size appearance
 (sub-grid views of the full mesh).
+--xla-ops N adds, under each timed program, its N costliest XLA operations (fusions,
+scatters, loops) over one profiled call, from a `jax.profiler` trace, with the JAX
+operation each came from: which part of a step to work on (a loop's time includes that
+of the operations in its body, which are listed too).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import functools
+import glob
+import gzip
+import json
+import re
 import statistics
+import tempfile
 import time
 
 import jax
@@ -40,6 +50,9 @@ from mofa.render import camera as camera_lib
 from mofa.render import rasterizer, render
 
 
+XLA_OPS = 0  # --xla-ops
+
+
 def _median_ms(function, *args, repeats: int) -> float:
     function = jax.jit(function)
     jax.block_until_ready(function(*args))
@@ -48,7 +61,29 @@ def _median_ms(function, *args, repeats: int) -> float:
         start = time.perf_counter()
         jax.block_until_ready(function(*args))
         times.append(time.perf_counter() - start)
+    if XLA_OPS:
+        _print_costliest_ops(function, args, XLA_OPS)
     return 1e3 * statistics.median(times)
+
+
+def _print_costliest_ops(function, args, count: int) -> None:
+    """The `count` XLA operations of `function`'s program that took longest in one traced
+    call (ms), each with the JAX operation it came from (the HLO's op_name)."""
+    source = {m.group(1): m.group(2) for m in re.finditer(
+        r'^\s*%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"',
+        function.lower(*args).compile().as_text(), re.M)}
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        jax.block_until_ready(function(*args))
+        jax.profiler.stop_trace()
+        trace = json.load(gzip.open(glob.glob(f"{folder}/**/*.trace.json.gz",
+                                              recursive=True)[0]))
+    spent = collections.Counter()
+    for event in trace["traceEvents"] if isinstance(trace, dict) else trace:
+        if event.get("ph") == "X" and event.get("name") in source:
+            spent[event["name"]] += event.get("dur", 0) / 1e3
+    for name, ms in spent.most_common(count):
+        print(f"      {ms:7.2f} ms  {name:32s} {source[name][-70:]}")
 
 
 def main(argv=None) -> None:
@@ -62,7 +97,10 @@ def main(argv=None) -> None:
     parser.add_argument("--options", default="")
     parser.add_argument("--versus", default=None)
     parser.add_argument("--stage-steps", type=int, default=0)
+    parser.add_argument("--xla-ops", type=int, default=0)
     args = parser.parse_args(argv)
+    global XLA_OPS
+    XLA_OPS = args.xla_ops
     if args.versus is not None and not args.fit_steps:
         parser.error("--versus compares whole fits: give --fit-steps N too")
 
@@ -126,6 +164,8 @@ def main(argv=None) -> None:
         _stage_steps(full_model, camera, images, landmarks, weight, args)
         return
     for name, function, inputs in parts:
+        if args.xla_ops:
+            print(f"  {name}", flush=True)
         print(f"  {name:34s} {_median_ms(function, *inputs, repeats=args.repeats):8.2f} ms",
               flush=True)
 
