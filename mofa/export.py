@@ -75,8 +75,9 @@ def _format_fixed(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) -> b
     words = np.empty((n, 1 + columns * (groups + 1)), "<u8")
     words[:, 0] = np.frombuffer((prefix + " ").encode("ascii").ljust(8, b"\0"), "<u8")[0]
     per_number = words[:, 1:].reshape(n, columns, groups + 1)
+    rest = whole  # the integer digits not yet placed
     for j in range(groups):  # j = 0: the last five integer digits
-        whole, low = np.divmod(whole, 100000) if j + 1 < groups else (None, whole)
+        rest, low = np.divmod(rest, 100000) if j + 1 < groups else (None, rest)
         shown = np.clip(count - 5 * j, 0, 5)  # digits 6 - shown .. 5 of the word
         word = table.take(low) & _bytes_mask(6 - shown, shown)
         sign = negative & ((count - 1) // 5 == j)  # the sign goes before the first digit
