@@ -66,7 +66,11 @@ def _format_fixed(prefix: str, rows: np.ndarray, decimals: tuple[int, ...]) -> b
         raise ValueError("cannot write non-finite coordinates")
     n, columns = rows.shape
     decimals = np.asarray(decimals, np.int64)
-    scaled = np.rint(np.abs(rows) * 10.0 ** decimals).astype(np.int64)
+    scaled = np.rint(np.abs(rows) * 10.0 ** decimals)
+    if scaled.max() >= 2.0 ** 62:  # the digits are computed in int64
+        raise ValueError(f"cannot write {np.abs(rows).max():g} with {decimals.max()} decimals "
+                         "as fixed-point text")
+    scaled = scaled.astype(np.int64)
     whole, fraction = np.divmod(scaled, 10 ** decimals)
     groups = -(-max(len(str(int(whole.max()))), 1) // 5)
     count = sum((whole >= 10 ** k for k in range(1, 5 * groups)), np.ones_like(whole))

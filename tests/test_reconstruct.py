@@ -213,6 +213,8 @@ def test_obj_numbers_print_as_printf_does():
         export._format_fixed("v", np.array([[0.0, np.nan]]), (5, 5))
     with pytest.raises(ValueError, match="decimals"):
         export._format_fixed("v", np.zeros((1, 2)), (6, 5))
+    with pytest.raises(ValueError, match="fixed-point"):
+        export._format_fixed("v", np.array([[1.0, -1e15]]), (5, 5))
 
 
 def test_json_outputs_read_back_as_written_one_member_per_line(tmp_path):
