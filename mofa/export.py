@@ -444,7 +444,7 @@ def _neutral_shape(model, identity: jax.Array) -> jax.Array:
 
 def write_glb(path: str, model, identity, expression, vertex_colors=None,
               texture=None, animation: dict | None = None,
-              layout: GlbLayout | None = None) -> None:
+              layout: GlbLayout | None = None, neutral=None) -> None:
     """A glTF 2.0 face rig (binary .glb; `read_glb` reads it with pygltflib): the reconstructed
     identity at neutral expression as the base mesh (metres, +y up, facing +z), one
     morph target per expression component named after it (`mesh.extras.targetNames`,
@@ -460,6 +460,9 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     FaceCode head rotations, radians}; the head node turns about the model's origin.
     layout: the model's `glb_layout` (with UVs exactly when textured), computed once for
     many rigs.
+    neutral: the identity's mesh at zero expression (V, 3) mm, where the caller has it
+    (`Reconstructor.meshes`); otherwise evaluated here, in JAX: from a thread beside a
+    running fit that call waits behind the fit's queued programs (tens of ms a face).
     """
     mm = 0.001  # glTF units are metres
     identity = np.asarray(identity, np.float32)
@@ -469,7 +472,12 @@ def write_glb(path: str, model, identity, expression, vertex_colors=None,
     if (layout.uv is not None) != textured:
         raise ValueError(f"a glb layout {'with' if layout.uv is not None else 'without'} "
                          f"UV coordinates for a rig {'with' if textured else 'without'} texture")
-    base = np.asarray(_neutral_shape(model, jnp.asarray(identity)), np.float32) * mm
+    if neutral is None:
+        neutral = _neutral_shape(model, jnp.asarray(identity))
+    base = np.asarray(neutral, np.float32) * mm
+    if base.shape != (model.num_vertices, 3):
+        raise ValueError(f"neutral: expected ({model.num_vertices}, 3) vertices of "
+                         f"{model.name}, got {base.shape}")
     colors = None if vertex_colors is None else np.asarray(vertex_colors, np.float32)
     if layout.vertices is not None:
         base = base[layout.vertices]

@@ -22,9 +22,10 @@ render_face = jax.jit(render.render_face)
 
 
 @jax.jit
-def _meshes(model: facemodel.FaceModel, code: FaceCode) -> tuple[jax.Array, jax.Array]:
+def _meshes(model: facemodel.FaceModel, code: FaceCode) -> tuple[jax.Array, ...]:
     return (facemodel.shape(model, code.identity, code.expression),
-            facemodel.albedo(model, code.reflectance))
+            facemodel.albedo(model, code.reflectance),
+            facemodel.shape(model, code.identity, jnp.zeros_like(code.expression)))
 
 
 def crop_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> dict:
@@ -198,8 +199,9 @@ class Reconstructor:
             yield (len(chunk), jax.tree.map(lambda x: pad(np.asarray(x)[rows]), code),  # noqa: B023
                    {k: pad(np.stack([c[k] for c in chunk])) for k in keys})
 
-    def meshes(self, code: FaceCode, crops: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        """Every face's mesh (model space, mm; (N, V, 3)) and linear albedo (N, V, 3),
+    def meshes(self, code: FaceCode, crops: list[dict]) -> tuple[np.ndarray, ...]:
+        """Every face's mesh (model space, mm; (N, V, 3)), linear albedo (N, V, 3) and
+        neutral mesh (its identity at zero expression, the glTF rig's base; (N, V, 3)),
         batched like `codes`."""
         parts = [tuple(np.asarray(x)[:n] for x in _meshes(self.model, chunk))
                  for n, chunk, _ in self._batches(code, crops, ())]

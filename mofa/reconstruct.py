@@ -155,9 +155,11 @@ class ReconstructionJob:
         # Only the meshes' texture and the images need the rendered face.
         outs = self.rec.render(code, pending) if self.outputs else {}
         errors = self.rec.fit_errors(code, pending)
-        outs["geometry"], outs["linear_albedo"] = self.rec.meshes(code, pending)
+        outs["geometry"], outs["linear_albedo"], outs["neutral"] = self.rec.meshes(code, pending)
         outs["landmarks"] = errors["landmarks"]
         codes = _code_arrays(code)
+        if "images" in self.outputs:
+            self._dispatch_overlay_renders(pending, codes)
         self.wait_for_writes()  # one flush in the writers at a time: bounded memory
         # The flush split by photo (a photo's overlay shows all its faces) among the threads.
         sources = list(dict.fromkeys(face["source"] for face in pending))
@@ -199,6 +201,33 @@ class ReconstructionJob:
             for faces in photos.values():  # every face of a photo on the photo itself
                 self._write_photo_overlay(faces)
 
+    def _overlay_size(self, face: dict) -> int:
+        """The size a face is rendered at for its photo's `overlay.png`: few sizes, few
+        compilations; shading is smooth, so it upsamples well: 512 px for any larger face,
+        and each size for faces up to OVERLAY_UPSAMPLING x it."""
+        side = self.rec.image_size / face["scale"]  # the crop's size in photo pixels
+        size = 128
+        while size * OVERLAY_UPSAMPLING < min(side, 512):
+            size *= 2
+        return size
+
+    def _dispatch_overlay_renders(self, pending: list[dict], codes: dict) -> None:
+        """Starts the overlay renders of faces larger than the crop's own render (JAX
+        runs them before the next batches' fits; started from a writer thread, each would
+        wait behind a running fit). The writer reads them as face["overlay_render"]."""
+        for i, face in enumerate(pending):
+            size = self._overlay_size(face)
+            if size == self.rec.image_size:  # the crop's own render is this render
+                continue
+            k = size / self.rec.image_size
+            camera = render.Camera(focal=self.rec.camera.focal * k,
+                                   principal_point=self.rec.camera.principal_point * k,
+                                   height=size, width=size)
+            # Host arrays in: no eager JAX op (one compile each per process).
+            single = FaceCode(**{f: v[i:i + 1] for f, v in codes.items()})
+            shaded = render_face(self.rec.model, single, camera)
+            face["overlay_render"] = (shaded.normals, shaded.mask)
+
     def _write_photo_overlay(self, faces: list[tuple]) -> None:
         """`overlay.png` of each face folder: the original photo at its own resolution
         with the shaded geometry of all its faces rendered at (up to 512 px of) the
@@ -206,24 +235,11 @@ class ReconstructionJob:
         photo = faces[0][0]["photo"]
         canvas = photo.copy()
         points = []
-        for face, code, out, _ in faces:
-            side = self.rec.image_size / face["scale"]  # the crop's size in photo pixels
-            # Few sizes, few compilations; shading is smooth, so it upsamples well: 512 px
-            # for any larger face, and each size for faces up to OVERLAY_UPSAMPLING x it.
-            size = 128
-            while size * OVERLAY_UPSAMPLING < min(side, 512):
-                size *= 2
-            if size == self.rec.image_size:  # the crop's own render is this render
+        for face, _, out, _ in faces:
+            if "overlay_render" in face:
+                normals, mask = (np.asarray(x)[0] for x in face.pop("overlay_render"))
+            else:  # the crop's own render
                 normals, mask = out["normals"], out["mask"]
-            else:
-                k = size / self.rec.image_size
-                camera = render.Camera(focal=self.rec.camera.focal * k,
-                                       principal_point=self.rec.camera.principal_point * k,
-                                       height=size, width=size)
-                # Host arrays in and out: no eager JAX op (one compile each per process).
-                single = FaceCode(**{f: np.asarray(v)[None] for f, v in code.items()})
-                shaded = render_face(self.rec.model, single, camera)
-                normals, mask = np.asarray(shaded.normals)[0], np.asarray(shaded.mask)[0]
             canvas = _paste_shading(canvas, visualize.geometry_shading(normals), mask, face)
             to_image = lambda p: p / face["scale"] + face["origin"]  # noqa: E731
             points += [(face["detected"], visualize.DETECTED),
@@ -265,7 +281,7 @@ class ReconstructionJob:
                 self._glb_layouts[textured] = export.glb_layout(model, textured)
             export.write_glb(os.path.join(folder, "mesh.glb"), model, code["identity"],
                              code["expression"], linear_albedo, texture,
-                             layout=self._glb_layouts[textured])
+                             layout=self._glb_layouts[textured], neutral=out["neutral"])
         near = far = None
         if "images" in self.outputs:
             near, far = export.write_depth_png(os.path.join(folder, "depth.png"),

@@ -129,6 +129,12 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
             [shapes["head_pose_degrees"][k] for k in ("pitch", "yaw", "roll")],
             np.degrees(code["rotation"]), atol=1e-4)
         assert np.asarray(code["identity"]).shape == (builtin_model.num_identity,)
+        # The rig's base is this face's identity at neutral expression (metres).
+        neutral = facemodel.shape(builtin_model, jnp.asarray(code["identity"], jnp.float32),
+                                  jnp.zeros(builtin_model.num_expression))
+        np.testing.assert_allclose(export.read_glb(str(folder / "mesh.glb"))["positions"][
+            export.glb_layout(builtin_model, True).triangles[:, 0]],
+            np.asarray(neutral)[np.asarray(builtin_model.triangles)[:, 0]] * 1e-3, atol=1e-6)
         indices = np.asarray(builtin_model.landmark_indices)
         np.testing.assert_allclose(code["landmarks_3d"], ply.vertices[indices], atol=1e-3)
         depth = np.asarray(Image.open(folder / "depth.png"))
@@ -434,6 +440,15 @@ def test_glb_face_rig_round_trips_and_validates(builtin_model, tmp_path, seams):
     assert (tmp_path / "png.glb").read_bytes() == path.read_bytes()
     with pytest.raises(ValueError, match="without texture"):
         export.write_glb(str(tmp_path / "x.glb"), model, identity, expression, layout=layout)
+    # And the neutral mesh given by the caller (reconstruction computes it with the
+    # meshes): the same file; a mesh of the wrong size is refused.
+    given = facemodel.shape(model, jnp.asarray(identity), jnp.zeros(model.num_expression))
+    export.write_glb(str(tmp_path / "given.glb"), model, identity, expression, colors, texture,
+                     layout=layout, neutral=np.asarray(given))
+    assert (tmp_path / "given.glb").read_bytes() == path.read_bytes()
+    with pytest.raises(ValueError, match="neutral"):
+        export.write_glb(str(tmp_path / "x.glb"), model, identity, expression, colors, texture,
+                         neutral=np.asarray(given)[:-1])
 
     rig = export.read_glb(str(path))
     positions, triangles = rig["positions"], rig["triangles"]
@@ -651,7 +666,8 @@ def test_photo_overlay_reuses_the_crop_render_up_to_its_upsampling(builtin_model
                                                                    monkeypatch):
     """A face up to OVERLAY_UPSAMPLING x the crop's size in the photo is drawn from the
     crop's own 128 px render (the same camera, so the same pixels); a larger one is
-    rendered again at 256 px. Either way the photo is shaded where the face is."""
+    rendered again at 256 px (started by the main thread, read by the writer). Either
+    way the photo is shaded where the face is."""
     camera = render.Camera.from_fov(12.6, 128, 128)
     rec = inference.Reconstructor(builtin_model, camera, fit_steps=0,
                                   calibrated_landmarks=False)
@@ -677,6 +693,7 @@ def test_photo_overlay_reuses_the_crop_render_up_to_its_upsampling(builtin_model
                 "image": np.zeros((128, 128, 3)), "detected": np.zeros((68, 2))}
         folder = tmp_path / f"side{int(side)}"
         folder.mkdir()
+        job._dispatch_overlay_renders([face], {f: v[None] for f, v in fields.items()})
         job._write_photo_overlay([(face, fields, out, str(folder))])
         assert sizes == rendered
         overlay = np.asarray(Image.open(folder / "overlay.png")).astype(int)
