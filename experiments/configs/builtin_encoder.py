@@ -22,5 +22,7 @@ def get_config():
     # The test-time fit after it (evaluation and `mofa reconstruct`'s default, at 128 px
     # crops): on 32 ICT photos (README, "The shipped encoder") 50 steps scored 1.47 mm
     # median at 2.4 faces/s, 100 and 150 steps 1.45 and 1.46 at 1.8 and 1.3 faces/s.
-    config.encoder.fit_steps = 50
+    # With the light and skin solved in closed form first (`FitOptions.refining`), 30
+    # steps fit as those 50 did (README, "Stop 44: the light and skin in closed form").
+    config.encoder.fit_steps = 30
     return config
