@@ -171,8 +171,8 @@ class FitOptions:
         coarse. From the shipped builtin encoder, 30 such steps scored as the 50 steps
         before them (15% shape steps, no solve) on two sets of rendered ICT faces
         (median / mean mm 1.38 / 1.91 and 1.47 / 2.08 against 1.38 / 1.89 and
-        1.47 / 2.06; photometric residual lower) at 1.3x the faces/s (README, "Stop 44:
-        the light and skin in closed form")."""
+        1.47 / 2.06; photometric residual lower) at 1.2-1.35x the faces/s (README,
+        "Stop 44: ... the light and skin in closed form")."""
         return dataclasses.replace(self, rigid_fraction=0.1, shape_fraction=0.4,
                                    coarse_fraction=1.0, appearance_solve_rounds=2)
 
