@@ -571,24 +571,29 @@ def solve_appearance(model: FaceModel, camera: Camera, code: FaceCode, images: j
     code = jax.tree.map(jax.lax.stop_gradient, code)
     out = render_face(m, code, camera)
     bary = raster.barycentrics(out.screen_vertices, m.triangles, out.triangle_id)
-    corners = m.triangles[jnp.maximum(out.triangle_id, 0)]  # (B, H, W, 3)
     # Per-pixel albedo mean (B, H, W, 3) and reflectance basis (B, H, W, K, 3), the
     # basis scaled by its standard deviations (the code is standardized).
-    basis = m.albedo_basis * m.albedo_std[:, None, None]
-    interpolate = lambda table: jnp.einsum(  # noqa: E731
-        "bhwi,bhwi...->bhw...", bary, table[corners])
-    mean = interpolate(m.albedo_mean)
-    basis = interpolate(jnp.moveaxis(basis, 0, 1))  # (B, H, W, K, 3)
+    num_albedo, num_vertices = m.num_albedo, m.num_vertices
+    table = jnp.concatenate([m.albedo_mean, jnp.moveaxis(
+        m.albedo_basis * m.albedo_std[:, None, None], 0, 1).reshape(num_vertices, -1)], -1)
+    pixels = raster.interpolate(jnp.broadcast_to(table, (images.shape[0],) + table.shape),
+                                m.triangles, out.triangle_id, bary)
+    mean = pixels[..., :3]
+    basis = pixels[..., 3:].reshape(pixels.shape[:-1] + (num_albedo, 3))
     sh_terms = (sh.sh_basis(out.normals) * jnp.asarray(sh.BAND_FACTORS) / jnp.pi)  # (B,H,W,9)
     region = out.region
     count = jnp.maximum(jnp.sum(region, (1, 2)), 1.0)  # (B,)
     b0 = FIT_NOISE.photometric_scale
     floor = options.residual_scale_floor or b0
 
-    def weights(illumination, reflectance):
+    def albedo_of(reflectance):
+        return mean + jnp.einsum("bhwkc,bk->bhwc", basis, reflectance)
+
+    def shading_of(illumination):
+        return jnp.einsum("bhwj,bjc->bhwc", sh_terms, illumination)
+
+    def weights(albedo, shading):
         """IRLS weights (B, H, W): the l2,1 term's curvature at the current colours."""
-        albedo = mean + jnp.einsum("bhwkc,bk->bhwc", basis, reflectance)
-        shading = jnp.einsum("bhwj,bjc->bhwc", sh_terms, illumination)
         distance = jnp.sqrt(jnp.sum((albedo * shading - images) ** 2, -1) + 1e-8)
         per_face = jnp.sum(distance * region, (1, 2)) / count
         # The profiled scale: the term's gradient is the fixed-scale one x b0 / P below b0.
@@ -600,8 +605,8 @@ def solve_appearance(model: FaceModel, camera: Camera, code: FaceCode, images: j
     ridge = 1e-6
     for _ in range(rounds):
         if "illumination" not in fixed:
-            w = weights(illumination, reflectance)
-            albedo = mean + jnp.einsum("bhwkc,bk->bhwc", basis, reflectance)
+            albedo = albedo_of(reflectance)
+            w = weights(albedo, shading_of(illumination))
             rows = albedo[..., None, :] * sh_terms[..., :, None]  # (B, H, W, 9, 3)
             normal = jnp.einsum("bhw,bhwjc,bhwlc->bcjl", w, rows, rows)
             rhs = jnp.einsum("bhw,bhwjc,bhwc->bcj", w, rows, images)
@@ -609,8 +614,8 @@ def solve_appearance(model: FaceModel, camera: Camera, code: FaceCode, images: j
                                        + 1e-6) * jnp.eye(sh.NUM_SH)
             illumination = jnp.moveaxis(_spd_solve(normal, rhs), 1, 2)
         if "reflectance" not in fixed:
-            w = weights(illumination, reflectance)
-            shading = jnp.einsum("bhwj,bjc->bhwc", sh_terms, illumination)
+            shading = shading_of(illumination)
+            w = weights(albedo_of(reflectance), shading)
             rows = basis * shading[..., None, :]  # (B, H, W, K, 3)
             target = images - mean * shading
             normal = jnp.einsum("bhw,bhwkc,bhwlc->bkl", w, rows, rows)
