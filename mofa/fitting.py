@@ -539,13 +539,15 @@ def _spd_solve(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
     batches were fitted in threads at once."""
     n = matrix.shape[-1]
     augmented = jnp.concatenate([matrix, rhs[..., None]], -1)  # (..., n, n + 1)
+    rows = jnp.arange(n)[:, None]
 
     def eliminate(i, augmented):
-        row = jax.lax.dynamic_index_in_dim(augmented, i, -2, keepdims=False)
+        # The pivot row replaced by a select, not an in-place row update: one fused
+        # elementwise pass per step (8x faster at batch 8, n = 54, on a CPU).
+        row = jax.lax.dynamic_index_in_dim(augmented, i, -2)  # (..., 1, n + 1)
         row = row / jax.lax.dynamic_index_in_dim(row, i, -1)
-        column = jax.lax.dynamic_index_in_dim(augmented, i, -1, keepdims=False)
-        augmented = augmented - column[..., :, None] * row[..., None, :]
-        return jax.lax.dynamic_update_index_in_dim(augmented, row, i, -2)
+        column = jax.lax.dynamic_index_in_dim(augmented, i, -1)  # (..., n, 1)
+        return jnp.where(rows == i, row, augmented - column * row)
 
     return jax.lax.fori_loop(0, n, eliminate, augmented)[..., -1]
 
@@ -571,35 +573,45 @@ def solve_appearance(model: FaceModel, camera: Camera, code: FaceCode, images: j
     code = jax.tree.map(jax.lax.stop_gradient, code)
     out = render_face(m, code, camera)
     bary = raster.barycentrics(out.screen_vertices, m.triangles, out.triangle_id)
-    # Per-pixel albedo mean (B, H, W, 3) and reflectance basis (B, H, W, K, 3), the
-    # basis scaled by its standard deviations (the code is standardized).
+    # Per-pixel albedo mean (B, H, W, 3) and reflectance basis, the basis scaled by its
+    # standard deviations (the code is standardized). The basis's table is channel-major
+    # per vertex, (V, 3, K), so the pixels come out as (B, N, K) with N = (pixel, channel)
+    # contiguous: the normal equations are then one batched product over N. In the
+    # (B, H, W, K, 3) layout XLA copied the basis into place for every product (5.8x the
+    # time at batch 8, 64 px, the builtin's K = 54).
     num_albedo, num_vertices = m.num_albedo, m.num_vertices
-    table = jnp.concatenate([m.albedo_mean, jnp.moveaxis(
-        m.albedo_basis * m.albedo_std[:, None, None], 0, 1).reshape(num_vertices, -1)], -1)
+    scaled = m.albedo_basis * m.albedo_std[:, None, None]  # (K, V, 3)
+    table = jnp.concatenate(
+        [m.albedo_mean, jnp.transpose(scaled, (1, 2, 0)).reshape(num_vertices, -1)], -1)
     pixels = raster.interpolate(jnp.broadcast_to(table, (images.shape[0],) + table.shape),
                                 m.triangles, out.triangle_id, bary)
+    batch = images.shape[0]
     mean = pixels[..., :3]
-    basis = pixels[..., 3:].reshape(pixels.shape[:-1] + (num_albedo, 3))
+    basis = pixels[..., 3:].reshape(batch, -1, num_albedo)  # (B, N, K)
     sh_terms = (sh.sh_basis(out.normals) * jnp.asarray(sh.BAND_FACTORS) / jnp.pi)  # (B,H,W,9)
+    sh_rows = sh_terms.reshape(batch, -1, sh.NUM_SH)  # (B, P, 9)
     region = out.region
     count = jnp.maximum(jnp.sum(region, (1, 2)), 1.0)  # (B,)
     b0 = FIT_NOISE.photometric_scale
     floor = options.residual_scale_floor or b0
+    per_pixel = lambda x: x.reshape(batch, -1, 3)  # noqa: E731  (B, H, W, 3) -> (B, P, 3)
+    per_entry = lambda x: x.reshape(batch, -1)  # noqa: E731  (B, H, W, 3) -> (B, N)
 
     def albedo_of(reflectance):
-        return mean + jnp.einsum("bhwkc,bk->bhwc", basis, reflectance)
+        return mean + jnp.einsum("bnk,bk->bn", basis, reflectance).reshape(images.shape)
 
     def shading_of(illumination):
         return jnp.einsum("bhwj,bjc->bhwc", sh_terms, illumination)
 
     def weights(albedo, shading):
-        """IRLS weights (B, H, W): the l2,1 term's curvature at the current colours."""
+        """IRLS weights (B, H, W, 1): the l2,1 term's curvature at the current colours."""
         distance = jnp.sqrt(jnp.sum((albedo * shading - images) ** 2, -1) + 1e-8)
         per_face = jnp.sum(distance * region, (1, 2)) / count
         # The profiled scale: the term's gradient is the fixed-scale one x b0 / P below b0.
         profile = b0 / jnp.clip(per_face, floor, b0)
-        scale = options.photometric * profile / (jnp.shape(images)[0] * count)
-        return region * scale[:, None, None] / (2.0 * jnp.maximum(distance, 0.25 * floor))
+        scale = options.photometric * profile / (batch * count)
+        return (region * scale[:, None, None]
+                / (2.0 * jnp.maximum(distance, 0.25 * floor)))[..., None]
 
     illumination, reflectance = code.illumination, code.reflectance
     ridge = 1e-6
@@ -607,21 +619,20 @@ def solve_appearance(model: FaceModel, camera: Camera, code: FaceCode, images: j
         if "illumination" not in fixed:
             albedo = albedo_of(reflectance)
             w = weights(albedo, shading_of(illumination))
-            rows = albedo[..., None, :] * sh_terms[..., :, None]  # (B, H, W, 9, 3)
-            normal = jnp.einsum("bhw,bhwjc,bhwlc->bcjl", w, rows, rows)
-            rhs = jnp.einsum("bhw,bhwjc,bhwc->bcj", w, rows, images)
+            # Per colour c: sum over pixels of w a_c^2 Y_j Y_l and w a_c I_c Y_j.
+            normal = jnp.einsum("bpc,bpj,bpl->bcjl", per_pixel(w * albedo**2), sh_rows, sh_rows)
+            rhs = jnp.einsum("bpc,bpj->bcj", per_pixel(w * albedo * images), sh_rows)
             normal = normal + ridge * (jnp.trace(normal, axis1=-2, axis2=-1)[..., None, None]
                                        + 1e-6) * jnp.eye(sh.NUM_SH)
             illumination = jnp.moveaxis(_spd_solve(normal, rhs), 1, 2)
         if "reflectance" not in fixed:
             shading = shading_of(illumination)
             w = weights(albedo_of(reflectance), shading)
-            rows = basis * shading[..., None, :]  # (B, H, W, K, 3)
             target = images - mean * shading
-            normal = jnp.einsum("bhw,bhwkc,bhwlc->bkl", w, rows, rows)
-            rhs = jnp.einsum("bhw,bhwkc,bhwc->bk", w, rows, target)
-            prior = options.prior_reflectance / jnp.shape(images)[0]  # of the batch mean
-            normal = normal + prior * jnp.eye(m.num_albedo)
+            normal = jnp.einsum("bn,bnk,bnl->bkl", per_entry(w * shading**2), basis, basis)
+            rhs = jnp.einsum("bn,bnk->bk", per_entry(w * shading * target), basis)
+            prior = options.prior_reflectance / batch  # of the batch mean
+            normal = normal + prior * jnp.eye(num_albedo)
             reflectance = _spd_solve(normal, rhs)
     return code.replace(illumination=illumination, reflectance=reflectance)
 

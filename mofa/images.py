@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,13 @@ def bilinear_sample(image, points):
     x0 = xp.clip(xp.floor(x), 0, width - 2).astype(xp.int32)
     y0 = xp.clip(xp.floor(y), 0, height - 2).astype(xp.int32)
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    if xp is np:  # one flat index per point: numpy's take, not 2D fancy indexing (4x)
+        flat = image.reshape(height * width, -1)
+        at = lambda index: np.take(flat, index, axis=0)  # noqa: E731
+        index = y0 * width + x0
+        top = at(index) * (1 - fx) + at(index + 1) * fx
+        bottom = at(index + width) * (1 - fx) + at(index + width + 1) * fx
+        return (top * (1 - fy) + bottom * fy).reshape(points.shape[:-1] + image.shape[2:])
     top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
     bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
     return top * (1 - fy) + bottom * fy
@@ -64,8 +72,11 @@ def grid(images: np.ndarray, columns: int | None = None, pad: int = 2,
 
 # zlib level 1: a third of the time of PIL's default 6 (a 224 px overlay 1.7 against
 # 4.9 ms, a 551 x 413 photo 12 against 43 ms), files 15-25% larger. Reconstruction
-# writes several PNGs a face.
+# writes several PNGs a face. zlib's run-length strategy (Z_RLE): on a face's images
+# 1.1-1.9x faster still and their files 4-21% smaller (a 256 px texture 4.2 against
+# 6.4 ms, 33 against 42 kB; a photo's overlay 16.4 against 18.5 ms, 1% larger).
 PNG_COMPRESS_LEVEL = 1
+PNG_COMPRESS_TYPE = zlib.Z_RLE
 
 
 def save_png(target, image: np.ndarray) -> None:
@@ -76,7 +87,8 @@ def save_png(target, image: np.ndarray) -> None:
         pixels = to_uint8(pixels)
     if isinstance(target, (str, os.PathLike)):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    Image.fromarray(pixels).save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Image.fromarray(pixels).save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
+                                  compress_type=PNG_COMPRESS_TYPE)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
