@@ -13,12 +13,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mofa import facemodel, fitting, render
+from mofa import facemodel, fitting, losses, render
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.data import faces as faces_lib
 
 # One compilation per shape for every caller.
 render_face = jax.jit(render.render_face)
+
+
+@jax.jit
+def _render_on_crops(model: facemodel.FaceModel, code: FaceCode, camera: render.Camera,
+                     images: jax.Array) -> tuple[render.RenderOutput, jax.Array]:
+    """The codes rendered over their crops, and each face's photometric residual there
+    (`fitting.fit_errors`'s, from the same render)."""
+    out = render.render_face(model, code, camera, background=images)
+    return out, losses.photometric_per_face(out.image, images, out.mask, out.region)
 
 
 @jax.jit
@@ -109,19 +118,26 @@ class Reconstructor:
             self._coarse_meshes[mm] = fitting.coarse_render_model(self.fit_model, self.options)
         return self._coarse_meshes[mm]
 
-    def fit_errors(self, code: FaceCode, crops: list[dict]) -> dict:
+    def fit_errors(self, code: FaceCode, crops: list[dict],
+                   photometric: Optional[np.ndarray] = None) -> dict:
         """`fitting.fit_errors` of codes on their crops, with the fit's own landmark
         vertices and contour (so "landmarks" are the points the fit matched); the
-        photometric residual too where the fit read the image (`fit_steps` > 0)."""
+        photometric residual too where the fit read the image (`fit_steps` > 0), taken
+        from `photometric` where given (`render`'s, the same number) instead of rendering
+        the faces again."""
+        render_here = self.fit_steps > 0 and photometric is None
         parts = []
         for n, chunk, stacked in self._batches(code, crops, ("landmarks", "landmark_weight",
                                                              "image")):
             errors = fitting.fit_errors(
                 self.fit_model, self.camera, chunk, stacked["landmarks"],
-                stacked["landmark_weight"], images=stacked["image"] if self.fit_steps else None,
+                stacked["landmark_weight"], images=stacked["image"] if render_here else None,
                 contour=self._contour)
             parts.append({k: np.asarray(v)[:n] for k, v in errors.items()})
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        errors = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if self.fit_steps > 0 and photometric is not None:
+            errors["photometric"] = np.asarray(photometric)
+        return errors
 
     def landmark_weights(self, weight: jax.Array) -> jax.Array:
         """Detector confidences (B, 68) times the calibrated per-landmark weights."""
@@ -208,13 +224,16 @@ class Reconstructor:
         return tuple(np.concatenate(p) for p in zip(*parts))
 
     def render(self, code: FaceCode, crops: list[dict]):
-        """Per-face render outputs (numpy) of `code` over the crops, batched like `codes`."""
+        """Per-face render outputs (numpy) of `code` over the crops, batched like `codes`,
+        and "photometric", each face's residual on its crop (`fit_errors`')."""
         outs = []
         for n, chunk, stacked in self._batches(code, crops, ("image",)):
-            out = render_face(self.model, chunk, self.camera, stacked["image"])
+            out, photometric = _render_on_crops(self.model, chunk, self.camera,
+                                                stacked["image"])
             outs.append({k: np.asarray(getattr(out, k))[:n] for k in (
                 "mask", "depth", "normals", "screen_vertices", "vertex_visibility",
                 "landmarks")})
+            outs[-1]["photometric"] = np.asarray(photometric)[:n]
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[str] = None,

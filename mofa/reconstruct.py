@@ -154,7 +154,7 @@ class ReconstructionJob:
         code = self.rec.codes(pending)
         # Only the meshes' texture and the images need the rendered face.
         outs = self.rec.render(code, pending) if self.outputs else {}
-        errors = self.rec.fit_errors(code, pending)
+        errors = self.rec.fit_errors(code, pending, outs.pop("photometric", None))
         outs["geometry"], outs["linear_albedo"], outs["neutral"] = self.rec.meshes(code, pending)
         outs["landmarks"] = errors["landmarks"]
         codes = _code_arrays(code)
