@@ -182,6 +182,19 @@ def test_face_crop_maps_landmarks():
     assert example["landmark_weight"].all()
 
 
+def test_crop_square_takes_the_box_and_mirrors_what_lies_outside():
+    image = np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    # side == size: no resampling, so the crop is the box's pixels themselves.
+    inside, scale, origin = faces_lib.crop_square(image, 60.0, 45.0, 40, 40)
+    assert (scale, origin) == (1.0, (40, 25))
+    np.testing.assert_array_equal(inside, image[25:65, 40:80])
+    corner, _, origin = faces_lib.crop_square(image, 17.0, 80.0, 40, 40)
+    assert origin == (-3, 60)
+    # Column -3 is column 2 mirrored in, row 90 (past the bottom) is row 89.
+    np.testing.assert_array_equal(corner[:, 0], image[60:90, 2].tolist() + image[89:79:-1, 2].tolist())
+    np.testing.assert_array_equal(corner[:30, 3:], image[60:90, 0:37])
+
+
 # ---------------------------------------------------------------------------
 # Photo folders.
 

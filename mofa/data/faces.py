@@ -254,8 +254,11 @@ def crop_square(image: np.ndarray, cx: float, cy: float, side: float, size: int)
     x0 = int(round(cx - side_i / 2.0))
     y0 = int(round(cy - side_i / 2.0))
     height, width = image.shape[:2]
-    patch = image[_mirror(np.arange(y0, y0 + side_i), height)[:, None],
-                  _mirror(np.arange(x0, x0 + side_i), width)[None, :]]
+    if 0 <= x0 and x0 + side_i <= width and 0 <= y0 and y0 + side_i <= height:
+        patch = image[y0:y0 + side_i, x0:x0 + side_i]  # inside: a view, no gather
+    else:
+        patch = image[_mirror(np.arange(y0, y0 + side_i), height)[:, None],
+                      _mirror(np.arange(x0, x0 + side_i), width)[None, :]]
     resized = np.asarray(Image.fromarray(patch).resize((size, size), Image.BICUBIC,
                                                           reducing_gap=3.0))
     return resized, size / side_i, (x0, y0)
