@@ -3,8 +3,9 @@
 Times (median of --repeats calls after a compiling call, each ended with
 `jax.block_until_ready`) on a batch of random faces of one model through one camera:
 the fitting objective forward and its gradient, the geometry (bases, pose), the
-vertex normals, the visibility pass, the barycentric interpolation and a whole
-forward render. Run by hand from the repository root, e.g. to compare two checkouts:
+vertex normals, the visibility pass, the barycentric interpolation, a whole
+forward render and the closed-form light and skin solve (`fitting.solve_appearance`).
+Run by hand from the repository root, e.g. to compare two checkouts:
 
     python benchmarks/step_profile.py --face-model ict:/tmp/ict/ict-facekit --size 128
     PYTHONPATH=OTHER_CHECKOUT python benchmarks/step_profile.py ...   # the same, other code
@@ -144,6 +145,9 @@ def main(argv=None) -> None:
         ("interpolate 8 channels gradient",
          jax.grad(squared(interpolate), argnums=(0, 1)), (screen, attributes)),
         ("render_face forward", lambda c: render.render_face(model, c, camera).image, (code,)),
+        ("appearance solve, 2 rounds",
+         lambda c: fitting.solve_appearance(full_model, camera, c, images,
+                                            render_model=model, rounds=2), (code,)),
     ]
     if args.fit_steps:
         options = dataclasses.replace(fitting.FitOptions(),

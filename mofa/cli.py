@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reconstruct", help="3D faces (mesh, texture, codes) from photos, folders and videos",
         description="Reconstructs every face in images, folders (recursive) and videos "
         "(.mp4 .avi .mov .webm .gif .mkv). Per face: <stem>_face<k>/ with mesh.obj (+ .mtl, "
-        "texture.png), mesh.ply, code.json/.npz, overlay.png, depth.png; per video: "
+        "texture.png), mesh.ply, code.json/.npz, overlay.jpg, depth.png; per video: "
         "<stem>_overlay.mp4 and <stem>_codes.npz/.json; summary.json for the run. "
         "Unusable inputs are skipped and listed with their reason. Exit status: 0 if every "
         "input was reconstructed, 1 if any was skipped (the others are still written).")
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--outputs", default="code,mesh,images",
                        help="what each photo's face gets: code (code.json/.npz, "
                        "blendshapes.json; always), mesh (mesh.obj + texture, mesh.ply, "
-                       "mesh.glb), images (overlay.png, overlay_crop.png, depth.png); "
+                       "mesh.glb), images (overlay.jpg, overlay_crop.png, depth.png); "
                        "videos always get all of theirs")
     recon.add_argument("--smooth", type=float, default=1.0,
                        help="video: Gaussian sigma in frames for pose/expression (0: off)")

@@ -91,6 +91,21 @@ def save_png(target, image: np.ndarray) -> None:
                                   compress_type=PNG_COMPRESS_TYPE)
 
 
+# A photo's overlay: photos are JPEGs, and a 3913 x 1901 one encoded in 25 ms at quality
+# 90 (760 kB) against 540 ms as a PNG even at zlib level 1 (5.3 MB).
+JPEG_QUALITY = 90
+
+
+def jpeg_bytes(image: np.ndarray) -> bytes:
+    """An 8-bit RGB image (floats as sRGB in [0, 1], or uint8) as a JPEG file's bytes."""
+    pixels = np.asarray(image)
+    if pixels.dtype.kind == "f":
+        pixels = to_uint8(pixels)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """The PNG file `save_png` writes, as bytes: for a file written to several places or
     embedded (the texture in a glTF)."""

@@ -81,12 +81,12 @@ def test_reconstruct_cli_end_to_end(renders, builtin_model, tmp_path, capsys):
     for name, candidates in shifts.items():
         folder = out / name
         for file in ("mesh.obj", "mesh.mtl", "texture.png", "mesh.ply", "code.json",
-                     "code.npz", "overlay.png", "overlay_crop.png", "depth.png",
+                     "code.npz", "overlay.jpg", "overlay_crop.png", "depth.png",
                      "blendshapes.json", "mesh.glb"):
             assert (folder / file).is_file(), (name, file)
-        # overlay.png: the photo at its own resolution, shaded where the face is.
+        # overlay.jpg: the photo at its own resolution, shaded where the face is.
         photo = np.asarray(Image.open(inputs / outputs[name]))
-        overlay = np.asarray(Image.open(folder / "overlay.png"))
+        overlay = np.asarray(Image.open(folder / "overlay.jpg"))
         assert overlay.shape == photo.shape
         changed = np.abs(overlay.astype(int) - photo).sum(-1) > 30
         assert 0.1 < changed.mean() < 0.6, changed.mean()
@@ -696,7 +696,7 @@ def test_photo_overlay_reuses_the_crop_render_up_to_its_upsampling(builtin_model
         job._dispatch_overlay_renders([face], {f: v[None] for f, v in fields.items()})
         job._write_photo_overlay([(face, fields, out, str(folder))])
         assert sizes == rendered
-        overlay = np.asarray(Image.open(folder / "overlay.png")).astype(int)
+        overlay = np.asarray(Image.open(folder / "overlay.jpg")).astype(int)
         changed = np.abs(overlay - photo).sum(-1) > 30
         face_area = crop_render.mask.mean() * side**2 / overlay[..., 0].size
         assert abs(changed.mean() - face_area) < 0.2 * face_area, (changed.mean(), face_area)
