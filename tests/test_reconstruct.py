@@ -627,6 +627,30 @@ def test_batches_fitted_side_by_side_give_the_codes_of_one_after_another(builtin
     assert np.ptp(side_by_side.translation[2:, 0]) > 1.0
 
 
+def test_render_gives_the_photometric_error_fit_errors_would_render_for(builtin_model):
+    """`Reconstructor.render` returns each face's photometric residual on its crop, which
+    `fit_errors` then takes instead of rendering the faces again: the same numbers, and
+    the faces' own codes explain their crops better than shuffled codes."""
+    from mofa.code import FaceCode
+
+    batch = next(synthetic.synthetic_batches(builtin_model, 64, 3, jax.random.key(6)))
+    crops = [{"image": batch["image"][i], "landmarks": batch["landmarks"][i],
+              "landmark_weight": np.ones(68, np.float32)} for i in range(3)]
+    rec = inference.Reconstructor(builtin_model, render.Camera.from_fov(12.6, 64, 64),
+                                  batch_size=2, fit_steps=1, calibrated_landmarks=False)
+    truth = FaceCode(**{f: batch[f"code/{f}"] for f in reconstruct.FIELDS})
+    rendered = rec.render(truth, crops)["photometric"]
+    errors = rec.fit_errors(truth, crops)
+    # Two programs, one computation: equal to float rounding.
+    np.testing.assert_allclose(rendered, errors["photometric"], rtol=1e-5)
+    given = rec.fit_errors(truth, crops, rendered)
+    np.testing.assert_array_equal(given["photometric"], rendered)
+    for key in ("landmark_px", "landmarks"):
+        np.testing.assert_array_equal(given[key], errors[key])
+    shuffled = jax.tree.map(lambda x: np.roll(x, 1, axis=0), truth)
+    assert np.all(rec.render(shuffled, crops)["photometric"] > 2.0 * rendered)
+
+
 def test_a_failed_write_stops_the_run_with_its_error(builtin_model, tmp_path, monkeypatch):
     """Files are written in a thread while the next batch is fitted: a write that fails
     (a full disk) still ends the run with that error, and the faces written before it
