@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -35,8 +36,13 @@ def _free_port() -> int:
 
 
 def _launch(workdir, devices: int, *flags: str) -> subprocess.Popen:
+    """One training process; its stderr goes to a file beside the workdir (`_stderr`).
+    Not a pipe: a process whose log filled a pipe's 64 kB that nobody read yet would
+    block in its write, and the other process would wait for it in a collective."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
-    return subprocess.Popen(
+    log = tempfile.NamedTemporaryFile("w+", prefix="stderr-", suffix=".log",
+                                      dir=os.path.dirname(workdir), delete=False)
+    process = subprocess.Popen(
         [sys.executable, "-m", "experiments.main", "--config=experiments/configs/quickstart.py",
          f"--workdir={workdir}", f"--config.num_steps={STEPS}", "--config.image_size=32",
          "--config.encoder.width=8", "--config.batch_size=8", "--config.log_every=1",
@@ -46,7 +52,15 @@ def _launch(workdir, devices: int, *flags: str) -> subprocess.Popen:
          # all-reduce's summation-order differences (1.7e-4 relative by step 10).
          "--config.encoder.refine_steps=0", "--config.encoder.fit_steps=0",
          "--config.progress=False", *flags],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    process.log_path = log.name
+    log.close()
+    return process
+
+
+def _stderr(process: subprocess.Popen) -> str:
+    with open(process.log_path, encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def _two_processes(workdir) -> list[subprocess.Popen]:
@@ -65,7 +79,9 @@ def _diagnosis(err: str) -> str:
 
 
 def _finish(processes) -> None:
-    errors = [p.communicate(timeout=600)[1] for p in processes]  # all exited, then judged
+    for p in processes:
+        p.wait(timeout=600)
+    errors = [_stderr(p) for p in processes]  # all exited, then judged
     for i, (p, err) in enumerate(zip(processes, errors)):
         assert p.returncode == 0, f"process {i}: {_diagnosis(err)}"
 
@@ -100,8 +116,9 @@ def test_two_processes_train_kill_resume_and_hand_over_to_one(tmp_path):
         time.sleep(0.05)
     processes[1].send_signal(signal.SIGKILL)
     killed_at = time.time()
-    _, err = processes[0].communicate(timeout=HEARTBEAT_SECONDS + 120)
+    processes[0].wait(timeout=HEARTBEAT_SECONDS + 120)
     waited = time.time() - killed_at
+    err = _stderr(processes[0])
     processes[1].wait()
     assert (run / "checkpoints" / "2").exists(), "the run never wrote its first checkpoint"
     assert processes[0].returncode != 0, "the surviving process did not notice"
