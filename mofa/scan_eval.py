@@ -317,11 +317,17 @@ def five_from_68(landmarks: np.ndarray) -> np.ndarray:
                      landmarks[..., 30, :], landmarks[..., 48, :], landmarks[..., 54, :]], -2)
 
 
+# The 68 points' groups (0-based Multi-PIE / iBUG indices): where an error sits.
+LANDMARK_GROUPS_68 = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36),
+                      "eyes": range(36, 48), "mouth": range(48, 68)}
+
+
 def landmark_nme(predicted: np.ndarray, annotated: np.ndarray) -> dict:
     """NMEs of (68 or 5, 2) annotated points against predicted 68 points.
 
     inter-ocular: outer eye corners (36, 45) for 68 points, eye centres for 5;
-    box: sqrt(w * h) of the annotated points' bounding box.
+    box: sqrt(w * h) of the annotated points' bounding box. For 68 points also
+    `nme_interocular_by_group`: each group's (`LANDMARK_GROUPS_68`) mean error, same unit.
     """
     predicted = np.asarray(predicted, np.float64)
     annotated = np.asarray(annotated, np.float64)
@@ -331,12 +337,17 @@ def landmark_nme(predicted: np.ndarray, annotated: np.ndarray) -> dict:
         eyes = (36, 45)
     else:
         raise ValueError(f"{len(annotated)} annotated points, expected 68 or 5")
-    error = np.mean(np.linalg.norm(predicted - annotated, axis=-1))
-    interocular = np.linalg.norm(annotated[eyes[0]] - annotated[eyes[1]])
+    distance = np.linalg.norm(predicted - annotated, axis=-1)
+    error = np.mean(distance)
+    interocular = max(np.linalg.norm(annotated[eyes[0]] - annotated[eyes[1]]), 1e-9)
     width, height = annotated.max(0) - annotated.min(0)
-    return {"error_px": float(error),
-            "nme_interocular": float(error / max(interocular, 1e-9)),
-            "nme_box": float(error / max(np.sqrt(width * height), 1e-9))}
+    result = {"error_px": float(error), "nme_interocular": float(error / interocular),
+              "nme_box": float(error / max(np.sqrt(width * height), 1e-9))}
+    if len(annotated) == 68:
+        result["nme_interocular_by_group"] = {
+            name: float(np.mean(distance[list(rows)]) / interocular)
+            for name, rows in LANDMARK_GROUPS_68.items()}
+    return result
 
 
 def read_image_landmarks(path: str) -> np.ndarray:
@@ -401,11 +412,18 @@ def evaluate_landmarks(predictions: str, annotations: str) -> dict:
         if detected is not None:
             per_image[stem]["detector"] = landmark_nme(detected, annotated)
     values = list(per_image.values())
-    summary = lambda rows: {  # noqa: E731
-        "nme_interocular": float(np.mean([v["nme_interocular"] for v in rows])),
-        "nme_interocular_median": float(np.median([v["nme_interocular"] for v in rows])),
-        "nme_box": float(np.mean([v["nme_box"] for v in rows])),
-        "error_px": float(np.mean([v["error_px"] for v in rows]))}
+    def summary(rows: list) -> dict:
+        result = {"nme_interocular": float(np.mean([v["nme_interocular"] for v in rows])),
+                  "nme_interocular_median": float(np.median([v["nme_interocular"]
+                                                             for v in rows])),
+                  "nme_box": float(np.mean([v["nme_box"] for v in rows])),
+                  "error_px": float(np.mean([v["error_px"] for v in rows]))}
+        grouped = [v["nme_interocular_by_group"] for v in rows if "nme_interocular_by_group" in v]
+        if grouped:  # over the 68-point annotations
+            result["nme_interocular_by_group_median"] = {
+                name: float(np.median([g[name] for g in grouped])) for name in grouped[0]}
+        return result
+
     results = {
         "normalization": "nme_interocular: mean point error / outer-eye-corner distance "
                          "(eye-centre distance for 5-point files); nme_box: / sqrt(w * h) of "

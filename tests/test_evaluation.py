@@ -119,8 +119,16 @@ def test_nme_of_a_known_pixel_offset():
     assert nme["error_px"] == pytest.approx(5.0)
     assert nme["nme_interocular"] == pytest.approx(5.0 / interocular)
     assert nme["nme_box"] == pytest.approx(5.0 / np.sqrt(width * height))
+    assert nme["nme_interocular_by_group"] == pytest.approx(
+        {g: 5.0 / interocular for g in ("jaw", "brows", "nose", "eyes", "mouth")})
+    # A shift of the mouth alone: its group carries all of it, the others none.
+    mouth = annotated.copy()
+    mouth[48:68] += np.array([0.0, 6.8])
+    by_group = scan_eval.landmark_nme(annotated, mouth)["nme_interocular_by_group"]
+    unit = np.linalg.norm(mouth[36] - mouth[45])
+    assert by_group["mouth"] == pytest.approx(6.8 / unit) and by_group["jaw"] == 0.0
     five = scan_eval.landmark_nme(predicted, scan_eval.five_from_68(annotated))
-    assert five["error_px"] == pytest.approx(5.0)
+    assert five["error_px"] == pytest.approx(5.0) and "nme_interocular_by_group" not in five
     with pytest.raises(ValueError, match="expected 68 or 5"):
         scan_eval.landmark_nme(predicted, annotated[:7])
 
@@ -186,6 +194,9 @@ def test_evaluate_scans_and_landmarks_from_files(face_mesh, tmp_path, capsys):
     results = json.loads((predictions / "landmark_eval.json").read_text())
     assert results["error_px"] == pytest.approx(5.0, abs=1e-3)
     assert results["detector"]["error_px"] == pytest.approx(np.sqrt(5.0), abs=1e-3)
+    unit = np.linalg.norm(face[36] - face[45])
+    assert results["detector"]["nme_interocular_by_group_median"]["eyes"] == pytest.approx(
+        np.sqrt(5.0) / unit, abs=1e-4)
     assert results["images"]["photo"]["prediction"].endswith("photo_face1")
     # menpo's LJSON: (y, x), 0-based (centres at integers), here the fitted points exactly.
     os.remove(annotations / "photo.pts")
