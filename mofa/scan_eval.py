@@ -396,12 +396,11 @@ def evaluate_landmarks(predictions: str, annotations: str) -> dict:
         candidates = []
         for folder in folders:
             code_path = os.path.join(folder, "code.json")
-            points = _landmarks_field(read_code_json(folder), ("landmarks", "landmarks_2d"), 2,
-                                      code_path)
+            code = read_code_json(folder)
+            points = _landmarks_field(code, ("landmarks", "landmarks_2d"), 2, code_path)
             if points is None:
                 raise ValueError(f"{code_path}: no 68 2D 'landmarks'")
-            detected = _landmarks_field(read_code_json(folder), ("landmarks_detected",), 2,
-                                        code_path)
+            detected = _landmarks_field(code, ("landmarks_detected",), 2, code_path)
             candidates.append((points, detected))
         # Several faces in the image: the annotated one is the nearest.
         centre = annotated.mean(0)
@@ -412,24 +411,26 @@ def evaluate_landmarks(predictions: str, annotations: str) -> dict:
         if detected is not None:
             per_image[stem]["detector"] = landmark_nme(detected, annotated)
     values = list(per_image.values())
-    def summary(rows: list) -> dict:
-        result = {"nme_interocular": float(np.mean([v["nme_interocular"] for v in rows])),
-                  "nme_interocular_median": float(np.median([v["nme_interocular"]
-                                                             for v in rows])),
-                  "nme_box": float(np.mean([v["nme_box"] for v in rows])),
-                  "error_px": float(np.mean([v["error_px"] for v in rows]))}
-        grouped = [v["nme_interocular_by_group"] for v in rows if "nme_interocular_by_group" in v]
-        if grouped:  # over the 68-point annotations
-            result["nme_interocular_by_group_median"] = {
-                name: float(np.median([g[name] for g in grouped])) for name in grouped[0]}
-        return result
-
     results = {
         "normalization": "nme_interocular: mean point error / outer-eye-corner distance "
                          "(eye-centre distance for 5-point files); nme_box: / sqrt(w * h) of "
                          "the annotated points' box; means over images unless named median",
-        "num_images": len(values), **summary(values), "images": per_image,
+        "num_images": len(values), **_nme_summary(values), "images": per_image,
     }
     if all("detector" in v for v in values):  # the fit's input, on the same images
-        results["detector"] = summary([v["detector"] for v in values])
+        results["detector"] = _nme_summary([v["detector"] for v in values])
     return results
+
+
+def _nme_summary(rows: list) -> dict:
+    """Means (and the NME's median) over images of `landmark_nme` results; per group
+    (medians) over the 68-point ones."""
+    result = {"nme_interocular": float(np.mean([v["nme_interocular"] for v in rows])),
+              "nme_interocular_median": float(np.median([v["nme_interocular"] for v in rows])),
+              "nme_box": float(np.mean([v["nme_box"] for v in rows])),
+              "error_px": float(np.mean([v["error_px"] for v in rows]))}
+    grouped = [v["nme_interocular_by_group"] for v in rows if "nme_interocular_by_group" in v]
+    if grouped:
+        result["nme_interocular_by_group_median"] = {
+            name: float(np.median([g[name] for g in grouped])) for name in grouped[0]}
+    return result
