@@ -166,14 +166,15 @@ class FitOptions:
     def refining(self) -> "FitOptions":
         """These options for a fit that starts from an estimate already posed on the
         landmarks and shaped (an encoder's code after `place`): a tenth of the steps
-        rigid, four tenths landmark shape steps (nearly free), the light and skin solved
+        rigid, seven tenths landmark shape steps (nearly free), the light and skin solved
         in closed form (`solve_appearance`, two rounds), then every appearance step
-        coarse. From the shipped builtin encoder, 30 such steps scored as the 50 steps
-        before them (15% shape steps, no solve) on two sets of rendered ICT faces
-        (median / mean mm 1.38 / 1.91 and 1.47 / 2.08 against 1.38 / 1.89 and
-        1.47 / 2.06; photometric residual lower) at 1.2-1.35x the faces/s (README,
-        "Stop 44: ... the light and skin in closed form")."""
-        return dataclasses.replace(self, rigid_fraction=0.1, shape_fraction=0.4,
+        coarse. From the shipped builtin encoder's 30 steps, the 6 appearance steps this
+        leaves scored shape as the 15 of a 0.4 shape fraction did on three sets of rendered
+        ICT faces (median / mean mm 1.38 / 1.90, 1.47 / 2.07, 1.39 / 1.93 against
+        1.39 / 1.91, 1.48 / 2.09, 1.40 / 1.95), the photometric residual 5-10% higher, at
+        1.35x the faces/s writing codes (README, "Stop 48: fewer photometric steps in the
+        encoder's refinement")."""
+        return dataclasses.replace(self, rigid_fraction=0.1, shape_fraction=0.7,
                                    coarse_fraction=1.0, appearance_solve_rounds=2)
 
     def for_model(self, name: str) -> "FitOptions":
