@@ -59,6 +59,12 @@ def test_bilinear_sampling_and_vertex_photometric():
     assert isinstance(on_host, np.ndarray)
     np.testing.assert_allclose(on_host, losses.bilinear_sample(photo[None], where[None])[0],
                                atol=1e-6)
+    # A uint8 photo (as loaded) at float32 points: float32 out, the same values.
+    photo8 = (photo * 255).astype(np.uint8)
+    on_host8 = images.bilinear_sample(photo8, where)
+    assert on_host8.dtype == np.float32
+    np.testing.assert_allclose(on_host8, losses.bilinear_sample(
+        jnp.asarray(photo8, jnp.float32)[None], where[None])[0], atol=1e-4)
 
 
 def test_landmark_and_prior_terms(builtin_model):
