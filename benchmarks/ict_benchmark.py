@@ -313,7 +313,9 @@ def run(args) -> None:
         if name == "encoder" and not args.checkpoint:
             raise SystemExit("the encoder variant needs --checkpoint WORKDIR")
         model = models.get(name)
-        predictions = os.path.join(args.out, "pred", variant)
+        # A tag's predictions apart from the default run's (a trial never overwrites it).
+        predictions = os.path.join(args.out, "pred" if args.tag == "default"
+                                   else f"pred_{args.tag}", variant)
         shutil.rmtree(predictions, ignore_errors=True)
         seconds = None
         if kind == "mean":
@@ -392,7 +394,9 @@ def main(argv=None) -> None:
     r.add_argument("--fit-steps", type=int, default=fitting.DEFAULT_FIT_STEPS)
     r.add_argument("--image-size", type=int, default=128)
     r.add_argument("--batch-size", type=int, default=8)
-    r.add_argument("--tag", default="default")
+    r.add_argument("--tag", default="default",
+                   help="names the results file and, unless 'default', the predictions' "
+                   "folder (OUT/pred_TAG)")
     r.add_argument("--checkpoint", help="training workdir, for the encoder variant")
     r.add_argument("--encoder-image-size", type=int, default=None,
                    help="crop and fit size of the encoder variant (default: the "
