@@ -228,6 +228,13 @@ def test_evaluate_scans_and_landmarks_from_files(face_mesh, tmp_path, capsys):
 # --- synthetic test split -----------------------------------------------------------
 
 
+# The evaluations below share one prediction program (a batch of 4, 4 refinement and 3
+# fit steps, not the workdir config's 30 and 2, so the CLI's flags are seen to apply):
+# compiled once, then loaded from the persistent compilation cache.
+SHARED_SETTINGS = {"num_faces": 4, "refine_steps": 4, "fit_steps": 3}
+SHARED_EVALUATION = ["--num-faces", "4", "--refine-steps", "4", "--fit-steps", "3"]
+
+
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
     """A workdir as training leaves it (config.json + a checkpoint), without the training."""
@@ -251,7 +258,7 @@ def trained_workdir(tmp_path_factory):
 
 def test_evaluate_synthetic_checkpoint(trained_workdir, capsys):
     assert cli.main(["evaluate", "synthetic", "--checkpoint", str(trained_workdir),
-                     "--num-faces", "2", "--refine-steps", "4", "--fit-steps", "3"]) == 0
+                     *SHARED_EVALUATION]) == 0
     results = json.loads((trained_workdir / "eval_synthetic.json").read_text())
     assert results["refine_steps"] == 4 and results["fit_steps"] == 3
     for key in ("vertex_error_mm_mean", "vertex_error_mm_median", "landmark_nme",
@@ -304,8 +311,8 @@ def test_exported_encoder_file_restores_the_workdirs_encoder(trained_workdir, tm
 
     # The file stands in for the workdir in `mofa evaluate synthetic`.
     out = tmp_path / "eval.json"
-    assert cli.main(["evaluate", "synthetic", "--checkpoint", str(path), "--num-faces", "2",
-                     "--fit-steps", "0", "--out", str(out)]) == 0
+    assert cli.main(["evaluate", "synthetic", "--checkpoint", str(path), *SHARED_EVALUATION,
+                     "--out", str(out)]) == 0
     assert json.loads(out.read_text())["step"] == 7
     # Not an encoder file, and a face model other than the encoder's: clear errors.
     bad = tmp_path / "bad.msgpack"
@@ -326,7 +333,7 @@ def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir,
     monkeypatch.setattr(evaluation.facemodel, "load", lambda spec: builtin_model)
     results = train.evaluate_state(config, state, decoder,
                                         losses.LossWeights.from_config(config.loss),
-                                        num_faces=2, face_model="other:model")
+                                        face_model="other:model", **SHARED_SETTINGS)
     assert "vertex_error_mm_mean" not in results
     assert 0 < results["surface_error_mm_median"] < 20 and np.isfinite(results["landmark_nme"])
 
@@ -334,8 +341,9 @@ def test_evaluate_on_another_models_faces_uses_surface_distance(trained_workdir,
 def test_yaw_split_averages_each_side_of_the_split(trained_workdir):
     config, state, decoder, _ = train.load_trained(str(trained_workdir))
     weights = losses.LossWeights.from_config(config.loss)
-    plain = train.evaluate_state(config, state, decoder, weights, num_faces=8)
-    split = train.evaluate_state(config, state, decoder, weights, num_faces=8,
+    settings = {**SHARED_SETTINGS, "num_faces": 8}  # two batches of 4
+    plain = train.evaluate_state(config, state, decoder, weights, **settings)
+    split = train.evaluate_state(config, state, decoder, weights, **settings,
                                       yaw_split_degrees=20.0)
     near, far = split["num_faces/yaw<=20"], split["num_faces/yaw>20"]
     assert near + far == 8 and near > 0 and far > 0  # prior yaw is uniform in +-35 degrees

@@ -103,10 +103,23 @@ def test_quickstart_trains_end_to_end_and_writes_outputs(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step_and_terms(tmp_path):
-    config = tiny_config(num_steps=2)
-    config.loss.photometric = float("nan")
-    with pytest.raises(FloatingPointError, match=r"step 0: .*loss"):
-        train.train_and_evaluate(config, str(tmp_path))
+    # A corrupt photo (NaN pixels) in the end-to-end test's config: the training program
+    # is that test's (loaded from the persistent compilation cache, not compiled again).
+    from mofa.data import sources
+
+    config = tiny_config(num_steps=3, image_every=3, **{"encoder.fit_steps": 4})
+    source = sources.make_source(config, train.make_decoder(config).face_model)
+
+    class NanPhotos:
+        def batch(self, step, batch_size, rows=slice(None)):
+            batch = dict(source.batch(step, batch_size, rows))
+            batch["image"] = np.asarray(batch["image"]).copy()
+            batch["image"][0] = np.nan
+            return batch
+
+    with pytest.raises(FloatingPointError, match=r"step 0: .*loss.*photometric"):
+        train.train_and_evaluate(config, str(tmp_path), source=NanPhotos())
+    assert not (tmp_path / "checkpoints" / "1").exists()  # nothing saved past the bad step
 
 
 def test_synthetic_supervised_config_takes_a_step(tmp_path):
