@@ -650,8 +650,8 @@ def _run_stages(model, views: Views, options, stages, fixed, code, weight, conto
                 render_model=None):
     """Stages of one objective, `stages` ((name, steps), ...) in turn, as ONE scan: each
     stage is `steps` Adam steps (cosine-decayed) on its free fields from a fresh optimizer
-    state, the other fields held, exactly as separate scans would run them; step t scores
-    view t mod P of `views`. One scan body instead of one per stage for the rigid and
+    state, the other fields held: the updates of one scan per stage, to float rounding;
+    step t scores view t mod P of `views`. One scan body instead of one per stage for the rigid and
     shape stages of every landmark fit: a training step with its refinement (a landmark
     fit differentiated through) traced, lowered and compiled in 13.2-14.0 s against
     14.5-19.2 s as two scans (three alternated runs, the tests' XLA flags)."""

@@ -229,8 +229,8 @@ def test_evaluate_scans_and_landmarks_from_files(face_mesh, tmp_path, capsys):
 
 
 # The evaluations below share one prediction program (a batch of 4, 4 refinement and 3
-# fit steps, not the workdir config's 30 and 2, so the CLI's flags are seen to apply):
-# compiled once, then loaded from the persistent compilation cache.
+# fit steps, not the workdir config's 30 and 2, so the CLI's flags are seen to apply),
+# compiled once for the module.
 SHARED_SETTINGS = {"num_faces": 4, "refine_steps": 4, "fit_steps": 3}
 SHARED_EVALUATION = ["--num-faces", "4", "--refine-steps", "4", "--fit-steps", "3"]
 
