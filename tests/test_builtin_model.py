@@ -311,7 +311,8 @@ def test_ict_reference_spread(builtin_model, ict_dir, arrays):
 
 def test_mean_face_is_registered_to_icts_mean(builtin_model, ict_dir, arrays):
     """builtin_mean.MEAN_IDENTITY moves the procedural mean face to ICT-FaceKit's mean
-    (a mean of scanned people), NoW protocol: 2.1 mm median before, about 0.5 after."""
+    (a mean of scanned people), NoW protocol: 2.12 mm median before, 0.48 after (version
+    5, the population's average code; version 4's single registration reached 0.54)."""
     from mofa import scan_eval
     from mofa.facemodel.builtin_mean import MEAN_IDENTITY
     ict = facemodel.load(f"ict:{ict_dir}")
@@ -324,4 +325,4 @@ def test_mean_face_is_registered_to_icts_mean(builtin_model, ict_dir, arrays):
     error = {name: scan_eval.scan_to_mesh_errors(target, target_landmarks, mean,
                                                  builtin_model.triangles, mean[lm])["median_mm"]
              for name, mean in (("procedural", procedural), ("registered", arrays["mean_shape"]))}
-    assert error["registered"] < 0.7 and error["registered"] < 0.35 * error["procedural"], error
+    assert error["registered"] < 0.52 and error["registered"] < 0.3 * error["procedural"], error

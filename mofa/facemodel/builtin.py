@@ -33,7 +33,8 @@ from scipy.linalg import eigh
 from mofa.facemodel.builtin_mean import MEAN_IDENTITY
 from mofa.facemodel.model import FaceModel, from_numpy, load_npz, remove_similarity, save_npz
 
-VERSION = "4"  # 4: the mean face registered to ICT-FaceKit's mean (builtin_mean.py)
+VERSION = "5"  # 4: the mean face registered to ICT-FaceKit's mean (builtin_mean.py);
+# 5: moved on by the average code of 180 random ICT identities (README, "Stop 50")
 
 _NU, _NV = 121, 101  # grid columns (azimuth) x rows (height): 12,221 vertices
 _THETA_MAX = np.deg2rad(105.0)  # past the jaw angle towards the ears
@@ -689,8 +690,8 @@ def build(registered_mean: bool = True) -> FaceModel:
     """Generates the builtin face model (deterministic, a few seconds on a CPU).
 
     registered_mean: move the procedural mean face by the identity code
-    `builtin_mean.MEAN_IDENTITY`, which registers it to ICT-FaceKit's mean face
-    (False: the procedural mean, from which that code is derived).
+    `builtin_mean.MEAN_IDENTITY`, which registers it to ICT-FaceKit's population of
+    faces (False: the procedural mean, from which that code is derived).
     """
     face = _Face()
     regions = _Regions(face)
