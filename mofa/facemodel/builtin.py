@@ -11,8 +11,9 @@ displacement fields with ARKit-like names; albedo components cover skin tone,
 regional colour and smooth spatial variation.
 
 The procedural mean is then moved by one identity code (builtin_mean.py) that
-registers it to ICT-FaceKit's mean face, a mean of scanned people: 2.12 mm NoW
-median from it before, 0.54 mm after (third_party/ict_facekit/register_builtin_mean.py).
+registers it to ICT-FaceKit's population of scanned people: ICT's mean face, then the
+average code of 180 random ICT identities; 2.12 mm NoW median from ICT's mean face
+before, 0.48 mm after (third_party/ict_facekit/register_builtin_mean.py).
 
 Neither identity nor expression components contain a similarity transform
 (rigid motion or uniform scale) of the face mask: that is head pose and camera
