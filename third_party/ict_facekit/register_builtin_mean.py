@@ -50,6 +50,12 @@ MEAN_IDENTITY = (
 '''
 
 
+def _face(model, code: np.ndarray) -> np.ndarray:
+    """The builtin's procedural mean face moved by an identity code (mm coefficients)."""
+    return (np.asarray(model.mean_shape, np.float64)
+            + np.einsum("k,kvd->vd", code, np.asarray(model.identity_basis, np.float64)))
+
+
 def _population_codes(args_tuple):
     """Builtin identity codes (mm) of random ICT identities, around `mean`."""
     ict_path, seed, count, mean, ridge, iterations = args_tuple
@@ -96,8 +102,7 @@ def main():
     print("ICT's mean face, NoW median per round (mm):", " ".join(f"{m:.2f}" for m in medians))
     # The population's average code around that registration: a strong ridge keeps the
     # single fit near the procedural face where ICT's faces on average are not.
-    registered = (np.asarray(model.mean_shape, np.float64)
-                  + np.einsum("k,kvd->vd", code, np.asarray(model.identity_basis, np.float64)))
+    registered = _face(model, code)
     seeds = [int(s) for s in args.population_seeds.split(",") if s]
     jobs = [(args.ict, seed, args.population_size, registered, args.population_ridge,
              args.population_iterations) for seed in seeds]
@@ -109,8 +114,7 @@ def main():
         print(f"{len(population)} ICT identities: their average code moves the mean by "
               f"{np.sqrt(np.mean(np.square(population.mean(0) / model.identity_std))):.2f} "
               "prior std (RMS over components)")
-    shape = (np.asarray(model.mean_shape, np.float64)
-             + np.einsum("k,kvd->vd", code, np.asarray(model.identity_basis, np.float64)))
+    shape = _face(model, code)
     lm = np.asarray(model.landmark_indices)[now]
     after = scan_eval.scan_to_mesh_errors(ict_mean, ict_mean[np.asarray(ict.landmark_indices)[now]],
                                           shape, np.asarray(model.triangles), shape[lm])
