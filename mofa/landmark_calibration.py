@@ -235,11 +235,15 @@ def shrinkage(table: LandmarkTable, found: Detections) -> tuple:
     return float(coefficients[0]), float(coefficients[1])
 
 
-def table_for(model: FaceModel) -> Optional[LandmarkTable]:
-    """The shipped MediaPipe table of a model (by name), if it matches the model."""
+def table_for(model: FaceModel, detector: str = "mediapipe") -> Optional[LandmarkTable]:
+    """The shipped table of a model (by name) for a detector (`faces.DETECTORS`), if it
+    matches the model."""
     from mofa import landmark_tables
 
-    entry = landmark_tables.TABLES.get(model.name)
+    if detector not in landmark_tables.BY_DETECTOR:
+        raise ValueError(f"unknown detector {detector!r}: expected one of "
+                         f"{', '.join(landmark_tables.BY_DETECTOR)}")
+    entry = landmark_tables.BY_DETECTOR[detector].get(model.name)
     if entry is None:
         return None
     table = LandmarkTable(tuple(entry["vertices"]), tuple(entry["sigma"]), entry["num_vertices"],
@@ -268,9 +272,9 @@ def detector_landmarks(model: FaceModel) -> Optional["fitting.DetectorLandmarks"
 
 
 def main(argv=None) -> None:
-    """Measures the MediaPipe table of a face model and prints it as a landmark_tables entry.
+    """Measures a detector's table of a face model and prints it as a landmark_tables entry.
 
-      python -m mofa.landmark_calibration --face-model builtin
+      python -m mofa.landmark_calibration --face-model builtin [--detector dlib]
       python -m mofa.landmark_calibration --face-model ict:PATH --render-region face_and_head
     """
     import argparse
@@ -281,6 +285,7 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("--face-model", default="builtin")
+    parser.add_argument("--detector", default="mediapipe", choices=sorted(faces_lib.DETECTORS))
     parser.add_argument("--render-region", default=None,
                         help="ICT: render this larger region (e.g. face_and_head) of the mesh")
     parser.add_argument("--faces", type=int, default=160)
@@ -291,10 +296,12 @@ def main(argv=None) -> None:
     model = facemodel.load(args.face_model)
     shown = (facemodel.load(args.face_model, region=args.render_region) if args.render_region
              else None)
-    shipped = table_for(model)
+    shipped = table_for(model, args.detector)
     if args.pose_range_only and shipped is None:
-        parser.error(f"--pose-range-only: no shipped table for {model.name}")
-    detector = faces_lib.MediaPipeDetector(max_faces=1)
+        parser.error(f"--pose-range-only: no shipped {args.detector} table for {model.name}")
+    # dlib: a face its HOG box misses is left out, not measured with MediaPipe's points.
+    detector = faces_lib.make_detector(
+        args.detector, max_faces=1, **({"fallback": False} if args.detector == "dlib" else {}))
     frontal = detect_on_renders(model, detector, args.faces, args.seed, render_model=shown)
     max_yaw, max_pitch = POSE_RANGE
     posed = detect_on_renders(model, detector, args.faces, args.seed + 1, render_model=shown,
@@ -313,7 +320,9 @@ def main(argv=None) -> None:
                        radius_mm=0.0)
     print(f"# {len(frontal.detections)} faces; median sigma (inter-ocular): model's own "
           f"vertices {np.median(before.sigma):.4f}, calibrated {np.median(table.sigma):.4f}; "
-          f"independent coordinates {table.independent:.1f} of 136; {pose_range}")
+          f"independent coordinates {table.independent:.1f} of 136; {pose_range}"
+          + (f"; {detector.misses} faces without a dlib box left out"
+             if hasattr(detector, "misses") else ""))
     print(json.dumps({model.name: {"vertices": list(table.vertices),
                                    "sigma": [round(s, 4) for s in table.sigma],
                                    "num_vertices": table.num_vertices,

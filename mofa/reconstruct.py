@@ -619,7 +619,7 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
     outputs: which of `OUTPUTS` a photo's faces get besides their codes."""
     from tqdm.auto import tqdm
 
-    detector = detector or faces_lib.MediaPipeDetector(max_faces=max_faces)
+    detector = detector or faces_lib.make_detector(rec.detector, max_faces=max_faces)
     job = ReconstructionJob(rec, out_dir, detector, max_faces, texture_size, smooth, progress,
                             outputs=tuple(outputs))
     image_inputs, video_inputs, skipped = collect_inputs(paths)

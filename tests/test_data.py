@@ -519,3 +519,62 @@ def test_unknown_framing_field_is_named(builtin_model):
     config.data.framing = {"max_yaw_degrees": 60.0}
     with pytest.raises(ValueError, match="only applies"):
         sources.make_source(config, builtin_model)
+
+
+def _dlib_detector(**options):
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 finds the faces")
+    pytest.importorskip("dlib", reason="the dlib detector is optional: pip install 'mofa[dlib]'")
+    try:
+        return faces_lib.DlibDetector(**options)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+
+
+def test_dlib_detector_places_68_points_where_the_face_is(rendered_faces):
+    """dlib's predictor, boxed on MediaPipe's faces, puts its points on the rendered faces'
+    true landmarks (the crop -> photo mapping and pixel convention), and moves them with
+    the face: the same face shifted in a larger photo gets the same points shifted."""
+    faces_u8, truth = rendered_faces
+    detector = _dlib_detector(max_faces=1)
+    for photo, true in zip(faces_u8, truth):
+        found = detector(photo)
+        assert len(found) == 1 and found[0].shape == (68, 2) and found[0].dtype == np.float32
+        iod = np.linalg.norm(true[36] - true[45])
+        # dlib on these renders: 0.06-0.10 of the eye-corner distance (median over points).
+        assert np.median(np.linalg.norm(found[0] - true, axis=-1)) < 0.15 * iod
+    assert detector.misses == 0
+
+    def placed_at(x, y):  # margins wider than the detector's crop: the same content
+        canvas = np.full((480, 460, 3), 128, np.uint8)
+        canvas[y:y + 160, x:x + 160] = faces_u8[0]
+        return detector(canvas)[0] - np.array([x, y])
+
+    # Not exact: MediaPipe's points, and so the crop's whole-pixel origin, move a little.
+    difference = np.abs(placed_at(150, 140) - placed_at(189, 163))
+    assert np.median(difference) < 0.75 and np.max(difference) < 2.5, difference
+
+
+def test_dlib_detector_keeps_or_drops_a_face_without_a_box(rendered_faces):
+    """A face dlib's HOG detector cannot box keeps MediaPipe's landmarks (counted), or is
+    dropped when asked (calibration)."""
+    faces_u8, _ = rendered_faces
+    keeping, dropping = _dlib_detector(max_faces=1), _dlib_detector(fallback=False)
+    keeping.HOG_THRESHOLD = dropping.HOG_THRESHOLD = 1e6  # no box passes
+    mediapipe = faces_lib.MediaPipeDetector(max_faces=1)(faces_u8[0])
+    kept = keeping(faces_u8[0])
+    assert keeping.misses == 1 and len(kept) == 1
+    np.testing.assert_array_equal(kept[0], mediapipe[0])
+    assert dropping(faces_u8[0]) == [] and dropping.misses == 1
+
+
+def test_detector_choice_errors_name_what_is_missing(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="unknown detector 'openface'.*mediapipe, dlib"):
+        faces_lib.make_detector("openface")
+    missing = str(tmp_path / "shape_predictor_68_face_landmarks.dat")
+    monkeypatch.setenv(faces_lib.DLIB_PREDICTOR_ENV, missing)
+    with pytest.raises(FileNotFoundError, match="no such file .*shape_predictor_68"):
+        faces_lib.dlib_predictor_path()
+    monkeypatch.delenv(faces_lib.DLIB_PREDICTOR_ENV)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"mofa\[dlib\].*MOFA_DLIB_PREDICTOR"):
+        faces_lib.dlib_predictor_path()

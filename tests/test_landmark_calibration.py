@@ -139,3 +139,16 @@ def test_shipped_tables_match_their_models(builtin_model):
     assert landmark_calibration.table_for(builtin_model.replace(name="another")) is None
     fewer = builtin_model.replace(mean_shape=builtin_model.mean_shape[:-1])
     assert landmark_calibration.table_for(fewer) is None  # vertex count checked
+    # dlib's predictor has no table: the fit takes the model's own (annotators') vertices,
+    # the uncalibrated landmark weight and no modelled lean.
+    camera = render.Camera.from_fov(DEFAULT_FOV_DEGREES, 64, 64)
+    assert landmark_calibration.table_for(builtin_model, "dlib") is None
+    dlib_rec = inference.Reconstructor(builtin_model, camera, fit_steps=0, detector="dlib")
+    np.testing.assert_array_equal(np.asarray(dlib_rec.fit_model.landmark_indices),
+                                  np.asarray(builtin_model.landmark_indices))
+    plain = fitting.FitOptions().for_model(builtin_model.name)
+    assert dlib_rec.options == plain
+    assert dlib_rec.options.landmark_identity_shrink == 0
+    assert dlib_rec.options.landmark != rec.options.landmark
+    with pytest.raises(ValueError, match="unknown detector 'openface'"):
+        landmark_calibration.table_for(builtin_model, "openface")
