@@ -286,6 +286,21 @@ class OracleDetector:
         return [self.by_image[hash(image.tobytes())]]
 
 
+def _start_identity_from(rec, codes) -> None:
+    """Every fit of `rec` starts with its face's identity code from `codes` (by photo stem;
+    e.g. `identity_reach.py --save-codes`, the codes nearest the ground truth), the rest
+    of the start as usual: does the fit stay near them?"""
+    plain = rec.codes
+
+    def codes_from(crops, *args, known=None, **kwargs):
+        if known is None and crops and "name" in crops[0]:
+            known = {"identity": np.stack([codes[c["name"].rsplit("_face", 1)[0]]
+                                           for c in crops]).astype(np.float32)}
+        return plain(crops, *args, known=known, **kwargs)
+
+    rec.codes = codes_from
+
+
 def _subset(scans: str, stems: list, folder: str) -> str:
     """A folder of links to the first scans (scan_eval scores every scan of a folder)."""
     os.makedirs(folder, exist_ok=True)
@@ -339,6 +354,8 @@ def run(args) -> None:
                                               calibrated_landmarks=not args.no_calibration,
                                               detector=args.detector)
             rec.options = dataclasses.replace(rec.options, **overrides)
+            if args.start_identity:
+                _start_identity_from(rec, np.load(args.start_identity))
             paths = [os.path.join(photos, f"{s}.png") for s in stems]
             # Warm-up compile on the first batch, so faces/s is the steady state.
             outputs = tuple(x for x in args.outputs.split(",") if x)
@@ -414,6 +431,9 @@ def main(argv=None) -> None:
                    "faces/s and 2D NME, no 3D score)")
     r.add_argument("--detector", default="mediapipe", choices=("mediapipe", "dlib"),
                    help="the 2D landmark detector (and its landmark table)")
+    r.add_argument("--start-identity", default=None, metavar="NPZ",
+                   help="start every fit at these identity codes (by stem; "
+                   "identity_reach.py --save-codes)")
     r.add_argument("--oracle-landmarks", action="store_true",
                    help="fit to the true projected landmarks instead of MediaPipe's")
     r.add_argument("--no-calibration", action="store_true",
