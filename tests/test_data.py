@@ -549,9 +549,11 @@ def test_dlib_detector_places_68_points_where_the_face_is(rendered_faces):
         canvas[y:y + 160, x:x + 160] = faces_u8[0]
         return detector(canvas)[0] - np.array([x, y])
 
-    # Not exact: MediaPipe's points, and so the crop's whole-pixel origin, move a little.
+    # Not exact: MediaPipe's points, and so the crop and dlib's HOG box, move a little
+    # (measured on the four faces: median 0.8-1.1 px, max 2.6-11 px; face 0 1.1 / 5.5);
+    # a wrong crop -> photo mapping moves them by tens of pixels.
     difference = np.abs(placed_at(150, 140) - placed_at(189, 163))
-    assert np.median(difference) < 0.75 and np.max(difference) < 2.5, difference
+    assert np.median(difference) < 1.5 and np.max(difference) < 8.0, difference
 
 
 def test_dlib_detector_keeps_or_drops_a_face_without_a_box(rendered_faces):
@@ -578,3 +580,122 @@ def test_detector_choice_errors_name_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"mofa\[dlib\].*MOFA_DLIB_PREDICTOR"):
         faces_lib.dlib_predictor_path()
+
+
+def _synthetic_meshes(rng, count):
+    """(count, 478, 3) mesh-like points: a fixed random head (eye corners and nose tip
+    where MediaPipe's are) turned by up to 40 deg of yaw and 15 of roll, scaled, moved."""
+    head = rng.uniform(-1.0, 1.0, (478, 3)) * [1.0, 1.3, 0.5]
+    head[33], head[263], head[1] = (-1.0, -0.3, 0.3), (1.0, -0.3, 0.3), (0.0, 0.4, 1.0)
+    meshes = []
+    for _ in range(count):
+        yaw, roll = np.radians(rng.uniform(-40, 40)), np.radians(rng.uniform(-15, 15))
+        turn = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+        tilt = np.array([[np.cos(roll), -np.sin(roll), 0], [np.sin(roll), np.cos(roll), 0],
+                         [0, 0, 1]])
+        points = (head + rng.normal(0, 0.01, head.shape)) @ (tilt @ turn).T
+        meshes.append(points * rng.uniform(40, 120) + [*rng.uniform(100, 300, 2), 0.0])
+    return np.stack(meshes)
+
+
+def _random_table(rng, neighbours):
+    import types
+
+    k = len(neighbours[0])
+    return types.SimpleNamespace(NEIGHBOURS=neighbours, WEIGHTS=rng.normal(0, 0.1, (68, k)),
+                                 TURN_WEIGHTS=rng.normal(0, 0.3, (68, k)))
+
+
+def test_mesh_to_68_moves_with_the_image():
+    """The shipped mesh -> 68 table commutes with rotating, scaling and moving the image
+    (weights on offsets between vertices), and `head_turn` is unchanged by it."""
+    rng = np.random.default_rng(3)
+    mesh = _synthetic_meshes(rng, 1)[0]
+    angle = np.radians(25.0)
+    rotation = 1.7 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    shift = np.array([31.0, -12.0])
+    moved = mesh.copy()
+    moved[:, :2] = mesh[:, :2] @ rotation.T + shift
+    np.testing.assert_allclose(faces_lib.mesh_to_68(moved),
+                               faces_lib.mesh_to_68(mesh) @ rotation.T + shift, atol=1e-3)
+    np.testing.assert_allclose(faces_lib.head_turn(moved), faces_lib.head_turn(mesh), atol=1e-9)
+    # A frontal face turns 0; a face whose nose moved to the image-right is positive.
+    frontal = np.zeros((478, 2))
+    frontal[33], frontal[263], frontal[1] = (-1, 0), (1, 0), (0, 1)
+    assert faces_lib.head_turn(frontal) == 0.0
+    frontal[1, 0] = 0.5
+    assert faces_lib.head_turn(frontal) == pytest.approx(0.25)
+
+
+def test_mesh68_calibration_recovers_a_known_table():
+    """`mesh68_calibration.fit` on meshes whose targets a known table (with a head-turn
+    term) made gives back that table's points on new meshes; a heavy ridge falls back to
+    the vertices themselves."""
+    from mofa.data import mesh68_calibration
+
+    rng = np.random.default_rng(0)
+    train, held_out = _synthetic_meshes(rng, 80), _synthetic_meshes(rng, 20)
+    layout = mesh68_calibration.fit(train, train[:, :68, :2], neighbours=6)  # neighbours only
+    truth = _random_table(rng, layout.NEIGHBOURS)
+    targets = faces_lib.mesh_to_68(train, truth).astype(np.float64)
+    recovered = mesh68_calibration.fit(train, targets, neighbours=6, ridge=1e-8)
+    assert recovered.NEIGHBOURS == truth.NEIGHBOURS
+    np.testing.assert_allclose(recovered.WEIGHTS, truth.WEIGHTS, atol=1e-3)
+    np.testing.assert_allclose(recovered.TURN_WEIGHTS, truth.TURN_WEIGHTS, atol=1e-2)
+    expected = faces_lib.mesh_to_68(held_out, truth)
+    assert np.max(mesh68_calibration.nme(faces_lib.mesh_to_68(held_out, recovered),
+                                         expected)) < 1e-3  # float32 targets
+    vertices = held_out[:, list(faces_lib.MESH_TO_68), :2]
+    flat = mesh68_calibration.fit(train, targets, neighbours=6, ridge=1e6)
+    assert np.max(mesh68_calibration.nme(faces_lib.mesh_to_68(held_out, flat), vertices)) < 1e-3
+    with pytest.raises(ValueError, match=r"targets of shape \(80, 5, 2\)"):
+        mesh68_calibration.fit(train, targets[:, :5])
+
+
+def test_shipped_mesh68_table_is_what_its_command_measures(tmp_path):
+    """The shipped table is the one `python -m mofa.data.mesh68_calibration` writes from
+    `../shared/data/faces-dev` (its provenance), to a fraction of a pixel's effect."""
+    source = SHARED_DATA / "faces-dev"
+    if not source.is_dir():
+        pytest.skip(f"no real photos at {source} (../shared/data beside the checkout)")
+    _dlib_detector()  # skips without dlib
+    import importlib.util
+
+    from mofa.data import mesh68_calibration, mesh68_table
+
+    out = tmp_path / "table.py"
+    mesh68_calibration.main(["--photos", str(source), "--out", str(out)])
+    spec = importlib.util.spec_from_file_location("measured", out)
+    measured = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measured)
+    finder = faces_lib.MediaPipeDetector()
+    meshes, _ = mesh68_calibration.collect(sorted(source.glob("deca_*.jpg"))[:4], finder,
+                                           faces_lib.DlibDetector(fallback=False))
+    shipped = faces_lib.mesh_to_68(meshes, mesh68_table)
+    assert np.max(mesh68_calibration.nme(faces_lib.mesh_to_68(meshes, measured), shipped)) < 2e-3
+    # And the table moves the points: the vertices alone sit elsewhere.
+    vertices = meshes[:, list(faces_lib.MESH_TO_68), :2]
+    assert np.median(mesh68_calibration.nme(vertices, shipped)) > 0.02
+
+
+def test_mesh68_calibration_takes_annotations_through_mirror_and_turn(rendered_faces, tmp_path):
+    """With the photos' own annotations as the teacher, each mirrored or turned copy of a
+    photo gets its annotation mirrored (the 68 points' order too) or turned with it: the
+    detector's points on every copy stay near the moved annotation. A photo without an
+    annotation is left out."""
+    pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
+    from mofa.data import mesh68_calibration
+
+    faces_u8, truth = rendered_faces
+    for name in ("annotated.png", "bare.png"):
+        Image.fromarray(faces_u8[0]).save(tmp_path / name)
+    lines = "\n".join(f"{x + 0.5:.3f} {y + 0.5:.3f}" for x, y in np.asarray(truth[0]))
+    (tmp_path / "annotated.pts").write_text(f"version: 1\nn_points: 68\n{{\n{lines}\n}}\n")
+    detector = faces_lib.MediaPipeDetector(max_faces=1)
+    meshes, targets = mesh68_calibration.collect(
+        sorted(str(p) for p in tmp_path.glob("*.png")), detector)
+    assert len(meshes) == 2 * len(mesh68_calibration.ROTATIONS_DEGREES)
+    error = mesh68_calibration.nme(faces_lib.mesh_to_68(meshes), targets)
+    # 0.08-0.10 measured; a point order left unmirrored or a turn the wrong way: > 0.5.
+    assert np.all(error < 0.2), error
+    np.testing.assert_allclose(targets[0], np.asarray(truth[0]), atol=1e-3)  # as annotated
