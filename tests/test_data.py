@@ -631,7 +631,7 @@ def test_mesh68_calibration_recovers_a_known_table():
     """`mesh68_calibration.fit` on meshes whose targets a known table (with a head-turn
     term) made gives back that table's points on new meshes; a heavy ridge falls back to
     the vertices themselves."""
-    from mofa.data import mesh68_calibration
+    from mofa import mesh68_calibration
 
     rng = np.random.default_rng(0)
     train, held_out = _synthetic_meshes(rng, 80), _synthetic_meshes(rng, 20)
@@ -653,7 +653,7 @@ def test_mesh68_calibration_recovers_a_known_table():
 
 
 def test_shipped_mesh68_table_is_what_its_command_measures(tmp_path):
-    """The shipped table is the one `python -m mofa.data.mesh68_calibration` writes from
+    """The shipped table is the one `python -m mofa.mesh68_calibration` writes from
     `../shared/data/faces-dev` (its provenance), to a fraction of a pixel's effect."""
     source = SHARED_DATA / "faces-dev"
     if not source.is_dir():
@@ -661,7 +661,8 @@ def test_shipped_mesh68_table_is_what_its_command_measures(tmp_path):
     _dlib_detector()  # skips without dlib
     import importlib.util
 
-    from mofa.data import mesh68_calibration, mesh68_table
+    from mofa import mesh68_calibration
+    from mofa.data import mesh68_table
 
     out = tmp_path / "table.py"
     mesh68_calibration.main(["--photos", str(source), "--out", str(out)])
@@ -684,7 +685,7 @@ def test_mesh68_calibration_takes_annotations_through_mirror_and_turn(rendered_f
     detector's points on every copy stay near the moved annotation. A photo without an
     annotation is left out."""
     pytest.importorskip("mediapipe", reason="mediapipe==0.10.14 is the default detector")
-    from mofa.data import mesh68_calibration
+    from mofa import mesh68_calibration
 
     faces_u8, truth = rendered_faces
     for name in ("annotated.png", "bare.png"):

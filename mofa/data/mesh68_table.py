@@ -1,5 +1,5 @@
 """MediaPipe mesh -> 68 points (`faces.mesh_to_68`), measured by `python -m
-mofa.data.mesh68_calibration --photos ../shared/data/faces-dev --teacher dlib` (16
+mofa.mesh68_calibration --photos ../shared/data/faces-dev --teacher dlib` (16
 neighbours, ridge 0.01): 155 faces (the photos mirrored and turned by 0, -12, 12 deg)
 from 23 photos; median NME to the teacher's (dlib) points: the vertices 0.0573, the
 table 0.0362.

@@ -14,7 +14,7 @@ places points by the annotators' convention), run on the same photos, each also
 mirrored and turned in the image plane by +-12 deg. The table `mesh68_table.py` was
 written by
 
-    python -m mofa.data.mesh68_calibration --photos ../shared/data/faces-dev \\
+    python -m mofa.mesh68_calibration --photos ../shared/data/faces-dev \\
         --out mofa/data/mesh68_table.py
 
 (needs `mofa[dlib]`). The table holds our measured weights only, no part of dlib's
@@ -210,7 +210,7 @@ def main(argv: Optional[list] = None) -> None:
                f"the table {after:.4f}")
     write_table(table, args.out, textwrap.fill(
         f"MediaPipe mesh -> 68 points (`faces.mesh_to_68`), measured by `python -m "
-        f"mofa.data.mesh68_calibration --photos {' --photos '.join(args.photos)} --teacher "
+        f"mofa.mesh68_calibration --photos {' --photos '.join(args.photos)} --teacher "
         f"{args.teacher}` ({args.neighbours} neighbours, ridge {args.ridge:g}): {summary}.",
         88) + "\n")
     print(summary)
