@@ -106,7 +106,7 @@ def collect(paths: Iterable[str], detector: faces_lib.MediaPipeDetector,
                 shown, truth = rotated(image, degrees, points) if degrees else (image, points)
                 for mesh in detector.meshes(shown):
                     # The teacher's crop needs only the face's place: the vertices will do.
-                    anchors = mesh[np.asarray(faces_lib.MESH_TO_68), :2]
+                    anchors = faces_lib.crop_points(mesh)
                     if teacher is not None:
                         found = teacher.refine(shown, anchors)
                     elif (np.linalg.norm(anchors - truth, axis=-1).mean()
@@ -202,7 +202,7 @@ def main(argv: Optional[list] = None) -> None:
     else:
         meshes, targets = collect(paths, faces_lib.MediaPipeDetector())
     table = fit(meshes, targets, args.neighbours, args.ridge)
-    before = np.median(nme(meshes[:, np.asarray(faces_lib.MESH_TO_68), :2], targets))
+    before = np.median(nme(faces_lib.crop_points(meshes), targets))
     after = np.median(nme(faces_lib.mesh_to_68(meshes, table), targets))
     summary = (f"{len(meshes)} faces (the photos mirrored and turned by "
                f"{', '.join(f'{r:g}' for r in ROTATIONS_DEGREES)} deg) from {len(paths)} photos; "

@@ -58,6 +58,14 @@ def head_turn(mesh: np.ndarray) -> np.ndarray:
     return np.sum(offset * axis, -1) / np.maximum(np.sum(axis * axis, -1), 1e-12)
 
 
+def crop_points(mesh: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) the mesh's vertices at the 68 points (`MESH_TO_68`), unmoved: where
+    dlib's crop is cut (its crop sizes were measured with these, README "Stop 51"; cut
+    around the moved points' wider jaw, dlib's points on four annotated photos scored a
+    mean NME of 0.062, against 0.049 this way)."""
+    return np.asarray(mesh, np.float64)[..., np.asarray(MESH_TO_68), :2]
+
+
 def mesh_to_68(mesh: np.ndarray, table=None) -> np.ndarray:
     """(..., 468 or 478, 2+) mesh points -> (..., 68, 2) Multi-PIE landmarks.
 
@@ -343,12 +351,13 @@ class DlibDetector:
     def __call__(self, image: np.ndarray) -> list:
         image = np.ascontiguousarray(image)
         found = []
-        for face in self.finder(image):
-            points = self.refine(image, face)
+        for mesh in self.finder.meshes(image):
+            # The crop from the mesh's own vertices at the 68 points (`crop_points`).
+            points = self.refine(image, crop_points(mesh))
             if points is None:
                 self.misses += 1
                 if self.fallback:
-                    found.append(face)
+                    found.append(mesh_to_68(mesh))
             else:
                 found.append(points)
         return found
