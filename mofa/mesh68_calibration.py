@@ -124,7 +124,7 @@ def collect(paths: Iterable[str], detector: faces_lib.MediaPipeDetector,
 
 def _normalised(meshes: np.ndarray) -> np.ndarray:
     """Meshes centred and scaled to unit outer-eye-corner distance (3D)."""
-    eyes = faces_lib._MESH_EYES
+    eyes = faces_lib.MESH_EYE_CORNERS
     scale = np.linalg.norm(meshes[:, eyes[0], :2] - meshes[:, eyes[1], :2], axis=-1)
     centred = meshes - meshes.mean(1, keepdims=True)
     return centred / np.maximum(scale, 1e-9)[:, None, None]
@@ -160,9 +160,11 @@ def fit(meshes: np.ndarray, targets: np.ndarray, neighbours: int = NEIGHBOURS,
 
 
 def nme(predicted: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """(n,) mean point distance over the targets' outer eye-corner distance."""
-    unit = np.linalg.norm(targets[:, 36] - targets[:, 45], axis=-1)
-    return np.linalg.norm(predicted - targets, axis=-1).mean(-1) / np.maximum(unit, 1e-9)
+    """(n,) `scan_eval.landmark_nme` (the targets' outer eye-corner distance) per face."""
+    from mofa import scan_eval
+
+    return np.array([scan_eval.landmark_nme(p, t)["nme_interocular"]
+                     for p, t in zip(predicted, targets)])
 
 
 def write_table(table, path: str, header: str) -> None:

@@ -42,19 +42,19 @@ MESH_TO_68: tuple = (
     # 60-67 inner lips: corner, upper, corner, lower.
     78, 81, 13, 311, 308, 402, 14, 178,
 )
-# Mesh vertices of the eyes' outer corners and the nose tip (`head_turn`).
-_MESH_EYES, _MESH_NOSE_TIP = (33, 263), 1
+# Mesh vertices of the eyes' outer corners (right, left) and the nose tip (`head_turn`).
+MESH_EYE_CORNERS, MESH_NOSE_TIP = (33, 263), 1
 
 
 def head_turn(mesh: np.ndarray) -> np.ndarray:
     """(..., 468+, 2+) mesh points -> (...,) the nose tip's offset from the midpoint of the
     outer eye corners along the line between them, in units of their distance: 0 on a
-    frontal face, about +-0.35 at 45 deg of yaw; unchanged by rotating, scaling or moving
-    the image."""
+    frontal face, +-0.44 to 0.66 at 40-45 deg of yaw (README's ICT renders; the sign is the
+    side the nose points to); unchanged by rotating, scaling or moving the image."""
     points = np.asarray(mesh, np.float64)[..., :2]
-    right, left = points[..., _MESH_EYES[0], :], points[..., _MESH_EYES[1], :]
+    right, left = points[..., MESH_EYE_CORNERS[0], :], points[..., MESH_EYE_CORNERS[1], :]
     axis = left - right
-    offset = points[..., _MESH_NOSE_TIP, :] - (right + left) / 2.0
+    offset = points[..., MESH_NOSE_TIP, :] - (right + left) / 2.0
     return np.sum(offset * axis, -1) / np.maximum(np.sum(axis * axis, -1), 1e-12)
 
 
