@@ -334,13 +334,18 @@ def place(model: FaceModel, camera: Camera, landmarks: jax.Array, weight: jax.Ar
 # not on fixed vertices; the chin (8) and its neighbours stay fixed.
 CONTOUR_LANDMARKS = tuple(i for i in range(17) if i not in (7, 8, 9))
 CONTOUR_CANDIDATES = 12
+# Candidates in front of the vertex too: at 45 deg of yaw the far silhouette lies up to
+# ~45 deg in front of the frontal one; 35 brings it within 2.6 mm of a candidate at 35
+# deg of yaw (the tests) and the fitted jaw on annotated photos nearer (README, "Stop 52").
+CONTOUR_FORWARD_DEGREES = 35.0
 
 
 def contour_candidates(model: FaceModel, count: int = CONTOUR_CANDIDATES,
                        band_mm: float = 4.0) -> np.ndarray:
-    """(len(CONTOUR_LANDMARKS), count) vertex indices: for each jaw landmark, vertices
-    of the mean face along its horizontal line around the cheek, from the landmark's
-    own vertex (first) backwards to the mesh's edge, evenly spaced by angle.
+    """(len(CONTOUR_LANDMARKS), count) vertex indices: for each jaw landmark, its own
+    vertex (first), then vertices of the mean face along its horizontal line around the
+    cheek, from `CONTOUR_FORWARD_DEGREES` in front of the vertex (a turned face's far
+    silhouette) backwards to the mesh's edge, evenly spaced by angle.
 
     The fit's landmark term then matches each detected jaw point to the candidate
     that projects nearest to it (landmark marching, as in 3DDFA and eos's contour
@@ -357,8 +362,11 @@ def contour_candidates(model: FaceModel, count: int = CONTOUR_CANDIDATES,
         # Angle around the vertical axis through the face centre, 0 at the front.
         angle = lambda v: np.arctan2(side * (v[..., 0] - centre[0]), v[..., 2] - centre[2])  # noqa: E731
         start, around = angle(p), angle(mean)
-        # At most 75 degrees further round: the jaw, not the neck below it.
-        band = ((np.abs(mean[:, 1] - p[1]) < band_mm) & (around > start)
+        # At most 75 degrees further round: the jaw, not the neck below it; and up to
+        # CONTOUR_FORWARD_DEGREES in front of the vertex, where a turned face's far
+        # silhouette lies.
+        band = ((np.abs(mean[:, 1] - p[1]) < band_mm)
+                & (around > start - np.radians(CONTOUR_FORWARD_DEGREES))
                 & (around < start + np.radians(75.0)))
         line = np.nonzero(band)[0]
         if not len(line):
