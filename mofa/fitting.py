@@ -146,6 +146,9 @@ class FitOptions:
     # Rounds of `solve_appearance` (illumination, then reflectance, in closed form for
     # the geometry the landmark stages left) before the appearance steps; 0: none.
     appearance_solve_rounds: int = 0
+    # Halvings of the coarse view the closed-form solve reads (each 4x fewer rows in its
+    # normal equations, its costliest part), while the view's sides are even.
+    appearance_solve_halvings: int = 0
 
     def with_landmark_noise(self, sigma: float, independent_fraction: float = 1.0,
                             identity_shrink: float = 0.0, expression_shrink: float = 0.0
@@ -167,15 +170,17 @@ class FitOptions:
         """These options for a fit that starts from an estimate already posed on the
         landmarks and shaped (an encoder's code after `place`): a tenth of the steps
         rigid, seven tenths landmark shape steps (nearly free), the light and skin solved
-        in closed form (`solve_appearance`, two rounds), then every appearance step
-        coarse. From the shipped builtin encoder's 30 steps, the 6 appearance steps this
-        leaves scored shape as the 15 of a 0.4 shape fraction did on three sets of rendered
-        ICT faces (median / mean mm 1.38 / 1.90, 1.47 / 2.07, 1.39 / 1.93 against
-        1.39 / 1.91, 1.48 / 2.09, 1.40 / 1.95), the photometric residual 5-10% higher, at
-        1.35x the faces/s writing codes (README, "Stop 48: fewer photometric steps in the
-        encoder's refinement")."""
+        in closed form (`solve_appearance`, one round on the coarse view halved again),
+        then every appearance step coarse. From the shipped builtin encoder's 30 steps, the
+        6 appearance steps this leaves scored shape as the 15 of a 0.4 shape fraction did
+        on three sets of rendered ICT faces (README, "Stop 48: fewer photometric steps in
+        the encoder's refinement"). The solve at a quarter of the crop's size, once, took
+        half the fit's time off (0.23 -> 0.12 s CPU a batch of 8) and scored the same
+        sets as two rounds at half size did (1.21 / 1.65, 1.28 / 1.71, 1.23 / 1.66 mm
+        against 1.21 / 1.64, 1.28 / 1.71, 1.23 / 1.65; README, "Stop 53")."""
         return dataclasses.replace(self, rigid_fraction=0.1, shape_fraction=0.7,
-                                   coarse_fraction=1.0, appearance_solve_rounds=2)
+                                   coarse_fraction=1.0, appearance_solve_rounds=1,
+                                   appearance_solve_halvings=1)
 
     def for_model(self, name: str) -> "FitOptions":
         """These options with the model's measured priors (`MODEL_PRIORS`), if any."""
@@ -788,8 +793,13 @@ def _fit(model, camera, images, landmarks, landmark_weight, init_code, steps, op
     if split["coarse"]:
         half = half_resolution(camera, images, landmarks)
         if options.appearance_solve_rounds:
-            code = solve_appearance(model, half[0], code, half[1], options, coarse_mesh,
-                                    options.appearance_solve_rounds, fixed)
+            solve_view = half
+            for _ in range(options.appearance_solve_halvings):
+                if solve_view[0].height % 2 or solve_view[0].width % 2:
+                    break
+                solve_view = half_resolution(*solve_view)
+            code = solve_appearance(model, solve_view[0], code, solve_view[1], options,
+                                    coarse_mesh, options.appearance_solve_rounds, fixed)
         code = _run_stage(model, Views.single(*half), options, "appearance", split["coarse"],
                           fixed, code, landmark_weight, contour, coarse_mesh)
     elif split["appearance"] and options.appearance_solve_rounds:
