@@ -2,14 +2,17 @@
 per face, optionally alternated with another checkout in the same hour.
 
     python benchmarks/reconstruct_speed.py PHOTOS [--outputs mesh,images] [--rounds 2]
-        [--against OTHER_CHECKOUT] [--passes 2]
+        [--against OTHER_CHECKOUT] [--passes 2] [--with-detection] [--out-dir DIR]
 
 Each run is a fresh process (`PYTHONPATH` = this checkout, or --against's): it loads the
 default reconstructor, reconstructs every photo once untimed (compiling every program and
 running MediaPipe, whose landmarks are cached on disk by the image's content, so every run
 and both checkouts see the same detections), then times `reconstruct.run` over the photos
 --passes times over with the given outputs (`''`: codes only). Detection is left out of
-the timing (MediaPipe's own rate is printed apart by `ict_benchmark.py run`). The machine
+the timing (MediaPipe's own rate is printed apart by `ict_benchmark.py run`), unless
+--with-detection: then MediaPipe runs on every photo of the timed passes too, as in
+`mofa reconstruct` (the issue's "faces/s with detection"). --out-dir: where the runs write
+(default the temporary folder; a tmpfs such as /dev/shm leaves the disk out). The machine
 is shared and its speed varies by hour: compare the two checkouts' rows of one call only.
 """
 
@@ -59,12 +62,17 @@ def one_run(args) -> None:
     outputs = tuple(filter(None, args.outputs.split(",")))
     photos = sorted(glob.glob(os.path.join(args.photos, "*.png"))
                     + glob.glob(os.path.join(args.photos, "*.jpg")))
-    detector = CachedDetections(args.detections)
+    if args.with_detection:
+        from mofa.data import faces as faces_lib
+        detector = faces_lib.MediaPipeDetector(max_faces=8)
+    else:
+        detector = CachedDetections(args.detections)
     rec = inference.load_reconstructor()
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory(dir=args.out_dir) as out:
         reconstruct.run(photos, os.path.join(out, "warm"), rec, detector, progress=False,
                         outputs=outputs)
-        detector.save()
+        if not args.with_detection:
+            detector.save()
         wall, cpu = time.perf_counter(), time.process_time()
         summary = reconstruct.run(photos * args.passes, os.path.join(out, "timed"), rec,
                                   detector, progress=False, outputs=outputs)
@@ -81,6 +89,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--against", default=None, help="another checkout, alternated run by run")
+    parser.add_argument("--with-detection", action="store_true",
+                        help="time MediaPipe on every photo too, as `mofa reconstruct` runs")
+    parser.add_argument("--out-dir", default=None, help="where the runs write")
     parser.add_argument("--detections", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -99,13 +110,16 @@ def main() -> None:
             command = [sys.executable, os.path.abspath(__file__), args.photos, "--one",
                        "--outputs", args.outputs, "--passes", str(args.passes),
                        "--detections", cache]
+            command += ["--with-detection"] if args.with_detection else []
+            command += ["--out-dir", args.out_dir] if args.out_dir else []
             result = subprocess.run(command, cwd=checkout, capture_output=True, text=True,
                                     env={**os.environ, "PYTHONPATH": checkout})
             line = [x for x in result.stdout.splitlines() if x.startswith("RESULT")]
             if result.returncode or not line:
                 sys.exit(f"{name} ({checkout}) failed:\n{result.stderr[-3000:]}")
-            print(f"{name:8s} {line[0][len('RESULT '):]}  outputs={args.outputs or 'codes'}",
-                  flush=True)
+            detection = ", detection timed" if args.with_detection else ""
+            print(f"{name:8s} {line[0][len('RESULT '):]}  outputs={args.outputs or 'codes'}"
+                  f"{detection}", flush=True)
 
 
 if __name__ == "__main__":

@@ -174,24 +174,41 @@ def _to_uint8(colors) -> np.ndarray:
     return (np.clip(np.asarray(colors, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def uv_layout(uv_coords, uv_triangles, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rasterizes the UV layout (v up: texel row 0 is v = 1) with mofa's rasterizer.
+class UvLayout(NamedTuple):
+    """A model's texture layout at one size, the same for every face: the triangle id of
+    each texel (size, size), -1 outside the layout, its barycentrics (size, size, 3),
+    and each texel as a combination of the mesh's vertices, a sparse (size^2, V)
+    matrix (zero rows outside)."""
+    triangle_id: np.ndarray
+    barycentrics: np.ndarray
+    texels: scipy.sparse.csr_matrix
 
-    Returns the triangle id (size, size), -1 outside the layout, and the
-    barycentrics (size, size, 3) of each texel; the same for every face of a model.
-    """
+
+def uv_layout(uv_coords, uv_triangles, size: int, triangles, num_vertices: int) -> UvLayout:
+    """Rasterizes the UV layout (v up: texel row 0 is v = 1) with mofa's rasterizer, for
+    the mesh `triangles` (T, 3) of `num_vertices` whose corners `uv_triangles` map."""
+    import scipy.sparse  # here: a process that writes no texture never loads it
+
     uv = np.asarray(uv_coords, np.float32)
     layout = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size, np.ones(len(uv))], -1)
     layout = jnp.asarray(layout[None], jnp.float32)
     uv_tri = jnp.asarray(uv_triangles, jnp.int32)
     tri_id = render.rasterize(layout, uv_tri, height=size, width=size, slots_per_pixel=4.0,
                               cull_backfaces=False).triangle_id
-    bary = render.barycentrics(layout, uv_tri, tri_id)
-    return np.asarray(tri_id)[0], np.asarray(bary)[0]
+    bary = np.asarray(render.barycentrics(layout, uv_tri, tri_id))[0]
+    tri_id = np.asarray(tri_id)[0]
+    tri = tri_id.reshape(-1)
+    corners = np.asarray(triangles)[np.maximum(tri, 0)]  # (S*S, 3) mesh vertex ids
+    weights = np.where((tri >= 0)[:, None], bary.reshape(-1, 3), 0.0).astype(np.float32)
+    texels = scipy.sparse.csr_matrix(
+        (weights.ravel(), corners.ravel(), np.arange(0, 3 * len(tri) + 1, 3)),
+        shape=(len(tri), num_vertices))
+    return UvLayout(tri_id, bary, texels)
 
 
 def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, triangles,
-                 size: int = 512, fallback_colors=None, layout=None) -> np.ndarray:
+                 size: int = 512, fallback_colors=None, layout: UvLayout | None = None
+                 ) -> np.ndarray:
     """Samples `image` (H, W, 3), floats or uint8 (read as /255: a photo as it was
     loaded, never converted whole), into the UV layout: (size, size, 3) floats in its
     colour space.
@@ -199,23 +216,22 @@ def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, tr
     screen_vertices: (V, 2+) pixel positions of the mesh vertices in `image`;
     visibility: (V,) bool. A texel takes the photo where its triangle's corners
     are (mostly) visible, else `fallback_colors` (V, 3) (e.g. the model albedo
-    in the same colour space), else grey. `layout`: a precomputed `uv_layout`.
+    in the same colour space), else grey. `layout`: the model's `uv_layout` at `size`,
+    computed once for many faces.
     """
-    tri_id, bary = layout if layout is not None else uv_layout(uv_coords, uv_triangles, size)
-    if tri_id.shape != (size, size):
-        raise ValueError(f"UV layout is {tri_id.shape[0]} px, expected {size}")
-    # One gather per triangle corner of a per-vertex table (visibility, screen position,
-    # fallback colour) and the photo sampled only where the face is seen: half the time
-    # a face of interpolating each over the whole grid with einsum (256 px: 15 / 33 ms).
-    tri = tri_id.reshape(-1)
-    corners = np.asarray(triangles)[np.maximum(tri, 0)]  # (S*S, 3) mesh vertex ids
-    weights = np.asarray(bary, np.float32).reshape(-1, 3)
+    if layout is None:
+        layout = uv_layout(uv_coords, uv_triangles, size, triangles, len(screen_vertices))
+    if layout.triangle_id.shape != (size, size):
+        raise ValueError(f"UV layout is {layout.triangle_id.shape[0]} px, expected {size}")
+    # A per-vertex table (visibility, screen position, fallback colour) at every texel
+    # in one sparse product, and the photo sampled only where the face is seen
+    # (0.6 ms a 256 px texture against 2.3 for gathers at the three corners).
     fallback = (np.full((len(screen_vertices), 3), 0.5, np.float32) if fallback_colors is None
                 else np.asarray(fallback_colors, np.float32))
     table = np.concatenate([np.asarray(visibility, np.float32)[:, None],
                             np.asarray(screen_vertices, np.float32)[:, :2], fallback], -1)
-    texels = sum(weights[:, k, None] * np.take(table, corners[:, k], axis=0) for k in range(3))
-    inside = tri >= 0
+    texels = layout.texels @ table
+    inside = layout.triangle_id.reshape(-1) >= 0
     texture = np.where(inside[:, None], texels[:, 3:], np.float32(0.5))
     seen = inside & (texels[:, 0] > 0.5)
     # On the host: photos come in every size, and a jitted sampler compiles per size.

@@ -262,7 +262,8 @@ class ReconstructionJob:
         if "mesh" in self.outputs and model.uv_coords is not None:
             if self._uv_layout is None:
                 self._uv_layout = export.uv_layout(model.uv_coords, model.uv_triangles,
-                                                   self.texture_size)
+                                                   self.texture_size, model.triangles,
+                                                   model.num_vertices)
             texture = export.bake_texture(
                 face["photo"], to_image(out["screen_vertices"][:, :2]),
                 out["vertex_visibility"], model.uv_coords, model.uv_triangles, model.triangles,

@@ -252,8 +252,8 @@ def test_texture_baking_samples_the_photo_where_uv_matches_the_screen():
     uv = np.array([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # v up
     screen = np.array([[0.0, 0.0], [size, 0.0], [size, size], [0.0, size]])
     triangles = np.array([[0, 1, 2], [0, 2, 3]])
-    layout = export.uv_layout(uv, triangles, size)
-    assert (layout[0] >= 0).all()
+    layout = export.uv_layout(uv, triangles, size, triangles, 4)
+    assert (layout.triangle_id >= 0).all()
     baked = export.bake_texture(photo, screen, np.ones(4, bool), uv, triangles, triangles,
                                 size, layout=layout)
     np.testing.assert_allclose(baked, photo / 255.0, atol=1e-5)
