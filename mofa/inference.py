@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mofa import facemodel, fitting, losses, render
+from mofa import facemodel, fitting, losses, programs, render
 from mofa.code import DEFAULT_FOV_DEGREES, FaceCode
 from mofa.data import faces as faces_lib
 
@@ -190,9 +190,17 @@ class Reconstructor:
                                              init_code=start_code, options=self.options,
                                              fixed=fixed, contour=self._contour)
             elif steps > 0:
-                code = fitting.fit(self.fit_model, self.camera, pixels, lm, weight, start_code,
-                                   steps=steps, options=self.options, fixed=fixed,
-                                   contour=self._contour, coarse_mesh=self.coarse_mesh())
+                options = self.options
+
+                def fit(model, camera, pixels, lm, weight, start_code, contour, coarse_mesh):
+                    return fitting.fit(model, camera, pixels, lm, weight, start_code,
+                                       steps=steps, options=options, fixed=fixed,
+                                       contour=contour, coarse_mesh=coarse_mesh)
+
+                # Kept on disk where enabled (`mofa.programs`): a new process skips its trace.
+                code = programs.call("fit", fit, (self.fit_model, self.camera, pixels, lm, weight,
+                                                  start_code, self._contour, self.coarse_mesh()),
+                                     static=(steps, options, fixed))
             return jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], code)
 
         starts = list(range(0, len(crops), self.batch_size))
