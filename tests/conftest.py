@@ -85,6 +85,17 @@ def _mofa_cache():
     yield cache
 
 
+@pytest.fixture(autouse=True)
+def _no_kept_programs():
+    """`mofa.enable_compilation_cache` turns `mofa.programs` on for the process (the CLI's
+    tests call `cli.main` in it): off again after each test, so the other tests' fits
+    share their jitted programs as before."""
+    yield
+    from mofa import programs
+
+    programs.disable()
+
+
 @pytest.fixture(scope="session")
 def ict_dir(tmp_path_factory):
     """The ICT-FaceKit folder unpacked from ../shared/data (skips where absent)."""
