@@ -50,14 +50,34 @@ def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([array, np.repeat(array[:1], size - len(array), axis=0)])
 
 
-def resized_encoder(encoder: Callable, size: int) -> Callable:
-    """`encoder` (images at `size` px -> FaceCode) on crops of any size, resized
-    (antialiased) to `size` first."""
-    @jax.jit
-    def encode(images):
-        shape = images.shape[:-3] + (size, size, images.shape[-1])
-        return encoder(jax.image.resize(images, shape, "linear", antialias=True))
-    return encode
+class TrainedEncoder:
+    """A trained encoder as `Reconstructor.encoder`: crops (B, S, S, 3) linear RGB ->
+    FaceCode (the 3DMM level; `train.encode`, with the config's landmark refinement).
+    Crops of another size than `input_size` are resized (antialiased) to it first: the
+    same field of view frames the same face. Its variables and decoder are the program's
+    arguments, so `mofa.programs` can keep the traced program on disk (keyed by the
+    network's definition, the refinement and the sizes)."""
+
+    def __init__(self, state, decoder, refine_steps: int, input_size: int):
+        from mofa import train
+
+        apply_fn = state.apply_fn
+
+        @jax.jit
+        def encode(params, batch_stats, decoder, images):
+            if images.shape[-2] != input_size:
+                shape = images.shape[:-3] + (input_size, input_size, images.shape[-1])
+                images = jax.image.resize(images, shape, "linear", antialias=True)
+            return train.encode(params, batch_stats, apply_fn, images, decoder,
+                                refine_steps=refine_steps)[0]
+
+        self._encode = encode
+        self._arguments = (state.params, state.batch_stats, decoder)
+        self._static = (repr(apply_fn), refine_steps, input_size)
+
+    def __call__(self, images: jax.Array) -> FaceCode:
+        return programs.call("encoder", self._encode, (*self._arguments, images),
+                             static=self._static)
 
 
 @dataclasses.dataclass
@@ -270,21 +290,20 @@ def load_reconstructor(checkpoint: Optional[str] = None, face_model: Optional[st
     if checkpoint == "none":
         checkpoint = None
     if checkpoint:
-        from mofa.train import code_encoder, config_fit_steps, config_refine_steps, load_trained
+        from mofa.train import config_fit_steps, config_refine_steps, load_trained
 
         config, state, decoder, _ = load_trained(checkpoint, face_model)
         model, camera = decoder.face_model, decoder.camera
         if "corrective" in state.params:
             warn("the checkpoint has a corrective level; meshes and codes are exported at "
                  "the 3DMM level")
-        encoder = code_encoder(state, decoder, config_refine_steps(config))
+        encoder = TrainedEncoder(state, decoder, config_refine_steps(config), config.image_size)
         default_steps = config_fit_steps(config)
         if image_size and image_size != config.image_size:
             # Crops (and the fit) at `image_size`, the encoder on them resized to its own
             # size: the same field of view frames the same face, so its code holds.
             camera = render.Camera.from_fov(config.get("fov_degrees", DEFAULT_FOV_DEGREES),
                                             image_size, image_size)
-            encoder = resized_encoder(encoder, config.image_size)
     else:
         model = facemodel.load(face_model or "builtin")
         size = image_size or 128
