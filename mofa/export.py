@@ -176,11 +176,9 @@ def _to_uint8(colors) -> np.ndarray:
 
 class UvLayout(NamedTuple):
     """A model's texture layout at one size, the same for every face: the triangle id of
-    each texel (size, size), -1 outside the layout, its barycentrics (size, size, 3),
-    and each texel as a combination of the mesh's vertices, a sparse (size^2, V)
-    matrix (zero rows outside)."""
+    each texel (size, size), -1 outside the layout, and each texel as a combination of
+    the mesh's vertices, a sparse (size^2, V) matrix (zero rows outside)."""
     triangle_id: np.ndarray
-    barycentrics: np.ndarray
     texels: scipy.sparse.csr_matrix
 
 
@@ -203,7 +201,7 @@ def uv_layout(uv_coords, uv_triangles, size: int, triangles, num_vertices: int) 
     texels = scipy.sparse.csr_matrix(
         (weights.ravel(), corners.ravel(), np.arange(0, 3 * len(tri) + 1, 3)),
         shape=(len(tri), num_vertices))
-    return UvLayout(tri_id, bary, texels)
+    return UvLayout(tri_id, texels)
 
 
 def bake_texture(image, screen_vertices, visibility, uv_coords, uv_triangles, triangles,
