@@ -353,6 +353,64 @@ def test_folder_dataset_fake_detector_and_failures(tmp_path):
         FolderDataset(str(tmp_path / "missing"), 32, detector=crashing)
 
 
+def test_folder_scan_in_threads_and_shared_between_processes(tmp_path):
+    import threading
+    import time
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        pixels = rng.integers(0, 256, (60, 70, 3), dtype=np.uint8)
+        pixels[0, 0] = (i, 0, 0)  # which file the detector was given
+        Image.fromarray(pixels).save(root / f"{i:02d}.png")
+    lock, calls = threading.Lock(), []
+
+    def detector(image):
+        with lock:
+            calls.append((int(image[0, 0, 0]), threading.get_ident()))
+        time.sleep(0.02)
+        return _fake_landmarks(image)
+
+    detector.cache_tag = "threads"
+
+    def scan(cache, **options):
+        return FolderDataset(str(root), 32, detector=detector, cache_dir=str(tmp_path / cache),
+                             progress=False, **options)
+
+    serial = scan("serial", scan_workers=0)
+    assert len(serial) == 12 and len({t for _, t in calls}) == 1
+    calls.clear()
+    threaded = scan("threads", scan_workers=3)
+    assert len({t for _, t in calls}) > 1 and sorted(f for f, _ in calls) == list(range(12))
+    for (path_a, points_a), (path_b, points_b) in zip(serial.items, threaded.items, strict=True):
+        assert path_a == path_b  # the files' order, whatever order the threads finished in
+        np.testing.assert_array_equal(points_a, points_b)
+
+    # The second of two processes starts with its half of a new folder...
+    calls.clear()
+    scan("second", scan_workers=0, scan_shard=(1, 2))
+    assert [f for f, _ in calls] == list(range(6, 12)) + list(range(6))
+    # ...and two processes sharing a cache folder detect each file about once between
+    # them (a file both reach at once may be detected twice), with the same items.
+    calls.clear()
+    shared = [None, None]
+
+    def process(index):
+        shared[index] = scan("shared", scan_workers=1, scan_shard=(index, 2))
+
+    workers = [threading.Thread(target=process, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert 12 <= len(calls) <= 14, calls
+    for dataset in shared:
+        assert [p for p, _ in dataset.items] == [p for p, _ in serial.items]
+    with pytest.raises(ValueError, match="scan_shard"):
+        scan("bad", scan_shard=(2, 2))
+
+
 # ---------------------------------------------------------------------------
 # TFDS image datasets.
 

@@ -65,6 +65,12 @@ class IteratorSource:
         return next(self._iterator)
 
 
+def process_shard() -> tuple:
+    """(this process's index, process count): the share of a photo source's first
+    detection pass this process takes first (processes share the cache folder)."""
+    return jax.process_index(), jax.process_count()
+
+
 def make_source(config, model: FaceModel, split: str = "train"):
     """The data source named by `config.data.source` for `split`."""
     kind = config.data.source
@@ -92,7 +98,7 @@ def make_source(config, model: FaceModel, split: str = "train"):
             raise ValueError("config.data.path must name a folder of photos for source=folder")
         from mofa.data.folder import FolderDataset
 
-        dataset = FolderDataset(config.data.path, config.image_size)
+        dataset = FolderDataset(config.data.path, config.image_size, scan_shard=process_shard())
         return IteratorSource(lambda bs, rows: dataset.batches(
             bs, shuffle=shuffle, seed=config.seed, repeat=True, rows=rows))
     if kind == "tfds":
@@ -101,5 +107,6 @@ def make_source(config, model: FaceModel, split: str = "train"):
         tfds_split = {"test": "test", "validation": "validation"}.get(split, "train")
         return IteratorSource(lambda bs, rows: tfds_image_batches(
             config.data.name, tfds_split, config.image_size, bs, shuffle=shuffle,
-            seed=config.seed, data_dir=config.data.data_dir or None, rows=rows))
+            seed=config.seed, data_dir=config.data.data_dir or None, rows=rows,
+            scan_shard=process_shard()))
     raise ValueError(f"config.data.source={kind!r}: expected one of {SOURCES}")

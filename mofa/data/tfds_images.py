@@ -49,14 +49,16 @@ class TfdsImageDataset(DetectedFaces):
 
     The split is scanned once (with a progress bar) for faces; `max_examples`
     limits the scan to the first examples. `download=True` lets tfds prepare
-    the dataset (as array_record) where it is not prepared yet.
+    the dataset (as array_record) where it is not prepared yet. `scan_workers` and
+    `scan_shard` as for `FolderDataset`.
     """
 
     def __init__(self, name: str, split: str, image_size: int, data_dir: Optional[str] = None,
                  image_key: Optional[str] = None, detector=None, cache_dir: Optional[str] = None,
                  max_examples: Optional[int] = None, max_faces_per_image: int = 1,
-                 download: bool = False, progress: bool = True):
-        super().__init__(image_size, max_faces_per_image)
+                 download: bool = False, progress: bool = True,
+                 scan_workers: Optional[int] = None, scan_shard: tuple = (0, 1)):
+        super().__init__(image_size, max_faces_per_image, scan_workers, scan_shard)
         import tensorflow_datasets as tfds
 
         self.name, self.split = name, split
@@ -109,21 +111,11 @@ class TfdsImageDataset(DetectedFaces):
         return image
 
     def _scan(self, count: int, progress: bool) -> None:
-        from tqdm.auto import tqdm
         tag = self._tag()
-        for index in tqdm(range(count), desc=f"finding faces in {self.name}/{self.split}",
-                          unit="image", disable=not progress or count == 0):
-            key = f"{self._stamp}|{index}|{tag}|{self.max_faces_per_image}"
-            entry = self.cache.get(key)
-            if entry is None:
-                entry = self._detect(index)
-                if not entry.get("retry"):  # detector crashes are retried next time
-                    self.cache.put(key, entry)
-            if "error" in entry:
-                self._skip(f"{self.name}/{self.split}[{index}]", entry["error"])
-                continue
-            for face in entry["faces"]:
-                self.items.append((index, np.asarray(face, np.float32)))
+        self._scan_sources(
+            list(range(count)), lambda i: f"{self._stamp}|{i}|{tag}|{self.max_faces_per_image}",
+            lambda i: f"{self.name}/{self.split}[{i}]", self._detect,
+            f"finding faces in {self.name}/{self.split}", progress)
 
     def _detect(self, index: int) -> dict:
         return self._detection_record(lambda: (self._load(index), 1.0))
