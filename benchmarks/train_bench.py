@@ -6,7 +6,8 @@ Prints, per encoder: train-step images/s at batch 32, the input pipeline's
 images/s (synthetic faces rendered on the fly) and the training loop's images/s
 with its prefetch (below the train-step rate: the step waits for input),
 inference (encoder + decoder render) Hz at batch 1 and 64, encoder-only Hz at
-batch 64, compile times and the process's peak resident memory. The multi-level face model paper
+batch 64, compile times and the process's peak resident memory; with `--photos DIR`, also
+the input images/s of that photo folder's training batches (decoding and cropping). The multi-level face model paper
 (Tewari et al. 2018) reports > 250 Hz on a GPU; the script prints the ratio of
 our inference rate to that.
 """
@@ -108,12 +109,28 @@ def bench(backbone: str, image_size: int, train_batch: int, repeats: int) -> dic
     return row
 
 
+def photo_input_rate(folder: str, image_size: int, train_batch: int, repeats: int) -> float:
+    """Images/s of a photo folder's training batches (`config.data.source="folder"`:
+    decoding and cropping in the loader's threads), its detection pass done first."""
+    config = default.get_config()
+    config.image_size = image_size
+    config.data.source, config.data.path = "folder", folder
+    source = sources.make_source(config, None)
+    source.batch(0, train_batch)
+    start = time.perf_counter()
+    for i in range(1, repeats + 1):
+        source.batch(i, train_batch)
+    return train_batch * repeats / (time.perf_counter() - start)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbones", default="alexnet,resnet18")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--photos", default=None,
+                        help="a photo folder: also its batches' input images/s")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
           f"{os.cpu_count()} cores, {args.image_size}px, builtin face model")
@@ -130,6 +147,11 @@ def main():
               f"| {r['infer_hz_b64']:.1f} | {r['encoder_hz_b64']:.1f} "
               f"| {r['infer_hz_b64'] / PAPER_HZ:.2f}x | {r['train_compile_s']:.1f} / "
               f"{r['infer_compile_s_b64']:.1f} | {r['peak_rss_mb']:.0f} |")
+    if args.photos:
+        rate = photo_input_rate(args.photos, args.image_size, args.train_batch, args.repeats)
+        print(f"\nphoto input ({args.photos}): {rate:.1f} images/s at batch "
+              f"{args.train_batch}; the train step above consumes "
+              + ", ".join(f"{r['backbone']} {r['train_img_s']:.1f}" for r in rows))
 
 
 if __name__ == "__main__":
