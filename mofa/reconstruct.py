@@ -30,6 +30,7 @@ from PIL import Image
 from mofa import export, facemodel, images, render, visualize
 from mofa.code import FIELDS, FaceCode
 from mofa.inference import Reconstructor, crop_face, render_face
+from mofa.data import common as data_common
 from mofa.data import faces as faces_lib
 from mofa.data import folder as folder_lib
 
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 # the shipped encoder's default run 1.02-1.07x as fast as one (README, "The encoder's
 # refinement: coarse steps only"): zlib, file writes and numpy release the GIL.
 WRITER_THREADS = 2
+# Photos decoded and detected ahead of the fit (a thread-safe detector only), by this
+# many threads, each up to LOAD_AHEAD photos ahead (bounded memory).
+LOAD_THREADS = 2
+LOAD_AHEAD = 4
 
 # The photo overlay draws a face rendered at 128, 256 or 512 px, the smallest that is at
 # least the face's size in the photo over this factor (a face of up to 160 px reuses
@@ -131,20 +136,19 @@ class ReconstructionJob:
 
     # -- images ---------------------------------------------------------------
 
-    def image(self, path: str, stem: str) -> list[dict]:
-        """Detected, cropped faces of one photo (pending reconstruction), or [] if skipped;
-        they are written to `<out>/<stem>_face<k>/`."""
+    def image(self, path: str, stem: str) -> tuple[list[dict], Optional[str]]:
+        """(detected, cropped faces of one photo pending reconstruction, to be written to
+        `<out>/<stem>_face<k>/`; None) or ([], why the photo is skipped). Changes nothing
+        in the job: with a thread-safe detector `run` loads photos ahead in threads."""
         try:
             photo = faces_lib.load_rgb8(path)
         except faces_lib.ImageError as err:
-            self.skip(path, str(err))
-            return []
+            return [], str(err)
         found, reason = self._detect(photo, self.max_faces)
         if reason:
-            self.skip(path, reason)
-            return []
+            return [], reason
         return [dict(crop_face(photo, lm, self.rec.image_size), source=path, photo=photo,
-                     name=f"{stem}_face{k}") for k, lm in enumerate(found)]
+                     name=f"{stem}_face{k}") for k, lm in enumerate(found)], None
 
     def finish_images(self, pending: list[dict]) -> None:
         """Reconstructs a list of pending faces (one batch or more) and hands them to the
@@ -629,22 +633,33 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
     start = time.perf_counter()
     count = 0
     pending: list[dict] = []
-    videos = {path for path, _ in video_inputs}
-    bar = tqdm(image_inputs + video_inputs, desc="reconstructing", unit="input",
-               disable=not progress)
+    bar = tqdm(total=len(image_inputs) + len(video_inputs), desc="reconstructing",
+               unit="input", disable=not progress)
+    # Photos are decoded and their faces detected in threads, ahead of the fit (which
+    # has the cores while they wait on MediaPipe), where the detector allows it.
+    loaders = LOAD_THREADS if getattr(detector, "thread_safe", False) else 0
+    loaded = data_common.ordered_map(lambda item: (item[0], job.image(*item)), image_inputs,
+                                     loaders, prefetch=LOAD_AHEAD)
+
+    def advance():
+        bar.update()
+        bar.set_postfix(faces_per_s=f"{count / max(time.perf_counter() - start, 1e-9):.2f}")
+
     try:
-        for path, stem in bar:
-            if path in videos:
-                count += job.video(path, stem)
-            else:
-                pending += job.image(path, stem)
-                # As many whole batches as the reconstructor fits at once.
-                if len(pending) >= rec.batch_size * rec.parallel_batches:
-                    job.finish_images(pending)
-                    count, pending = count + len(pending), []
-            bar.set_postfix(faces_per_s=f"{count / max(time.perf_counter() - start, 1e-9):.2f}")
+        for path, (faces, reason) in loaded:
+            if reason:
+                job.skip(path, reason)
+            pending += faces
+            # As many whole batches as the reconstructor fits at once.
+            if len(pending) >= rec.batch_size * rec.parallel_batches:
+                job.finish_images(pending)
+                count, pending = count + len(pending), []
+            advance()
         job.finish_images(pending)
-        count += len(pending)
+        count, pending = count + len(pending), []
+        for path, stem in video_inputs:
+            count += job.video(path, stem)
+            advance()
         job.wait_for_writes()
     finally:
         job.close()

@@ -691,6 +691,54 @@ def test_a_failed_write_stops_the_run_with_its_error(builtin_model, tmp_path, mo
             "mesh.ply", "texture.png"])
 
 
+def test_photos_load_ahead_in_threads_with_a_thread_safe_detector(builtin_model, tmp_path):
+    """With a thread-safe detector, photos are decoded and detected in threads ahead of
+    the fit: the same faces, codes and skipped inputs, in the inputs' order, as when
+    the detector runs in the main thread."""
+    import threading
+
+    batch = next(synthetic.synthetic_batches(builtin_model, 64, 5, jax.random.key(9)))
+    photos = images.to_uint8(images.linear_to_srgb(np.asarray(batch["image"])))
+    landmarks = {}
+    for i, photo in enumerate(photos):
+        Image.fromarray(photo).save(tmp_path / f"face{i}.png")
+        landmarks[photo.tobytes()] = np.asarray(batch["landmarks"][i])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    paths = [str(tmp_path / f"face{i}.png") for i in range(3)] + [str(tmp_path / "broken.png")]
+    paths += [str(tmp_path / f"face{i}.png") for i in range(3, 5)]
+    camera = render.Camera.from_fov(12.6, 64, 64)
+    rec = inference.Reconstructor(builtin_model, camera, batch_size=2, fit_steps=0,
+                                  calibrated_landmarks=False, parallel_batches=1)
+    threads = []
+
+    class Detector:
+        def __init__(self, thread_safe):
+            self.thread_safe = thread_safe
+
+        def __call__(self, image):
+            threads.append(threading.current_thread())
+            return [landmarks[np.asarray(image).tobytes()]]
+
+    runs = {}
+    for thread_safe in (False, True):
+        threads.clear()
+        out = tmp_path / f"out{thread_safe}"
+        runs[thread_safe] = reconstruct.run(paths, str(out), rec, Detector(thread_safe),
+                                            progress=False, outputs=())
+        runs[thread_safe]["codes"] = [
+            np.load(os.path.join(face["output"], "code.npz"))["translation"]
+            for face in runs[thread_safe]["faces"]]
+        in_main = {t is threading.main_thread() for t in threads}
+        assert in_main == ({False} if thread_safe else {True}), thread_safe
+    assert len(set(threads)) == reconstruct.LOAD_THREADS
+    ahead, here = runs[True], runs[False]
+    assert [f["source"] for f in ahead["faces"]] == [p for p in paths if "broken" not in p]
+    assert [f["source"] for f in ahead["faces"]] == [f["source"] for f in here["faces"]]
+    assert ahead["skipped"] == here["skipped"] and len(ahead["skipped"]) == 1
+    for a, b in zip(ahead["codes"], here["codes"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+
+
 def test_photo_overlay_reuses_the_crop_render_up_to_its_upsampling(builtin_model, tmp_path,
                                                                    monkeypatch):
     """A face up to OVERLAY_UPSAMPLING x the crop's size in the photo is drawn from the

@@ -185,6 +185,10 @@ class MediaPipeDetector:
     proposes boxes and the mesh runs again on each enlarged crop.
     """
 
+    # Callable from several threads at once: each has its own graphs, which release the
+    # GIL while they run (photo scans and `mofa reconstruct` detect in threads).
+    thread_safe = True
+
     @staticmethod
     def tag(max_faces: int = 4, min_confidence: float = 0.5) -> str:
         """Identifies the detector's results in caches (bump on mapping changes)."""

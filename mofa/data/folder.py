@@ -126,12 +126,14 @@ class DetectedFaces:
         raise NotImplementedError
 
     def _workers(self) -> int:
-        """Detection threads: MediaPipe's graphs are per thread (and release the GIL:
-        1.6x the images/s of one thread on 2 cores, README "Data"); a detector passed in
-        runs in this thread unless `scan_workers` says otherwise."""
+        """Detection threads: one per core (at most 8) for a thread-safe detector such as
+        the default MediaPipe (1.9-2.0x the images/s of one thread on 2 cores, README
+        "The first detection pass"); another runs in this thread unless `scan_workers`
+        says otherwise."""
         if self.scan_workers is not None:
             return max(int(self.scan_workers), 0)
-        return min(os.cpu_count() or 1, 8) if self._detector is None else 0
+        thread_safe = self._detector is None or getattr(self._detector, "thread_safe", False)
+        return min(os.cpu_count() or 1, 8) if thread_safe else 0
 
     def _scan_sources(self, sources: list, key_of, name_of, detect, desc: str,
                       progress: bool) -> None:
@@ -247,8 +249,8 @@ class FolderDataset(DetectedFaces):
       arrays; default MediaPipe's face mesh (`faces.MediaPipeDetector`).
     max_faces_per_image: the largest faces of each image that become items.
     scan_workers: threads detecting faces in the first pass (default: one per core, at
-      most 8, for MediaPipe; 0, this thread, for a detector passed in, which need not
-      be thread-safe).
+      most 8, for a detector whose `thread_safe` is true, as MediaPipe's; else 0: this
+      thread).
     scan_shard: (this process's index, process count) of a multi-process run: the
       share of a new folder this process detects first (`DetectedFaces._scan_sources`).
     """
