@@ -273,6 +273,50 @@ def test_render_mesh_depth_mask_background_and_visibility():
     assert visible[z > 40.0].mean() > 0.95 and not visible[z < -5.0].any()
 
 
+def test_large_batches_render_in_parts_as_each_image_alone():
+    """A batch above RENDER_PART renders in parts (and a remainder) when evaluated, and as
+    one batch when differentiated: both give every output of each image rendered alone,
+    with its own background, vertex weights and focal length, and the same gradient."""
+    vertices, triangles = _sphere(subdivisions=2)
+    batch = render.render.RENDER_PART + 3
+    offsets = jax.random.uniform(jax.random.key(2), (batch, 1, 3), minval=-20.0, maxval=20.0)
+    vertices = vertices + offsets
+    albedo = jax.random.uniform(jax.random.key(3), vertices.shape)
+    light = render.ambient_light(1.0, (batch,)) + 0.1 * jax.random.normal(
+        jax.random.key(4), (batch, 9, 3))
+    background = jax.random.uniform(jax.random.key(5), (batch, 20, 20, 3))
+    weight = jax.random.uniform(jax.random.key(6), vertices.shape[:2])
+    camera = cam.Camera.from_fov(12.6, 20, 20)
+    camera = camera.replace(focal=camera.focal * jnp.linspace(0.9, 1.1, batch))
+    landmarks = jnp.arange(5)
+
+    def draw(v, a, l, bg, w, c):
+        return render.render_mesh(v, a, triangles, c, l, background=bg,
+                                  landmark_indices=landmarks, vertex_weight=w)
+
+    draw = jax.jit(draw)
+    whole = draw(vertices, albedo, light, background, weight, camera)
+    for i in (0, render.render.RENDER_PART - 1, batch - 1):  # a first, last and remainder image
+        one = draw(vertices[i:i + 1], albedo[i:i + 1], light[i:i + 1], background[i:i + 1],
+                   weight[i:i + 1], camera.replace(focal=camera.focal[i:i + 1]))
+        for name in ("image", "mask", "depth", "normals", "screen_vertices", "vertex_colors",
+                     "vertex_visibility", "landmarks", "triangle_id", "region"):
+            np.testing.assert_allclose(np.asarray(getattr(whole, name)[i]),
+                                       np.asarray(getattr(one, name)[0]), atol=1e-4, err_msg=name)
+    assert (np.asarray(whole.mask).sum(axis=(1, 2)) > 10).all()
+
+    def loss(v, a, l, bg, w, c):
+        return jnp.sum(draw(v, a, l, bg, w, c).image ** 2)
+
+    gradient = jax.jit(jax.grad(loss))
+    whole_gradient = gradient(vertices, albedo, light, background, weight, camera)
+    for i in range(batch):
+        np.testing.assert_allclose(whole_gradient[i], gradient(
+            vertices[i:i + 1], albedo[i:i + 1], light[i:i + 1], background[i:i + 1],
+            weight[i:i + 1], camera.replace(focal=camera.focal[i:i + 1]))[0],
+            rtol=1e-4, atol=1e-4)
+
+
 # --- gradients ----------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax.struct
@@ -46,6 +47,13 @@ def vertex_visibility(screen_vertices, normals_camera, vertices_camera, depth_ma
     return in_image & covered & facing & (depth <= surface_depth * (1.0 + rel_tolerance))
 
 
+# Evaluated without a derivative, a batch larger than this is rendered this many images
+# at a time (`lax.map`), so each part's per-pixel arrays stay in the CPU's caches: at
+# batch 64, 128 px, 2.41 -> 1.57 ms an image (README, "Rendering in parts"). Its
+# derivative takes the whole batch at once: in parts of 8 the gradient ran 4-20% slower.
+RENDER_PART = 8
+
+
 def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Array,
                 camera: camera_lib.Camera, illumination: jax.Array,
                 background: Optional[jax.Array] = None,
@@ -66,6 +74,55 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
     if illumination.shape != (batch, sh.NUM_SH, 3):
         raise ValueError(f"illumination has shape {tuple(illumination.shape)}, "
                          f"expected ({batch}, 9, 3)")
+    return _render_in_parts(vertices_camera, albedo, triangles, camera, illumination,
+                            background, landmark_indices, vertex_weight, slots_per_pixel)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
+def _render_in_parts(vertices_camera, albedo, triangles, camera, illumination, background,
+                     landmark_indices, vertex_weight, slots_per_pixel):
+    batch = vertices_camera.shape[0]
+    if batch <= RENDER_PART:
+        return _render_batch(vertices_camera, albedo, triangles, camera, illumination,
+                             background, landmark_indices, vertex_weight, slots_per_pixel)
+
+    def per_image(x):  # whether an argument's leading axis is the batch's
+        return x is not None and jnp.ndim(x) >= 1 and jnp.shape(x)[0] == batch
+
+    # The batch's own arguments, split; the rest (topology, a shared background, weights
+    # or camera) is shared. The batch exceeds RENDER_PART, so a shared (2,) principal
+    # point is never taken for a batched one.
+    batched = (vertices_camera, albedo, illumination,
+               background if background is not None and jnp.ndim(background) == 4 else None,
+               vertex_weight if vertex_weight is not None and jnp.ndim(vertex_weight) == 2
+               else None, jax.tree.map(lambda x: x if per_image(x) else None, camera))
+    shared_camera = jax.tree.map(lambda x: None if per_image(x) else x, camera)
+
+    def render_part(part):
+        v, a, light, bg, weight, cam = part
+        cam = jax.tree.map(lambda own, common: common if own is None else own,
+                           cam, shared_camera, is_leaf=lambda x: x is None)
+        return _render_batch(v, a, triangles, cam, light, background if bg is None else bg,
+                             landmark_indices, vertex_weight if weight is None else weight,
+                             slots_per_pixel)
+
+    whole = batch // RENDER_PART * RENDER_PART
+    parts = jax.tree.map(lambda x: x[:whole].reshape((-1, RENDER_PART) + x.shape[1:]), batched)
+    out = jax.tree.map(lambda x: x.reshape((whole,) + x.shape[2:]),
+                       jax.lax.map(render_part, parts))
+    if whole == batch:
+        return out
+    rest = render_part(jax.tree.map(lambda x: x[whole:], batched))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, rest)
+
+
+@_render_in_parts.defjvp
+def _render_in_parts_jvp(slots_per_pixel, primals, tangents):
+    return jax.jvp(lambda *args: _render_batch(*args, slots_per_pixel), primals, tangents)
+
+
+def _render_batch(vertices_camera, albedo, triangles, camera, illumination, background,
+                  landmark_indices, vertex_weight, slots_per_pixel) -> RenderOutput:
     height, width = camera.height, camera.width
     normals = facemodel.vertex_normals(vertices_camera, triangles)
     screen = camera_lib.project(vertices_camera, camera)
