@@ -274,11 +274,13 @@ def test_render_mesh_depth_mask_background_and_visibility():
 
 
 def test_large_batches_render_in_parts_as_each_image_alone():
-    """A batch above RENDER_PART renders in parts (and a remainder) when evaluated, and as
+    """A batch above `part_size` renders in parts (and a remainder) when evaluated, and as
     one batch when differentiated: both give every output of each image rendered alone,
     with its own background, vertex weights and focal length, and the same gradient."""
     vertices, triangles = _sphere(subdivisions=2)
-    batch = render.render.RENDER_PART + 3
+    part = render.render.part_size(20, 20)
+    assert part > 1 and render.render.part_size(224, 224) == 2
+    batch = part + 3
     offsets = jax.random.uniform(jax.random.key(2), (batch, 1, 3), minval=-20.0, maxval=20.0)
     vertices = vertices + offsets
     albedo = jax.random.uniform(jax.random.key(3), vertices.shape)
@@ -296,7 +298,7 @@ def test_large_batches_render_in_parts_as_each_image_alone():
 
     draw = jax.jit(draw)
     whole = draw(vertices, albedo, light, background, weight, camera)
-    for i in (0, render.render.RENDER_PART - 1, batch - 1):  # a first, last and remainder image
+    for i in (0, part - 1, batch - 1):  # a first, last and remainder image
         one = draw(vertices[i:i + 1], albedo[i:i + 1], light[i:i + 1], background[i:i + 1],
                    weight[i:i + 1], camera.replace(focal=camera.focal[i:i + 1]))
         for name in ("image", "mask", "depth", "normals", "screen_vertices", "vertex_colors",

@@ -47,11 +47,22 @@ def vertex_visibility(screen_vertices, normals_camera, vertices_camera, depth_ma
     return in_image & covered & facing & (depth <= surface_depth * (1.0 + rel_tolerance))
 
 
-# Evaluated without a derivative, a batch larger than this is rendered this many images
-# at a time (`lax.map`), so each part's per-pixel arrays stay in the CPU's caches: at
-# batch 64, 128 px, 2.41 -> 1.57 ms an image (README, "Rendering in parts"). Its
-# derivative takes the whole batch at once: in parts of 8 the gradient ran 4-20% slower.
-RENDER_PART = 8
+# Evaluated without a derivative, a batch is rendered a part at a time (`lax.map`), so
+# each part's per-pixel arrays stay in the CPU's caches: parts of at most PART_PIXELS
+# pixels (a power of two of images, at most MAX_PART). Measured (ms an image, whole batch
+# -> best part): 64 x 128 px 2.41 -> 1.57 (8 images), 16 x 224 px 6.00 -> 3.18 (2),
+# 64 x 64 px 1.62 -> 1.27 (16); README, "Rendering in parts". Differentiated, the whole
+# batch at once: in parts of 8 the gradient ran 4-20% slower.
+PART_PIXELS = 2 ** 17
+MAX_PART = 16
+
+
+def part_size(height: int, width: int) -> int:
+    """Images per part of an evaluated render at this image size."""
+    part = 1
+    while part * 2 <= MAX_PART and part * 2 * height * width <= PART_PIXELS:
+        part *= 2
+    return part
 
 
 def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Array,
@@ -81,33 +92,32 @@ def render_mesh(vertices_camera: jax.Array, albedo: jax.Array, triangles: jax.Ar
 @functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
 def _render_in_parts(vertices_camera, albedo, triangles, camera, illumination, background,
                      landmark_indices, vertex_weight, slots_per_pixel):
-    batch = vertices_camera.shape[0]
-    if batch <= RENDER_PART:
+    batch, part = vertices_camera.shape[0], part_size(camera.height, camera.width)
+    if batch <= part:
         return _render_batch(vertices_camera, albedo, triangles, camera, illumination,
                              background, landmark_indices, vertex_weight, slots_per_pixel)
 
-    def per_image(x):  # whether an argument's leading axis is the batch's
-        return x is not None and jnp.ndim(x) >= 1 and jnp.shape(x)[0] == batch
-
     # The batch's own arguments, split; the rest (topology, a shared background, weights
-    # or camera) is shared. The batch exceeds RENDER_PART, so a shared (2,) principal
-    # point is never taken for a batched one.
+    # or camera) is shared by every part.
+    own_focal = jnp.ndim(camera.focal) == 1 and jnp.shape(camera.focal)[0] == batch  # not ()
+    own_point = (jnp.ndim(camera.principal_point) == 2
+                 and jnp.shape(camera.principal_point)[0] == batch)  # (B, 2), not (2,)
     batched = (vertices_camera, albedo, illumination,
                background if background is not None and jnp.ndim(background) == 4 else None,
                vertex_weight if vertex_weight is not None and jnp.ndim(vertex_weight) == 2
-               else None, jax.tree.map(lambda x: x if per_image(x) else None, camera))
-    shared_camera = jax.tree.map(lambda x: None if per_image(x) else x, camera)
+               else None, camera.focal if own_focal else None,
+               camera.principal_point if own_point else None)
 
-    def render_part(part):
-        v, a, light, bg, weight, cam = part
-        cam = jax.tree.map(lambda own, common: common if own is None else own,
-                           cam, shared_camera, is_leaf=lambda x: x is None)
+    def render_part(piece):
+        v, a, light, bg, weight, focal, point = piece
+        cam = camera.replace(focal=camera.focal if focal is None else focal,
+                             principal_point=camera.principal_point if point is None else point)
         return _render_batch(v, a, triangles, cam, light, background if bg is None else bg,
                              landmark_indices, vertex_weight if weight is None else weight,
                              slots_per_pixel)
 
-    whole = batch // RENDER_PART * RENDER_PART
-    parts = jax.tree.map(lambda x: x[:whole].reshape((-1, RENDER_PART) + x.shape[1:]), batched)
+    whole = batch // part * part
+    parts = jax.tree.map(lambda x: x[:whole].reshape((-1, part) + x.shape[1:]), batched)
     out = jax.tree.map(lambda x: x.reshape((whole,) + x.shape[2:]),
                        jax.lax.map(render_part, parts))
     if whole == batch:
