@@ -739,6 +739,34 @@ def test_photos_load_ahead_in_threads_with_a_thread_safe_detector(builtin_model,
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
 
 
+def test_shading_pastes_onto_the_photo_as_the_float_blend_does():
+    """The overlay's blend (8-bit, PIL, only the mask's box resampled) gives the float
+    blend alpha * (0.65 shade + 0.35 photo) + (1 - alpha) photo of the whole resized
+    square within 2 levels, for crops inside the photo and crossing its edges."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    mask = (((yy - 30) ** 2 + (xx - 34) ** 2) < 400).astype(np.float32)
+    shading = (0.1 + 0.8 * xx / 63.0).astype(np.float32)
+    for origin, scale in (((50.3, 40.7), 64 / 150), ((-30, 200), 64 / 170), ((300, 250), 0.5)):
+        crop = {"image": np.zeros((64, 64, 3)), "origin": np.array(origin), "scale": scale}
+        side = int(round(64 / scale))
+        x0, y0 = (int(v) for v in np.round(origin))
+        resize = lambda a: np.asarray(Image.fromarray(a).resize(  # noqa: E731
+            (side, side), Image.BILINEAR))[..., None]
+        shade, alpha = resize(shading), np.clip(resize(mask), 0, 1)
+        canvas = np.zeros((300 + 2 * side, 400 + 2 * side, 3), np.float32)
+        canvas[side:side + 300, side:side + 400] = photo / 255.0
+        square = canvas[side + y0:2 * side + y0, side + x0:2 * side + x0]
+        square[:] = alpha * (0.65 * shade + 0.35 * square) + (1 - alpha) * square
+        expected = np.clip(canvas[side:side + 300, side:side + 400] * 255 + 0.5, 0, 255)
+        pasted = photo.copy()
+        reconstruct._paste_shading(pasted, shading, mask, crop)
+        assert np.abs(pasted.astype(int) - expected.astype(np.uint8)).max() <= 2, origin
+        shaded = (expected.astype(np.uint8) != photo).any(-1).sum()
+        assert shaded > 1000 and abs((pasted != photo).any(-1).sum() - shaded) < 0.05 * shaded
+
+
 def test_photo_overlay_reuses_the_crop_render_up_to_its_upsampling(builtin_model, tmp_path,
                                                                    monkeypatch):
     """A face up to OVERLAY_UPSAMPLING x the crop's size in the photo is drawn from the
