@@ -8,8 +8,8 @@ whole batch in one pass (`render._render_batch`, what every render did before pa
 with parts of each size in --parts (`render.PART_PIXELS` picks the default, marked *),
 alternated call by call in one process; ms an image, medians. --encoder adds, at batch 64,
 128 px, the quickstart config's encoder (AlexNet-style, initial weights) on rendered faces,
-alone and with the render of its codes, and prints what rendering adds to the encoder's time (issue 13 asks at
-most half).
+alone and with the render of its codes, and prints what rendering adds to the encoder's
+time (issue 13 asks at most half).
 """
 
 from __future__ import annotations

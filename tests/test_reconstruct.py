@@ -656,16 +656,22 @@ def test_render_gives_the_photometric_error_fit_errors_would_render_for(builtin_
     assert np.all(rec.render(shuffled, crops)["photometric"] > 2.0 * rendered)
 
 
+def _rendered_photos(model, count: int, key, folder) -> dict:
+    """`count` 64 px renders saved as folder/face<i>.png; their true landmarks by the
+    photo's bytes (a detector that looks them up)."""
+    batch = next(synthetic.synthetic_batches(model, 64, count, key))
+    landmarks = {}
+    for i, photo in enumerate(images.to_uint8(images.linear_to_srgb(np.asarray(batch["image"])))):
+        Image.fromarray(photo).save(folder / f"face{i}.png")
+        landmarks[photo.tobytes()] = np.asarray(batch["landmarks"][i])
+    return landmarks
+
+
 def test_a_failed_write_stops_the_run_with_its_error(builtin_model, tmp_path, monkeypatch):
     """Files are written in a thread while the next batch is fitted: a write that fails
     (a full disk) still ends the run with that error, and the faces written before it
     are complete."""
-    batch = next(synthetic.synthetic_batches(builtin_model, 64, 3, jax.random.key(8)))
-    photos = images.to_uint8(images.linear_to_srgb(np.asarray(batch["image"])))
-    landmarks = {}
-    for i, photo in enumerate(photos):
-        Image.fromarray(photo).save(tmp_path / f"face{i}.png")
-        landmarks[photo.tobytes()] = np.asarray(batch["landmarks"][i])
+    landmarks = _rendered_photos(builtin_model, 3, jax.random.key(8), tmp_path)
     detector = lambda image: [landmarks[np.asarray(image).tobytes()]]  # noqa: E731
     camera = render.Camera.from_fov(12.6, 64, 64)
     rec = inference.Reconstructor(builtin_model, camera, batch_size=2, fit_steps=0,
@@ -697,12 +703,7 @@ def test_photos_load_ahead_in_threads_with_a_thread_safe_detector(builtin_model,
     the detector runs in the main thread."""
     import threading
 
-    batch = next(synthetic.synthetic_batches(builtin_model, 64, 5, jax.random.key(9)))
-    photos = images.to_uint8(images.linear_to_srgb(np.asarray(batch["image"])))
-    landmarks = {}
-    for i, photo in enumerate(photos):
-        Image.fromarray(photo).save(tmp_path / f"face{i}.png")
-        landmarks[photo.tobytes()] = np.asarray(batch["landmarks"][i])
+    landmarks = _rendered_photos(builtin_model, 5, jax.random.key(9), tmp_path)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     paths = [str(tmp_path / f"face{i}.png") for i in range(3)] + [str(tmp_path / "broken.png")]
     paths += [str(tmp_path / f"face{i}.png") for i in range(3, 5)]
