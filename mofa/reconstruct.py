@@ -678,6 +678,7 @@ def run(paths: list[str], out_dir: str, rec: Reconstructor, detector=None, max_f
             advance()
         job.wait_for_writes()
     finally:
+        loaded.close()  # a failed run stops its loader threads too
         job.close()
     bar.close()
     seconds = time.perf_counter() - start
