@@ -165,11 +165,12 @@ class DetectedFaces:
             return i, entry
 
         entries: list = [None] * len(sources)
-        if self._detector is None and self._workers() > 1:
+        workers = self._workers()
+        if self._detector is None and workers > 1:
             self.detector  # noqa: B018 - mediapipe imported once, before the threads
         with tqdm(total=len(sources), desc=desc, unit="image",
                   disable=not progress or not sources) as bar:
-            for i, entry in common.ordered_map(look, order, self._workers()):
+            for i, entry in common.ordered_map(look, order, workers):
                 entries[i] = entry
                 bar.update()
         for source, entry in zip(sources, entries):

@@ -50,9 +50,9 @@ def vertex_visibility(screen_vertices, normals_camera, vertices_camera, depth_ma
 # Evaluated without a derivative, a batch is rendered a part at a time (`lax.map`), so
 # each part's per-pixel arrays stay in the CPU's caches: parts of at most PART_PIXELS
 # pixels (a power of two of images, at most MAX_PART). Measured (ms an image, whole batch
-# -> best part): 64 x 128 px 2.41 -> 1.57 (8 images), 16 x 224 px 6.00 -> 3.18 (2),
-# 64 x 64 px 1.62 -> 1.27 (16); README, "Rendering in parts". Differentiated, the whole
-# batch at once: in parts of 8 the gradient ran 4-20% slower.
+# -> default parts): 64 x 128 px 2.74 -> 1.63 (8 images), 16 x 224 px 6.96 -> 3.48 (2),
+# 64 x 64 px 1.83 -> 1.39 (16); README, "Stop 54: rendering in parts". Differentiated,
+# the whole batch at once: in parts of 8 the gradient ran 4-20% slower.
 PART_PIXELS = 2 ** 17
 MAX_PART = 16
 
